@@ -1,0 +1,185 @@
+//! The one definition of a complete managed set: what the provisioner creates
+//! and what the reaper compares against and repairs to. Pure: no client, no
+//! clock, no randomness.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::ObjectMeta;
+
+use crate::labels::{EXPIRES_AT_ANNOTATION, EXPIRY_LABEL, OBJECT_NAME, ROLE_BINDING_FOR_ROLE, TENANT_LABEL};
+use crate::params::{Expiry, Selector, TenantName};
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// What a set is made of, beyond its name, tenant and expiry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetConfig {
+    pub selector: Selector,
+    /// The ClusterRole bound inside every namespace (`--cluster-role`).
+    pub cluster_role: String,
+    /// Namespaced rules (`--role-rules-file`): a Role plus its own RoleBinding.
+    pub role_rules: Option<Vec<PolicyRule>>,
+}
+
+/// A namespaced Role and the RoleBinding that grants it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespacedRole {
+    pub role: Role,
+    pub binding: RoleBinding,
+}
+
+/// Every object of one managed namespace, by name of its part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredSet {
+    pub namespace: Namespace,
+    pub service_account: ServiceAccount,
+    pub role_binding: RoleBinding,
+    pub role: Option<NamespacedRole>,
+}
+
+/// Labels every object of a set carries.
+pub fn set_labels(selector: &Selector, tenant: &TenantName, expiry: Expiry) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (selector.key().to_owned(), selector.value().to_owned()),
+        (EXPIRY_LABEL.to_owned(), expiry.to_string()),
+        (TENANT_LABEL.to_owned(), tenant.to_string()),
+    ])
+}
+
+/// Annotations every object of a set carries.
+pub fn set_annotations(expiry: Expiry) -> BTreeMap<String, String> {
+    BTreeMap::from([(EXPIRES_AT_ANNOTATION.to_owned(), expiry.rfc3339())])
+}
+
+/// The complete set for namespace `name`.
+pub fn desired_set(name: &str, tenant: &TenantName, expiry: Expiry, config: &SetConfig) -> DesiredSet {
+    let meta = |object_name: &str, namespace: Option<&str>| ObjectMeta {
+        name: Some(object_name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(set_labels(&config.selector, tenant, expiry)),
+        annotations: Some(set_annotations(expiry)),
+        ..ObjectMeta::default()
+    };
+    let subject = Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: OBJECT_NAME.to_owned(),
+        namespace: Some(name.to_owned()),
+        api_group: None,
+    };
+    let binding = |binding_name: &str, kind: &str, role_name: &str| RoleBinding {
+        metadata: meta(binding_name, Some(name)),
+        role_ref: RoleRef {
+            api_group: RBAC_GROUP.to_owned(),
+            kind: kind.to_owned(),
+            name: role_name.to_owned(),
+        },
+        subjects: Some(vec![subject.clone()]),
+    };
+    DesiredSet {
+        namespace: Namespace {
+            metadata: meta(name, None),
+            ..Namespace::default()
+        },
+        service_account: ServiceAccount {
+            metadata: meta(OBJECT_NAME, Some(name)),
+            ..ServiceAccount::default()
+        },
+        role_binding: binding(OBJECT_NAME, "ClusterRole", &config.cluster_role),
+        role: config.role_rules.as_ref().map(|rules| NamespacedRole {
+            role: Role {
+                metadata: meta(OBJECT_NAME, Some(name)),
+                rules: Some(rules.clone()),
+            },
+            binding: binding(ROLE_BINDING_FOR_ROLE, "Role", OBJECT_NAME),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rules: Option<Vec<PolicyRule>>) -> SetConfig {
+        SetConfig {
+            selector: "controller.observatorium.io=namespace-provisioner"
+                .parse()
+                .unwrap(),
+            cluster_role: "namespace-provisioner-grant".to_owned(),
+            role_rules: rules,
+        }
+    }
+
+    #[test]
+    fn every_object_carries_selector_expiry_and_tenant() {
+        let tenant: TenantName = "ci".parse().unwrap();
+        let set = desired_set(
+            "np-abcde",
+            &tenant,
+            Expiry::from_unix(1_800_000_000),
+            &config(None),
+        );
+        let metas = [
+            &set.namespace.metadata,
+            &set.service_account.metadata,
+            &set.role_binding.metadata,
+        ];
+        for meta in metas {
+            let labels = meta.labels.as_ref().unwrap();
+            assert_eq!(labels["controller.observatorium.io"], "namespace-provisioner");
+            assert_eq!(labels["controller.observatorium.io/expiry"], "1800000000");
+            assert_eq!(labels["controller.observatorium.io/tenant"], "ci");
+            assert_eq!(
+                meta.annotations.as_ref().unwrap()["controller.observatorium.io/expires-at"],
+                "2027-01-15T08:00:00Z"
+            );
+        }
+        assert_eq!(set.namespace.metadata.name.as_deref(), Some("np-abcde"));
+        assert_eq!(set.namespace.metadata.namespace, None);
+        assert_eq!(
+            set.service_account.metadata.namespace.as_deref(),
+            Some("np-abcde")
+        );
+        assert!(set.role.is_none());
+    }
+
+    #[test]
+    fn role_binding_grants_the_cluster_role_to_the_service_account() {
+        let tenant: TenantName = "ci".parse().unwrap();
+        let rb = desired_set("np-x", &tenant, Expiry::from_unix(1), &config(None)).role_binding;
+        assert_eq!(rb.role_ref.kind, "ClusterRole");
+        assert_eq!(rb.role_ref.name, "namespace-provisioner-grant");
+        assert_eq!(rb.role_ref.api_group, "rbac.authorization.k8s.io");
+        let subjects = rb.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, "namespace-provisioner");
+        assert_eq!(subjects[0].namespace.as_deref(), Some("np-x"));
+    }
+
+    #[test]
+    fn namespaced_rules_add_a_role_and_its_binding() {
+        let rules = vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            verbs: vec!["get".to_owned()],
+            ..PolicyRule::default()
+        }];
+        let tenant: TenantName = "ci".parse().unwrap();
+        let set = desired_set(
+            "np-x",
+            &tenant,
+            Expiry::from_unix(1),
+            &config(Some(rules.clone())),
+        );
+        let role = set.role.unwrap();
+        assert_eq!(role.role.rules, Some(rules));
+        assert_eq!(
+            role.binding.metadata.name.as_deref(),
+            Some("namespace-provisioner-role")
+        );
+        assert_eq!(role.binding.role_ref.kind, "Role");
+        assert_eq!(role.binding.role_ref.name, "namespace-provisioner");
+    }
+}

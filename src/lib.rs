@@ -1,0 +1,12 @@
+//! namespace-provisioner: self-service, short-lived Kubernetes namespaces.
+//!
+//! The pure core ([`params`], [`labels`], [`desired`], [`kubeconfig`], [`auth`])
+//! has no client and no clock; Kubernetes I/O lives in [`k8s`].
+
+pub mod auth;
+pub mod desired;
+pub mod k8s;
+pub mod kubeconfig;
+pub mod labels;
+pub mod params;
+pub mod provision;

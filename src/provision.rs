@@ -1,0 +1,419 @@
+//! The provisioner's operations on managed sets: create, list, get, extend,
+//! delete, each scoped to one tenant. Does Kubernetes I/O through [`crate::k8s`].
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta};
+use kube::config::Kubeconfig;
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::desired::{DesiredSet, SetConfig, desired_set, set_annotations, set_labels};
+use crate::k8s::{self, ApplyError, TokenRequestError};
+use crate::kubeconfig::{self, Credentials};
+use crate::labels::{EXPIRY_LABEL, TENANT_LABEL};
+use crate::params::{Expiry, NamePrefix, ServerUrl, TenantName, Ttl, TtlError, TtlPolicy, is_dns_label};
+
+/// What the provisioner needs besides a client.
+#[derive(Debug, Clone)]
+pub struct ProvisionerConfig {
+    pub set: SetConfig,
+    pub ttl: TtlPolicy,
+    pub prefix: NamePrefix,
+    /// Server written into kubeconfigs when the caller names none.
+    pub server: ServerUrl,
+    /// CA written into kubeconfigs; `None` leaves it to the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    pub max_namespaces_per_tenant: Option<u32>,
+    pub page_size: u32,
+}
+
+/// Seconds since the Unix epoch; an input so tests can fix the time.
+pub type Clock = fn() -> i64;
+
+pub fn system_clock() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Provisioner {
+    client: Client,
+    config: Arc<ProvisionerConfig>,
+    clock: Clock,
+}
+
+/// A managed namespace as a tenant sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub tenant: String,
+    /// RFC 3339.
+    pub created: Option<String>,
+    /// RFC 3339; absent when the expiry label is missing or unreadable.
+    pub expires_at: Option<String>,
+    /// `Active` or `Terminating`.
+    pub phase: String,
+}
+
+/// A namespace and the credentials to use it.
+pub struct Provisioned {
+    pub name: String,
+    pub expiry: Expiry,
+    /// When the token in the kubeconfig expires (Unix seconds).
+    pub token_expires_at: i64,
+    pub kubeconfig: Kubeconfig,
+}
+
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
+    #[error("no namespace {name} belongs to you")]
+    NotFound { name: String },
+    #[error(
+        "tenant {tenant} already has {limit} live namespaces, the most allowed; delete one or wait for one to expire"
+    )]
+    TooMany { tenant: String, limit: u32 },
+    #[error("namespace {name} is being deleted and cannot be extended")]
+    Terminating { name: String },
+    #[error("count namespaces of tenant {tenant}")]
+    CountNamespaces {
+        tenant: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("create namespace")]
+    CreateNamespace {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("create namespace: the API server returned no name")]
+    NamespaceUnnamed,
+    #[error(transparent)]
+    ApplyContents(#[from] ApplyError),
+    #[error("apply namespace {name}")]
+    ApplyNamespace {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    RequestToken(#[from] TokenRequestError),
+    #[error("read namespace {name}")]
+    ReadNamespace {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("list namespaces")]
+    ListNamespaces {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("delete namespace {name}")]
+    DeleteNamespace {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("create namespace: the provisioning task stopped")]
+    TaskStopped,
+}
+
+impl ProvisionError {
+    /// Stable name for metric labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ttl(_) => "ttl",
+            Self::NotFound { .. } => "not_found",
+            Self::TooMany { .. } => "too_many",
+            Self::Terminating { .. } => "terminating",
+            Self::CountNamespaces { .. } => "count_namespaces",
+            Self::CreateNamespace { .. } | Self::NamespaceUnnamed => "create_namespace",
+            Self::ApplyContents(_) => "apply_contents",
+            Self::ApplyNamespace { .. } => "apply_namespace",
+            Self::RequestToken(_) => "request_token",
+            Self::ReadNamespace { .. } => "read_namespace",
+            Self::ListNamespaces { .. } => "list_namespaces",
+            Self::DeleteNamespace { .. } => "delete_namespace",
+            Self::TaskStopped => "task_stopped",
+        }
+    }
+
+    /// The Kubernetes API error behind this one, if any.
+    pub fn kube_error(&self) -> Option<&kube::Error> {
+        match self {
+            Self::CountNamespaces { source, .. }
+            | Self::CreateNamespace { source }
+            | Self::ApplyNamespace { source, .. }
+            | Self::ReadNamespace { source, .. }
+            | Self::ListNamespaces { source }
+            | Self::DeleteNamespace { source, .. } => Some(source),
+            Self::ApplyContents(e) => Some(&e.source),
+            Self::RequestToken(TokenRequestError::Api { source, .. }) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Provisioner {
+    pub fn new(client: Client, config: ProvisionerConfig) -> Self {
+        Self::with_clock(client, config, system_clock)
+    }
+
+    pub fn with_clock(client: Client, config: ProvisionerConfig, clock: Clock) -> Self {
+        Self {
+            client,
+            config: Arc::new(config),
+            clock,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn config(&self) -> &ProvisionerConfig {
+        &self.config
+    }
+
+    fn namespaces(&self) -> Api<Namespace> {
+        Api::all(self.client.clone())
+    }
+
+    fn tenant_selector(&self, tenant: &TenantName) -> String {
+        format!(
+            "{},{TENANT_LABEL}={tenant}",
+            self.config.set.selector.to_label_selector()
+        )
+    }
+
+    /// Create a namespace set for `tenant` and return its kubeconfig.
+    ///
+    /// The work after the Namespace is created runs in its own task, so a
+    /// caller that disconnects cannot leave a half-made set: the task finishes
+    /// it or rolls it back either way.
+    pub async fn create(
+        &self,
+        tenant: &TenantName,
+        ttl: Option<Ttl>,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let ttl_secs = self.config.ttl.resolve(ttl)?;
+        self.check_quota(tenant).await?;
+        let expiry = Expiry::after((self.clock)(), ttl_secs);
+        let this = self.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move { this.create_set(&tenant, expiry, server).await })
+            .await
+            .map_err(|_| ProvisionError::TaskStopped)?
+    }
+
+    async fn check_quota(&self, tenant: &TenantName) -> Result<(), ProvisionError> {
+        let Some(limit) = self.config.max_namespaces_per_tenant else {
+            return Ok(());
+        };
+        let live = k8s::list_all(
+            &self.namespaces(),
+            &self.tenant_selector(tenant),
+            self.config.page_size,
+        )
+        .await
+        .map_err(|source| ProvisionError::CountNamespaces {
+            tenant: tenant.to_string(),
+            source,
+        })?
+        .iter()
+        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+        .count();
+        if live >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            return Err(ProvisionError::TooMany {
+                tenant: tenant.to_string(),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    async fn create_set(
+        &self,
+        tenant: &TenantName,
+        expiry: Expiry,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        // Labelled from the first write, so the reaper finds it if we die here.
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", self.config.prefix.as_str())),
+                labels: Some(set_labels(&self.config.set.selector, tenant, expiry)),
+                annotations: Some(set_annotations(expiry)),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let created = self
+            .namespaces()
+            .create(&k8s::post_params(), &namespace)
+            .await
+            .map_err(|source| ProvisionError::CreateNamespace { source })?;
+        let (Some(name), Some(uid)) = (created.metadata.name.clone(), created.metadata.uid.clone()) else {
+            return Err(ProvisionError::NamespaceUnnamed);
+        };
+        let set = desired_set(&name, tenant, expiry, &self.config.set);
+        match self.complete(&set, expiry, server).await {
+            Ok(done) => {
+                info!(namespace = %name, %tenant, expiry = %expiry, "namespace created");
+                Ok(done)
+            }
+            Err(err) => {
+                warn!(namespace = %name, error = %err, "creating the set failed; deleting the namespace");
+                if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
+                    warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Apply the namespace's contents and issue credentials.
+    async fn complete(
+        &self,
+        set: &DesiredSet,
+        expiry: Expiry,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let name = set.namespace.name_any();
+        k8s::apply_contents(&self.client, set).await?;
+        let now = (self.clock)();
+        let issued = k8s::request_token(&self.client, &name, k8s::token_seconds(expiry.unix() - now)).await?;
+        let server = server.unwrap_or_else(|| self.config.server.clone());
+        let config = kubeconfig::build(Credentials {
+            namespace: &name,
+            server: &server,
+            ca_pem: self.config.ca_pem.as_deref(),
+            token: issued.token,
+        });
+        Ok(Provisioned {
+            name,
+            expiry,
+            token_expires_at: issued.expires_at,
+            kubeconfig: config,
+        })
+    }
+
+    /// The tenant's managed namespaces.
+    pub async fn list(&self, tenant: &TenantName) -> Result<Vec<NamespaceInfo>, ProvisionError> {
+        let items = k8s::list_all(
+            &self.namespaces(),
+            &self.tenant_selector(tenant),
+            self.config.page_size,
+        )
+        .await
+        .map_err(|source| ProvisionError::ListNamespaces { source })?;
+        Ok(items.iter().map(info_of).collect())
+    }
+
+    /// One of the tenant's namespaces; anything else is [`ProvisionError::NotFound`].
+    async fn owned(&self, tenant: &TenantName, name: &str) -> Result<Namespace, ProvisionError> {
+        let not_found = || ProvisionError::NotFound {
+            name: name.to_owned(),
+        };
+        if !is_dns_label(name) {
+            return Err(not_found());
+        }
+        let ns = self
+            .namespaces()
+            .get_opt(name)
+            .await
+            .map_err(|source| ProvisionError::ReadNamespace {
+                name: name.to_owned(),
+                source,
+            })?
+            .ok_or_else(not_found)?;
+        let labels = ns.labels();
+        let selector = &self.config.set.selector;
+        let managed = labels.get(selector.key()).map(String::as_str) == Some(selector.value());
+        let mine = labels.get(TENANT_LABEL).map(String::as_str) == Some(tenant.as_str());
+        if managed && mine { Ok(ns) } else { Err(not_found()) }
+    }
+
+    pub async fn get(&self, tenant: &TenantName, name: &str) -> Result<NamespaceInfo, ProvisionError> {
+        self.owned(tenant, name).await.map(|ns| info_of(&ns))
+    }
+
+    /// Delete one of the tenant's namespaces (idempotent while it terminates).
+    pub async fn delete(&self, tenant: &TenantName, name: &str) -> Result<NamespaceInfo, ProvisionError> {
+        let ns = self.owned(tenant, name).await?;
+        let mut info = info_of(&ns);
+        if ns.metadata.deletion_timestamp.is_none() {
+            let uid = ns.uid().unwrap_or_default();
+            match k8s::delete_namespace(&self.client, name, &uid).await {
+                Ok(()) => info!(namespace = %name, %tenant, "namespace deleted"),
+                // Gone already, or replaced by another object of the same name.
+                Err(e) if matches!(k8s::status_code(&e), Some(404 | 409)) => {
+                    return Err(ProvisionError::NotFound {
+                        name: name.to_owned(),
+                    });
+                }
+                Err(source) => {
+                    return Err(ProvisionError::DeleteNamespace {
+                        name: name.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        info.phase = "Terminating".to_owned();
+        Ok(info)
+    }
+
+    /// Give one of the tenant's namespaces `ttl` from now and fresh credentials.
+    pub async fn extend(
+        &self,
+        tenant: &TenantName,
+        name: &str,
+        ttl: Option<Ttl>,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let ttl_secs = self.config.ttl.resolve(ttl)?;
+        let ns = self.owned(tenant, name).await?;
+        if ns.metadata.deletion_timestamp.is_some() {
+            return Err(ProvisionError::Terminating {
+                name: name.to_owned(),
+            });
+        }
+        let expiry = Expiry::after((self.clock)(), ttl_secs);
+        let set = desired_set(name, tenant, expiry, &self.config.set);
+        k8s::apply(self.namespaces(), &set.namespace)
+            .await
+            .map_err(|source| ProvisionError::ApplyNamespace {
+                name: name.to_owned(),
+                source,
+            })?;
+        let done = self.complete(&set, expiry, server).await?;
+        info!(namespace = %name, %tenant, expiry = %expiry, "namespace extended");
+        Ok(done)
+    }
+}
+
+fn info_of(ns: &Namespace) -> NamespaceInfo {
+    let labels = ns.labels();
+    let expiry = labels.get(EXPIRY_LABEL).and_then(|v| v.parse::<Expiry>().ok());
+    let terminating = ns.metadata.deletion_timestamp.is_some()
+        || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+    NamespaceInfo {
+        name: ns.name_any(),
+        tenant: labels.get(TENANT_LABEL).cloned().unwrap_or_default(),
+        created: ns.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        expires_at: expiry.map(Expiry::rfc3339),
+        phase: if terminating { "Terminating" } else { "Active" }.to_owned(),
+    }
+}

@@ -1,0 +1,298 @@
+//! Test support: one real control plane (etcd + kube-apiserver +
+//! kube-controller-manager, built from `tests/cluster`) per test process, or
+//! the one named by `NP_TEST_KUBECONFIG`; admin clients; ServiceAccount
+//! kubeconfigs; the real kubectl; unique names.
+//!
+//! A missing prerequisite (Go, a module download) fails the test with the
+//! reason; nothing here skips.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use namespace_provisioner::kubeconfig::{self, Credentials};
+use namespace_provisioner::params::ServerUrl;
+use sha2::{Digest, Sha256};
+
+/// A running control plane.
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    pub data_dir: PathBuf,
+    // Held for the life of the process: when the process exits, the pipe
+    // closes and the cluster shuts itself down (even after SIGKILL).
+    _process: Option<Mutex<(Child, ChildStdin, ChildStdout)>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ready {
+    kubeconfig: PathBuf,
+    server: String,
+    data_dir: PathBuf,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The harness binary, built from `tests/cluster` if its sources changed.
+pub fn cluster_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("NP_CLUSTER_BIN") {
+            return PathBuf::from(bin);
+        }
+        let src = repo_root().join("tests/cluster");
+        let mut hash = Sha256::new();
+        for file in ["go.mod", "go.sum", "main.go"] {
+            let data =
+                std::fs::read(src.join(file)).unwrap_or_else(|e| panic!("read tests/cluster/{file}: {e}"));
+            hash.update(&data);
+        }
+        let digest = hash.finalize();
+        let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let out = repo_root().join(format!("target/cluster/np-cluster-{tag}"));
+        if out.exists() {
+            return out;
+        }
+        eprintln!("building the test control plane (tests/cluster); the first build takes several minutes");
+        let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+        let status = Command::new("go")
+            .args(["build", "-trimpath", "-ldflags=-s -w", "-o"])
+            .arg(&tmp)
+            .arg(".")
+            .current_dir(&src)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `go` to build the test control plane ({e}); install Go >= 1.24 (see README)"
+                )
+            });
+        assert!(
+            status.success(),
+            "`go build` of tests/cluster failed ({status}); see the output above"
+        );
+        std::fs::rename(&tmp, &out).expect("move the built harness into place");
+        out
+    })
+    .clone()
+}
+
+impl Cluster {
+    /// Start a new control plane owned by this process.
+    pub fn start() -> Cluster {
+        let bin = cluster_bin();
+        let logs = repo_root().join("target/cluster/logs");
+        std::fs::create_dir_all(&logs).expect("create target/cluster/logs");
+        let log_path = logs.join(format!(
+            "{}-{}.log",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let log = std::fs::File::create(&log_path).expect("create cluster log");
+        let mut child = Command::new(&bin)
+            .args(["serve", "--exit-on-stdin-eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        // The harness prints one line once ready, or exits on failure.
+        let read = stdout.read_line(&mut line).expect("read the harness ready line");
+        if read == 0 {
+            let status = child.wait().ok();
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: String = tail
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "test control plane exited before ready ({status:?}); log {}:\n{tail}",
+                log_path.display()
+            );
+        }
+        let ready: Ready = serde_json::from_str(&line).expect("parse the harness ready line");
+        Cluster {
+            kubeconfig: ready.kubeconfig,
+            server: ready.server,
+            data_dir: ready.data_dir,
+            _process: Some(Mutex::new((child, stdin, stdout.into_inner()))),
+        }
+    }
+
+    /// Stop a cluster this process started and wait for it to exit.
+    pub fn stop(self) {
+        if let Some(process) = self._process {
+            let (mut child, stdin, _out) = process.into_inner().unwrap();
+            drop(stdin);
+            let status = child.wait().expect("wait for the control plane");
+            assert!(status.success(), "control plane exited with {status}");
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self._process.as_ref().map(|p| p.lock().unwrap().0.id())
+    }
+
+    pub async fn client(&self) -> Client {
+        client_from_file(&self.kubeconfig).await
+    }
+
+    pub fn server_url(&self) -> ServerUrl {
+        self.server.parse().unwrap()
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir.join("ca.crt")).expect("read the cluster CA")
+    }
+}
+
+/// The cluster shared by every test of this process.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| match std::env::var("NP_TEST_KUBECONFIG") {
+        Ok(path) => {
+            let config = Kubeconfig::read_from(&path).expect("read NP_TEST_KUBECONFIG");
+            let server = config.clusters[0]
+                .cluster
+                .as_ref()
+                .unwrap()
+                .server
+                .clone()
+                .unwrap();
+            Cluster {
+                kubeconfig: PathBuf::from(&path),
+                server,
+                data_dir: Path::new(&path).parent().unwrap().to_path_buf(),
+                _process: None,
+            }
+        }
+        Err(_) => Cluster::start(),
+    })
+}
+
+pub async fn client_from_file(path: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("load kubeconfig");
+    Client::try_from(config).expect("build client")
+}
+
+pub async fn client_from_yaml(yaml: &str) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(yaml).expect("parse kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("load kubeconfig");
+    Client::try_from(config).expect("build client")
+}
+
+/// An admin client for the shared cluster.
+pub async fn admin() -> Client {
+    cluster().client().await
+}
+
+/// A DNS-label name unique to this run: `<prefix>-<random>`.
+pub fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// A kubeconfig (YAML) acting as ServiceAccount `namespace/name`, from the TokenRequest API.
+pub async fn service_account_kubeconfig(client: &Client, namespace: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest");
+    let c = cluster();
+    let ca = c.ca_pem();
+    let config = kubeconfig::build(Credentials {
+        namespace,
+        server: &c.server_url(),
+        ca_pem: Some(&ca),
+        token: issued.status.unwrap().token.into(),
+    });
+    kubeconfig::to_yaml(&config).unwrap()
+}
+
+/// Write `contents` to a fresh file that lives as long as the returned handle.
+pub fn temp_file(contents: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(contents.as_bytes()).expect("write temp file");
+    f
+}
+
+/// Run the real kubectl (from the harness) with `kubeconfig`.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(cluster_bin())
+        .arg("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Like [`kubectl`], panicking with its output unless it succeeds.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = kubectl(kubeconfig, args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait until `check` returns true, polling the API (not sleeping blind), or fail after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
