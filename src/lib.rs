@@ -4,6 +4,7 @@
 //! has no client and no clock; Kubernetes I/O lives in [`k8s`].
 
 pub mod auth;
+pub mod cli;
 pub mod desired;
 pub mod k8s;
 pub mod kubeconfig;
