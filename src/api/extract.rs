@@ -88,9 +88,13 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonBody<
                 let v = v.trim().to_ascii_lowercase();
                 v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
             });
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {}", e.body_text())))?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::new(
+                e.status(),
+                "bad_body",
+                format!("cannot read the request body: {}", e.body_text()),
+            )
+        })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(T::default()));
         }

@@ -97,3 +97,6 @@ pub fn function_router(state: AppState, request_timeout: Duration) -> Router {
         .with_state(state.clone());
     router(state, request_timeout).merge(health)
 }
+
+#[cfg(test)]
+mod tests;
