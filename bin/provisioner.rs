@@ -139,7 +139,10 @@ fn load_tokens(args: &Args) -> anyhow::Result<Option<Tokens>> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Everything that can be checked without the API server is checked first.
     let tokens = load_tokens(&args)?;
+    let set = args.policy.set_config()?;
+    let ttl = args.policy.ttl_policy()?;
     let (client, kube_config) = args.kube.client().await.context("connect to Kubernetes")?;
     let server = match &args.server {
         Some(server) => server.clone(),
@@ -164,8 +167,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => k8s::trusted_ca_pem(&kube_config).context("read the CA trusted for the API server")?,
     };
     let config = ProvisionerConfig {
-        set: args.policy.set_config()?,
-        ttl: args.policy.ttl_policy()?,
+        set,
+        ttl,
         prefix: args.prefix.clone(),
         server,
         ca_pem,
