@@ -343,7 +343,9 @@ async fn bad_input_is_refused_and_changes_nothing() {
     };
     let before = snapshot(world.managed().await);
 
-    let cases: Vec<(&str, String, Option<&str>, Option<&str>, u16, &str)> = vec![
+    // (method, uri, token, body, status, words the detail must contain)
+    type Case<'a> = (&'a str, String, Option<&'a str>, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/api/v1/namespace?ttl=forever".into(),
