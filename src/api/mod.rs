@@ -42,11 +42,20 @@ impl AppState {
         provisioner: Provisioner,
         tokens: Option<Tokens>,
     ) -> Result<Self, crate::params::TenantNameError> {
+        Self::with_metrics(provisioner, tokens, Arc::new(Metrics::default()))
+    }
+
+    /// With metrics made beforehand, e.g. shared with a counted client.
+    pub fn with_metrics(
+        provisioner: Provisioner,
+        tokens: Option<Tokens>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::params::TenantNameError> {
         Ok(Self {
             provisioner,
             tokens: tokens.map(Arc::new),
             anonymous_tenant: DEFAULT_TENANT.parse()?,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         })
     }
 }
