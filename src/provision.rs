@@ -454,7 +454,7 @@ mod tests {
             metadata: ObjectMeta {
                 name: Some("np-x".into()),
                 labels: expiry.map(|e| [(EXPIRY_LABEL.to_owned(), e.to_owned())].into()),
-                deletion_timestamp: deleting.then(|| Time(jiff::Timestamp::UNIX_EPOCH)),
+                deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()

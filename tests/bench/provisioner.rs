@@ -7,7 +7,7 @@
 //! `cargo bench --bench provisioner` (NP_BENCH_CREATES=1,8,32 to pick levels).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/mod.rs"]
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
