@@ -3,6 +3,7 @@
 //! The pure core ([`params`], [`labels`], [`desired`], [`kubeconfig`], [`auth`])
 //! has no client and no clock; Kubernetes I/O lives in [`k8s`].
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod desired;

@@ -321,6 +321,19 @@ impl Provisioner {
         Ok(items.iter().map(info_of).collect())
     }
 
+    /// Tenant of every live managed namespace (for the per-tenant gauge).
+    pub async fn list_all_tenants(&self) -> Result<Vec<String>, ProvisionError> {
+        let selector = self.config.set.selector.to_label_selector();
+        let items = k8s::list_all(&self.namespaces(), &selector, self.config.page_size)
+            .await
+            .map_err(|source| ProvisionError::ListNamespaces { source })?;
+        Ok(items
+            .iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .filter_map(|ns| ns.labels().get(TENANT_LABEL).cloned())
+            .collect())
+    }
+
     /// One of the tenant's namespaces; anything else is [`ProvisionError::NotFound`].
     async fn owned(&self, tenant: &TenantName, name: &str) -> Result<Namespace, ProvisionError> {
         let not_found = || ProvisionError::NotFound {

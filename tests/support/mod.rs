@@ -296,3 +296,139 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An HTTP answer, body as text.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a real socket.
+pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default().to_owned())))
+        .unwrap();
+    let response = client.request(request).await.expect("HTTP request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real binary of this crate running as a child process; killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Start `bin` with `args` and `envs`, logs to a file under target/.
+    pub fn start(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
+        let logs = repo_root().join("target/test-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = logs.join(format!(
+            "{}-{}.log",
+            Path::new(bin).file_name().unwrap().to_string_lossy(),
+            unique("run")
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            // Only what the test passes: no stray NP_* from the developer's shell.
+            .env_remove("NP_TOKEN")
+            .env_remove("NP_TOKEN_FILE")
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        Process { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status and everything the process logged.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        let status = self.child.wait().expect("wait");
+        (status, self.log_text())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until `GET http://addr/path` answers 200.
+pub async fn wait_http_ok(addr: &str, path: &str, process: &mut Process) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = process.child.try_wait() {
+            panic!("process exited early ({status}); log:\n{}", process.log_text());
+        }
+        let probe = tokio::net::TcpStream::connect(addr).await.is_ok();
+        if probe && http(addr, "GET", path, None, None).await.status == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr}{path} not ready; log:\n{}",
+            process.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Decode a JWT's claims (no verification: the API server already did that).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url claims");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}

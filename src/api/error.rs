@@ -1,0 +1,208 @@
+//! `ApiError`: every error the HTTP API returns, as RFC 9457 problem+json,
+//! and the one mapping from domain errors to status codes. 5xx details go to
+//! the log (by the `log_errors` middleware), never to the caller.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::k8s;
+use crate::provision::ProvisionError;
+
+/// Seconds a caller should wait after a 503.
+const RETRY_AFTER_SECS: u64 = 5;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: String,
+    retry_after: Option<u64>,
+    challenge: Option<&'static str>,
+    /// Full cause chain of a server-side failure, for the log only.
+    internal: Option<String>,
+    /// Stable error kind for metrics.
+    kind: &'static str,
+}
+
+/// RFC 9457 problem details body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status code says what kind of problem it is.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong and what to do about it.
+    pub detail: String,
+}
+
+/// Placed in response extensions so middleware can log and count failures.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: &'static str,
+    pub internal: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            retry_after: None,
+            challenge: None,
+            internal: None,
+            kind,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    /// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750).
+    pub fn unauthorized(detail: impl Into<String>, invalid_token: bool) -> Self {
+        Self {
+            challenge: Some(if invalid_token {
+                "Bearer realm=\"namespace-provisioner\", error=\"invalid_token\""
+            } else {
+                "Bearer realm=\"namespace-provisioner\""
+            }),
+            ..Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        }
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+/// `error: cause: cause` for the log.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<ProvisionError> for ApiError {
+    fn from(err: ProvisionError) -> Self {
+        let kind = err.kind();
+        let client_error = |status| Self::new(status, kind, err.to_string());
+        match &err {
+            ProvisionError::Ttl(_) => client_error(StatusCode::BAD_REQUEST),
+            ProvisionError::NotFound { .. } => client_error(StatusCode::NOT_FOUND),
+            ProvisionError::TooMany { .. } => client_error(StatusCode::TOO_MANY_REQUESTS),
+            ProvisionError::Terminating { .. } => client_error(StatusCode::CONFLICT),
+            _ => {
+                let api = err.kube_error();
+                let (status, detail, retry_after) = if api.is_some_and(k8s::is_unavailable) {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the Kubernetes API server is unavailable; retry later",
+                        Some(RETRY_AFTER_SECS),
+                    )
+                } else if api.and_then(k8s::status_code) == Some(409) {
+                    (
+                        StatusCode::CONFLICT,
+                        "a concurrent change to the same namespace conflicted; retry",
+                        None,
+                    )
+                } else {
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the namespace operation failed inside the provisioner; its operator can find the cause in the logs",
+                        None,
+                    )
+                };
+                Self {
+                    retry_after,
+                    internal: Some(chain(&err)),
+                    ..Self::new(status, kind, detail)
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Problem {
+            type_: "about:blank",
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(challenge) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(Failure {
+            kind: self.kind,
+            internal: self.internal,
+        });
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::TtlError;
+
+    #[test]
+    fn client_errors_keep_their_message() {
+        let e = ApiError::from(ProvisionError::Ttl(TtlError::AboveMax {
+            requested: "2h".into(),
+            max: "1h".into(),
+        }));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.detail().contains("at most 1h"));
+    }
+
+    #[test]
+    fn server_errors_hide_their_cause() {
+        let e = ApiError::from(ProvisionError::TaskStopped);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.detail().contains("task"));
+        assert!(e.internal.as_deref().unwrap_or_default().contains("task stopped"));
+    }
+
+    #[test]
+    fn unreachable_api_server_is_503_with_retry_after() {
+        let status = kube::core::Status {
+            code: 503,
+            ..kube::core::Status::default()
+        };
+        let e = ApiError::from(ProvisionError::ListNamespaces {
+            source: kube::Error::Api(Box::new(status)),
+        });
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = e.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Extractors that turn requests into typed input, answering bad input with
+//! the same problem+json shape as every other error (never axum's plain text).
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::params::TenantName;
+
+/// The authenticated tenant making the request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub TenantName);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(tokens) = state.tokens.as_deref() else {
+            return Ok(Caller(state.anonymous_tenant.clone()));
+        };
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>", false))?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text", true))?;
+        // RFC 9110: the scheme is case-insensitive (the original tool's CI sends `bearer`).
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "the Authorization header must use the Bearer scheme",
+                    true,
+                ));
+            }
+        };
+        tokens
+            .authenticate(token)
+            .map(|tenant| Caller(tenant.clone()))
+            .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid", true))
+    }
+}
+
+/// Query parameters, with unknown or malformed ones refused by name.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|e| ApiError::bad_request(format!("bad query parameters: {}", e.body_text())))
+    }
+}
+
+/// The `{name}` path segment.
+pub struct NamePath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NamePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(name)| NamePath(name))
+            .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+    }
+}
+
+/// A JSON body; an empty body means "all defaults".
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            ApiError::new(
+                e.status(),
+                "bad_body",
+                format!("cannot read the request body: {}", e.body_text()),
+            )
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(T::default()));
+        }
+        if json_type == Some(false) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON for this request: {e}")))
+    }
+}

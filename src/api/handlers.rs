@@ -1,0 +1,304 @@
+//! HTTP handlers: parse input, call the provisioner, shape the answer.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::extract::{Caller, JsonBody, NamePath, QueryParams};
+use crate::kubeconfig;
+use crate::params::{Expiry, ServerUrl, Ttl};
+use crate::provision::{NamespaceInfo, Provisioned};
+
+/// Query of the original tool's create call.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CreateQuery {
+    /// Lifetime, e.g. `30s`, `5m`, `1h30m`; absent or `0` = the default; at most the maximum.
+    ttl: Option<String>,
+    /// API server URL to write into the kubeconfig (absolute http/https URL).
+    server: Option<String>,
+}
+
+/// Body of create and extend.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LifetimeRequest {
+    /// Lifetime from now, e.g. `30s`, `5m`, `1h30m`; absent or `0` = the default; at most the maximum.
+    ttl: Option<String>,
+    /// API server URL to write into the kubeconfig (absolute http/https URL).
+    server: Option<String>,
+}
+
+/// A namespace with fresh credentials.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    pub name: String,
+    /// RFC 3339 expiry of the namespace.
+    pub expires_at: String,
+    /// RFC 3339 expiry of the token in the kubeconfig (at least 10 minutes, a Kubernetes floor;
+    /// the token also stops working when the namespace is deleted).
+    pub token_expires_at: String,
+    /// The kubeconfig, YAML.
+    pub kubeconfig: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NamespaceList {
+    pub items: Vec<NamespaceInfo>,
+}
+
+fn parse_inputs(
+    ttl: Option<String>,
+    server: Option<String>,
+) -> Result<(Option<Ttl>, Option<ServerUrl>), ApiError> {
+    let ttl = ttl
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<Ttl>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let server = server
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<ServerUrl>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((ttl, server))
+}
+
+fn kubeconfig_yaml(done: &Provisioned) -> Result<String, ApiError> {
+    kubeconfig::to_yaml(&done.kubeconfig).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encode_kubeconfig",
+            format!("encoding the kubeconfig failed: {e}"),
+        )
+    })
+}
+
+fn credentials(done: &Provisioned) -> Result<Credentials, ApiError> {
+    Ok(Credentials {
+        name: done.name.clone(),
+        expires_at: done.expiry.rfc3339(),
+        token_expires_at: Expiry::from_unix(done.token_expires_at).rfc3339(),
+        kubeconfig: kubeconfig_yaml(done)?,
+    })
+}
+
+fn location(name: &str) -> HeaderValue {
+    // Namespace names are DNS labels, always a valid header value.
+    HeaderValue::from_str(&format!("/api/v1/namespaces/{name}")).unwrap_or(HeaderValue::from_static("/"))
+}
+
+/// Create a namespace (the original tool's call); answers with the kubeconfig.
+#[utoipa::path(post, path = "/api/v1/namespace", params(CreateQuery), tag = "compat",
+    responses(
+        (status = 201, description = "Created; body is the kubeconfig", content_type = "application/yaml", body = String,
+         headers(("Location" = String, description = "the namespace's REST URL"))),
+        (status = 400, description = "Bad ttl or server", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_create(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    QueryParams(query): QueryParams<CreateQuery>,
+) -> Result<Response, ApiError> {
+    let (ttl, server) = parse_inputs(query.ttl, query.server)?;
+    let started = Instant::now();
+    let done = state.provisioner.create(&tenant, ttl, server).await?;
+    state.metrics.observe_create(started);
+    let yaml = kubeconfig_yaml(&done)?;
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/yaml")),
+            (header::LOCATION, location(&done.name)),
+        ],
+        yaml,
+    )
+        .into_response())
+}
+
+/// Delete one of the caller's namespaces (the original tool's call).
+#[utoipa::path(delete, path = "/api/v1/namespace/{name}", tag = "compat",
+    params(("name" = String, Path, description = "namespace name")),
+    responses(
+        (status = 200, description = "Deletion started"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not one of the caller's namespaces", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn compat_delete(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    NamePath(name): NamePath,
+) -> Result<StatusCode, ApiError> {
+    state.provisioner.delete(&tenant, &name).await?;
+    Ok(StatusCode::OK)
+}
+
+/// Create a namespace; answers with its name, expiry and kubeconfig.
+#[utoipa::path(post, path = "/api/v1/namespaces", tag = "namespaces",
+    request_body(content = LifetimeRequest, description = "empty body = defaults"),
+    responses(
+        (status = 201, description = "Created", body = Credentials,
+         headers(("Location" = String, description = "the namespace's URL"))),
+        (status = 400, description = "Bad ttl, server or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    JsonBody(body): JsonBody<LifetimeRequest>,
+) -> Result<Response, ApiError> {
+    let (ttl, server) = parse_inputs(body.ttl, body.server)?;
+    let started = Instant::now();
+    let done = state.provisioner.create(&tenant, ttl, server).await?;
+    state.metrics.observe_create(started);
+    let location = location(&done.name);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(credentials(&done)?),
+    )
+        .into_response())
+}
+
+/// The caller's namespaces.
+#[utoipa::path(get, path = "/api/v1/namespaces", tag = "namespaces",
+    responses(
+        (status = 200, description = "The caller's namespaces", body = NamespaceList),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+) -> Result<Json<NamespaceList>, ApiError> {
+    let items = state.provisioner.list(&tenant).await?;
+    Ok(Json(NamespaceList { items }))
+}
+
+/// One of the caller's namespaces.
+#[utoipa::path(get, path = "/api/v1/namespaces/{name}", tag = "namespaces",
+    params(("name" = String, Path, description = "namespace name")),
+    responses(
+        (status = 200, description = "The namespace", body = NamespaceInfo),
+        (status = 404, description = "Not one of the caller's namespaces", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    NamePath(name): NamePath,
+) -> Result<Json<NamespaceInfo>, ApiError> {
+    Ok(Json(state.provisioner.get(&tenant, &name).await?))
+}
+
+/// Delete one of the caller's namespaces.
+#[utoipa::path(delete, path = "/api/v1/namespaces/{name}", tag = "namespaces",
+    params(("name" = String, Path, description = "namespace name")),
+    responses(
+        (status = 202, description = "Deletion started", body = NamespaceInfo),
+        (status = 404, description = "Not one of the caller's namespaces", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete_one(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    NamePath(name): NamePath,
+) -> Result<(StatusCode, Json<NamespaceInfo>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.provisioner.delete(&tenant, &name).await?),
+    ))
+}
+
+/// Extend one of the caller's namespaces: `ttl` from now, within the maximum; fresh kubeconfig.
+#[utoipa::path(patch, path = "/api/v1/namespaces/{name}", tag = "namespaces",
+    params(("name" = String, Path, description = "namespace name")),
+    request_body(content = LifetimeRequest, description = "empty body = the default ttl"),
+    responses(
+        (status = 200, description = "Extended", body = Credentials),
+        (status = 400, description = "Bad ttl, server or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not one of the caller's namespaces", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Being deleted", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])))]
+pub async fn extend(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    NamePath(name): NamePath,
+    JsonBody(body): JsonBody<LifetimeRequest>,
+) -> Result<Json<Credentials>, ApiError> {
+    let (ttl, server) = parse_inputs(body.ttl, body.server)?;
+    let done = state.provisioner.extend(&tenant, &name, ttl, server).await?;
+    Ok(Json(credentials(&done)?))
+}
+
+/// Liveness: the process answers.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the Kubernetes API server answers.
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state
+        .provisioner
+        .client()
+        .apiserver_version()
+        .await
+        .map(|_| "ok")
+        .map_err(|e| {
+            tracing::warn!(error = %e, "readiness check: API server unreachable");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the Kubernetes API server is not reachable",
+            )
+        })
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    match state.provisioner.list_all_tenants().await {
+        Ok(tenants) => state.metrics.set_live(tenants.iter().map(String::as_str)),
+        Err(e) => tracing::warn!(error = %e, "metrics: counting live namespaces failed"),
+    }
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see /openapi.json",
+    )
+}

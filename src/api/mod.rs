@@ -1,0 +1,102 @@
+//! The HTTP API: one axum [`Router`] served by `axum::serve` in a container or
+//! by `lambda_http::run` behind a function runtime.
+
+mod error;
+mod extract;
+mod handlers;
+mod metrics;
+mod openapi;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, Problem};
+pub use metrics::Metrics;
+pub use openapi::ApiDoc;
+
+use crate::auth::{DEFAULT_TENANT, Tokens};
+use crate::params::TenantName;
+use crate::provision::Provisioner;
+
+/// Bodies are a ttl and a URL; anything bigger is a mistake or an attack.
+const BODY_LIMIT: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub provisioner: Provisioner,
+    /// `None` only with `--insecure-allow-unauthenticated`.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Tenant of unauthenticated callers when tokens are off.
+    pub anonymous_tenant: TenantName,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(
+        provisioner: Provisioner,
+        tokens: Option<Tokens>,
+    ) -> Result<Self, crate::params::TenantNameError> {
+        Ok(Self {
+            provisioner,
+            tokens: tokens.map(Arc::new),
+            anonymous_tenant: DEFAULT_TENANT.parse()?,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+}
+
+/// The public API (and `/openapi.json`).
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/api/v1/namespace", post(handlers::compat_create))
+        .route("/api/v1/namespace/{name}", delete(handlers::compat_delete))
+        .route("/api/v1/namespaces", post(handlers::create).get(handlers::list))
+        .route(
+            "/api/v1/namespaces/{name}",
+            get(handlers::get_one)
+                .delete(handlers::delete_one)
+                .patch(handlers::extend),
+        )
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Liveness, readiness and metrics, for the internal listener.
+pub fn internal_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .with_state(state)
+}
+
+/// Function mode has one listener: the public API plus health checks
+/// (metrics stay off a public URL).
+pub fn function_router(state: AppState, request_timeout: Duration) -> Router {
+    let health = Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .with_state(state.clone());
+    router(state, request_timeout).merge(health)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! Router tests without sockets or a cluster: every error path that is decided
+//! before the Kubernetes API is called, plus one that finds it unreachable.
+//! Kubernetes behaviour itself is tested in tests/ against the real thing.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::desired::SetConfig;
+use crate::params::TtlPolicy;
+use crate::provision::{Provisioner, ProvisionerConfig};
+
+const TOKEN: &str = "tenant-a-token-0123456789";
+
+/// A state whose client points at a closed port: any API call fails fast.
+fn state(tokens: bool) -> AppState {
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let provisioner = Provisioner::new(
+        client,
+        ProvisionerConfig {
+            set: SetConfig {
+                selector: crate::labels::DEFAULT_SELECTOR.parse().unwrap(),
+                cluster_role: "namespace-provisioner-grant".into(),
+                role_rules: None,
+            },
+            ttl: TtlPolicy::new(Duration::from_secs(3600), Some(Duration::from_secs(7200))).unwrap(),
+            prefix: "np".parse().unwrap(),
+            server: "https://kube.example:6443".parse().unwrap(),
+            ca_pem: None,
+            max_namespaces_per_tenant: None,
+            page_size: 500,
+        },
+    );
+    let tokens = tokens.then(|| Tokens::parse(&format!("team-a {TOKEN}\n")).unwrap());
+    AppState::new(provisioner, tokens).unwrap()
+}
+
+fn app(tokens: bool) -> Router {
+    router(state(tokens), Duration::from_secs(5)).merge(internal_router(state(tokens)))
+}
+
+async fn send(app: Router, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+fn authed(method: &str, uri: &str, body: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn assert_problem(
+    status: StatusCode,
+    headers: &axum::http::HeaderMap,
+    body: &serde_json::Value,
+    want: StatusCode,
+) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(body["status"], want.as_u16());
+    assert_eq!(body["type"], "about:blank");
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    assert!(!body.to_string().contains(TOKEN), "token echoed: {body}");
+}
+
+#[tokio::test]
+async fn missing_token_is_401_with_bearer_challenge() {
+    let request = Request::post("/api/v1/namespace").body(Body::empty()).unwrap();
+    let (status, headers, body) = send(app(true), request).await;
+    assert_problem(status, &headers, &body, StatusCode::UNAUTHORIZED);
+    assert!(
+        headers[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+}
+
+#[tokio::test]
+async fn wrong_token_and_wrong_scheme_are_401() {
+    for value in [
+        "Bearer wrong-token-0123456789".to_owned(),
+        format!("Basic {TOKEN}"),
+        TOKEN.to_owned(),
+    ] {
+        let request = Request::get("/api/v1/namespaces")
+            .header(header::AUTHORIZATION, value)
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, body) = send(app(true), request).await;
+        assert_problem(status, &headers, &body, StatusCode::UNAUTHORIZED);
+        assert!(
+            headers[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+}
+
+#[tokio::test]
+async fn auth_is_checked_before_input() {
+    let request = Request::post("/api/v1/namespace?ttl=garbage")
+        .body(Body::empty())
+        .unwrap();
+    let (status, ..) = send(app(true), request).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn scheme_is_case_insensitive() {
+    // Passes auth, then fails on the ttl: proof the lower-case scheme was accepted.
+    let request = Request::post("/api/v1/namespace?ttl=garbage")
+        .header(header::AUTHORIZATION, format!("bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, ..) = send(app(true), request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn bad_ttl_is_400_naming_the_allowed_range() {
+    let cases = [
+        ("garbage", "not a duration"),
+        ("-5m", "negative"),
+        ("99999999999999999999999999h", "not a duration"),
+        ("3h", "at most 2h"),
+        ("5", "not a duration"),
+    ];
+    for (ttl, expect) in cases {
+        let uri = format!("/api/v1/namespace?ttl={ttl}");
+        let (status, headers, body) = send(app(true), authed("POST", &uri, "")).await;
+        assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+        assert!(body["detail"].as_str().unwrap().contains(expect), "{ttl}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn bad_server_is_400() {
+    for server in ["foo", "ftp://x", "/relative", "https://user:pw@host"] {
+        let uri = format!("/api/v1/namespace?server={server}");
+        let (status, headers, body) = send(app(true), authed("POST", &uri, "")).await;
+        assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+        assert!(
+            body["detail"].as_str().unwrap().contains("absolute http(s) URL"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_query_parameter_is_named() {
+    let (status, headers, body) = send(app(true), authed("POST", "/api/v1/namespace?tll=5m", "")).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert!(body["detail"].as_str().unwrap().contains("tll"), "{body}");
+}
+
+#[tokio::test]
+async fn bad_json_bodies_are_400_or_415() {
+    for (payload, expect) in [
+        ("{", "not valid JSON"),
+        (r#"{"ttl": 5}"#, "invalid type"),
+        (r#"{"tll":"5m"}"#, "tll"),
+    ] {
+        let (status, headers, body) = send(app(true), authed("POST", "/api/v1/namespaces", payload)).await;
+        assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+        assert!(
+            body["detail"].as_str().unwrap().contains(expect),
+            "{payload}: {body}"
+        );
+    }
+    let request = Request::post("/api/v1/namespaces")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("ttl=5m"))
+        .unwrap();
+    let (status, headers, body) = send(app(true), request).await;
+    assert_problem(status, &headers, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (status, headers, body) = send(
+        app(true),
+        authed("PATCH", "/api/v1/namespaces/np-x", r#"{"ttl":"-1s"}"#),
+    )
+    .await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused() {
+    let big = format!(r#"{{"ttl":"{}"}}"#, "1".repeat(BODY_LIMIT));
+    let (status, headers, body) = send(app(true), authed("POST", "/api/v1/namespaces", &big)).await;
+    assert_problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn unknown_route_and_method_are_problems() {
+    let (status, headers, body) = send(app(true), authed("GET", "/api/v2/things", "")).await;
+    assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+    let (status, headers, body) = send(app(true), authed("PUT", "/api/v1/namespaces", "")).await;
+    assert_problem(status, &headers, &body, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn invalid_names_are_404_without_an_api_call() {
+    for name in ["Kube-System", "a_b", "..", &"x".repeat(64)] {
+        let uri = format!("/api/v1/namespaces/{name}");
+        let (status, headers, body) = send(app(true), authed("DELETE", &uri, "")).await;
+        assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn unreachable_api_server_is_503_with_retry_after() {
+    let (status, headers, body) = send(app(true), authed("GET", "/api/v1/namespaces", "")).await;
+    assert_problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "5");
+    let request = Request::get("/readyz").body(Body::empty()).unwrap();
+    let (status, ..) = send(app(true), request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn unauthenticated_mode_serves_tenant_default() {
+    // With tokens off, no header is needed: the request reaches validation.
+    let request = Request::post("/api/v1/namespace?ttl=garbage")
+        .body(Body::empty())
+        .unwrap();
+    let (status, ..) = send(app(false), request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn health_metrics_and_openapi_answer() {
+    let (status, ..) = send(app(true), Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let response = app(true)
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("namespace_provisioner_create_duration_seconds"),
+        "{text}"
+    );
+    let (status, _, body) = send(
+        app(true),
+        Request::get("/openapi.json").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["paths"]["/api/v1/namespaces/{name}"]["patch"].is_object());
+}
+
+/// Lambda-shaped requests: API Gateway HTTP API (v2) / function URL events go
+/// through the same router the function runtime serves.
+async fn lambda(fixture: &str) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    let event = std::fs::read_to_string(path).unwrap();
+    let request = lambda_http::request::from_str(&event).unwrap();
+    let app = function_router(state(true), Duration::from_secs(5));
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn lambda_event_with_bad_ttl_is_400() {
+    let (status, headers, body) = lambda("apigw-v2-create-bad-ttl.json").await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert!(body["detail"].as_str().unwrap().contains("forever"));
+}
+
+#[tokio::test]
+async fn lambda_event_without_token_is_401() {
+    let (status, headers, body) = lambda("apigw-v2-list-no-auth.json").await;
+    assert_problem(status, &headers, &body, StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,978 @@
+//! The provisioner against the real control plane: returned kubeconfigs used
+//! with the real kubectl, bad input that changes nothing, rollback, tenants,
+//! limits, extend, concurrency, client disconnects, the real binary.
+//!
+//! Each test uses its own selector value and grant ClusterRole, so tests run
+//! in parallel on one cluster without seeing each other's namespaces.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
+};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use namespace_provisioner::api::{self, AppState};
+use namespace_provisioner::auth::Tokens;
+use namespace_provisioner::desired::SetConfig;
+use namespace_provisioner::params::TtlPolicy;
+use namespace_provisioner::provision::{Provisioner, ProvisionerConfig};
+use support::{Answer, admin, cluster, eventually, kubectl, temp_file, unique};
+use tower::ServiceExt;
+
+const ALICE: &str = "alice-token-0123456789abcdef";
+const BOB: &str = "bob-token-0123456789abcdefgh";
+const EXPIRY: &str = "controller.observatorium.io/expiry";
+const TENANT: &str = "controller.observatorium.io/tenant";
+
+/// One test's world: its selector, its grant ClusterRole, a router over the real cluster.
+struct World {
+    admin: Client,
+    selector_key: String,
+    selector_value: String,
+    grant: String,
+    app: Router,
+}
+
+impl World {
+    async fn new(max_per_tenant: Option<u32>) -> World {
+        Self::with_client(admin().await, max_per_tenant, vec![]).await
+    }
+
+    /// `grant_rules`: rules of the grant ClusterRole (empty by default, as shipped).
+    async fn with_client(client: Client, max_per_tenant: Option<u32>, grant_rules: Vec<PolicyRule>) -> World {
+        let admin = admin().await;
+        let grant = unique("np-grant");
+        Api::<ClusterRole>::all(admin.clone())
+            .create(
+                &PostParams::default(),
+                &ClusterRole {
+                    metadata: ObjectMeta {
+                        name: Some(grant.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    rules: Some(grant_rules),
+                    ..ClusterRole::default()
+                },
+            )
+            .await
+            .unwrap();
+        let selector_key = "np-test.example.com/provisioner".to_owned();
+        let selector_value = unique("t");
+        let config = ProvisionerConfig {
+            set: SetConfig {
+                selector: format!("{selector_key}={selector_value}").parse().unwrap(),
+                cluster_role: grant.clone(),
+                role_rules: None,
+            },
+            ttl: TtlPolicy::new(Duration::from_secs(3600), Some(Duration::from_secs(7200))).unwrap(),
+            prefix: "np".parse().unwrap(),
+            server: cluster().server_url(),
+            ca_pem: Some(cluster().ca_pem()),
+            max_namespaces_per_tenant: max_per_tenant,
+            page_size: 500,
+        };
+        let tokens = Tokens::parse(&format!("alice {ALICE}\nbob {BOB}\n")).unwrap();
+        let state = AppState::new(Provisioner::new(client, config), Some(tokens)).unwrap();
+        let app = api::router(state, Duration::from_secs(60));
+        World {
+            admin,
+            selector_key,
+            selector_value,
+            grant,
+            app,
+        }
+    }
+
+    fn selector(&self) -> String {
+        format!("{}={}", self.selector_key, self.selector_value)
+    }
+
+    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Body::from(body.unwrap_or_default().to_owned()))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    /// Create through the compat call; returns (name, kubeconfig YAML).
+    async fn create(&self, token: &str, query: &str) -> (String, String) {
+        let answer = self
+            .call("POST", &format!("/api/v1/namespace{query}"), Some(token), None)
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        let location = answer.headers["location"].to_str().unwrap().to_owned();
+        let name = location.rsplit('/').next().unwrap().to_owned();
+        (name, answer.body)
+    }
+
+    async fn managed(&self) -> Vec<Namespace> {
+        Api::<Namespace>::all(self.admin.clone())
+            .list(&ListParams::default().labels(&self.selector()))
+            .await
+            .unwrap()
+            .items
+    }
+
+    async fn cleanup(&self) {
+        let api = Api::<Namespace>::all(self.admin.clone());
+        for ns in self.managed().await {
+            let _ = api.delete(&ns.name_any(), &DeleteParams::default()).await;
+        }
+        let _ = Api::<ClusterRole>::all(self.admin.clone())
+            .delete(&self.grant, &DeleteParams::default())
+            .await;
+    }
+}
+
+fn token_of(kubeconfig: &str) -> String {
+    let value: serde_json::Value = serde_yaml_ng::from_str(kubeconfig).unwrap();
+    value["users"][0]["user"]["token"].as_str().unwrap().to_owned()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn assert_problem(answer: &Answer, status: u16, detail_contains: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(answer.headers["content-type"], "application/problem+json");
+    let body = answer.json();
+    assert_eq!(body["status"], status);
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(detail_contains),
+        "{detail:?} lacks {detail_contains:?}"
+    );
+    for token in [ALICE, BOB] {
+        assert!(!answer.body.contains(token), "token echoed");
+    }
+}
+
+#[tokio::test]
+async fn kubeconfig_works_with_kubectl_only_inside_its_namespace() {
+    let world = World::new(None).await;
+    let before = now();
+    let (name, kubeconfig) = world.create(ALICE, "?ttl=30m").await;
+    let file = temp_file(&kubeconfig);
+    let path = file.path();
+
+    // The set, labelled as the contract says.
+    let ns = Api::<Namespace>::all(world.admin.clone())
+        .get(&name)
+        .await
+        .unwrap();
+    let labels = ns.labels();
+    assert_eq!(labels[&world.selector_key], world.selector_value);
+    assert_eq!(labels[TENANT], "alice");
+    let expiry: i64 = labels[EXPIRY].parse().unwrap();
+    assert!(
+        (before + 1800..=now() + 1800).contains(&expiry),
+        "expiry {expiry}"
+    );
+    assert!(ns.annotations()["controller.observatorium.io/expires-at"].ends_with('Z'));
+    let sa = Api::<ServiceAccount>::namespaced(world.admin.clone(), &name)
+        .get("namespace-provisioner")
+        .await
+        .unwrap();
+    assert_eq!(sa.labels()[EXPIRY], labels[EXPIRY]);
+    let rb = Api::<RoleBinding>::namespaced(world.admin.clone(), &name)
+        .get("namespace-provisioner")
+        .await
+        .unwrap();
+    assert_eq!(rb.role_ref.name, world.grant);
+
+    // What the original tool's clients read.
+    let parsed: serde_json::Value = serde_yaml_ng::from_str(&kubeconfig).unwrap();
+    assert_eq!(parsed["contexts"][0]["context"]["namespace"], name.as_str());
+
+    // Token lifetime = the namespace's lifetime.
+    let claims = support::jwt_claims(&token_of(&kubeconfig));
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert!((1795..=1800).contains(&lifetime), "token lifetime {lifetime}");
+    assert_eq!(claims["kubernetes.io"]["namespace"], name.as_str());
+
+    // The shipped grant grants nothing.
+    let denied = kubectl(path, &["get", "configmaps"]);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "{denied:?}"
+    );
+
+    // An administrator edits the grant: now ConfigMaps work, here only.
+    let mut grant = Api::<ClusterRole>::all(world.admin.clone())
+        .get(&world.grant)
+        .await
+        .unwrap();
+    grant.rules = Some(vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["configmaps".into()]),
+        verbs: vec!["*".into()],
+        ..PolicyRule::default()
+    }]);
+    Api::<ClusterRole>::all(world.admin.clone())
+        .replace(&world.grant, &PostParams::default(), &grant)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the grant to take effect", || async {
+        kubectl(path, &["auth", "can-i", "create", "configmaps"])
+            .status
+            .success()
+    })
+    .await;
+    support::kubectl_ok(path, &["create", "configmap", "hello", "--from-literal=a=b"]);
+    let listed = support::kubectl_ok(path, &["get", "configmaps", "-o", "name"]);
+    assert!(listed.contains("configmap/hello"), "{listed}");
+    for args in [
+        vec!["get", "configmaps", "-n", "default"],
+        vec!["create", "configmap", "x", "-n", "default"],
+        vec!["get", "namespaces"],
+        vec!["get", "clusterroles"],
+        vec!["delete", "namespace", &name],
+    ] {
+        let out = kubectl(path, &args);
+        assert!(!out.status.success(), "{args:?} should be forbidden");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+            "{args:?}: {out:?}"
+        );
+    }
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn short_ttl_gets_the_ten_minute_token_floor_and_json_create_works() {
+    let world = World::new(None).await;
+    let answer = world
+        .call(
+            "POST",
+            "/api/v1/namespaces",
+            Some(ALICE),
+            Some(r#"{"ttl":"30s","server":"https://kube.example:6443"}"#),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let body = answer.json();
+    let name = body["name"].as_str().unwrap();
+    assert_eq!(
+        answer.headers["location"],
+        format!("/api/v1/namespaces/{name}").as_str()
+    );
+    let kubeconfig = body["kubeconfig"].as_str().unwrap();
+    let parsed: serde_json::Value = serde_yaml_ng::from_str(kubeconfig).unwrap();
+    assert_eq!(
+        parsed["clusters"][0]["cluster"]["server"],
+        "https://kube.example:6443"
+    );
+    let claims = support::jwt_claims(&token_of(kubeconfig));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600
+    );
+    assert!(body["expiresAt"].as_str().unwrap() < body["tokenExpiresAt"].as_str().unwrap());
+
+    // ttl=0 means the default (1h here).
+    let (name0, _) = world.create(BOB, "?ttl=0").await;
+    let ns = Api::<Namespace>::all(world.admin.clone())
+        .get(&name0)
+        .await
+        .unwrap();
+    let expiry: i64 = ns.labels()[EXPIRY].parse().unwrap();
+    assert!((now() + 3590..=now() + 3600).contains(&expiry));
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let world = World::new(None).await;
+    let (alices, _) = world.create(ALICE, "").await;
+    let unmanaged = unique("np-unmanaged");
+    Api::<Namespace>::all(world.admin.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(unmanaged.clone()),
+                    // Looks expired, lacks the selector: not ours.
+                    labels: Some(
+                        [
+                            (EXPIRY.to_owned(), "1".to_owned()),
+                            (TENANT.to_owned(), "bob".to_owned()),
+                        ]
+                        .into(),
+                    ),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .unwrap();
+    let snapshot = |nss: Vec<Namespace>| {
+        nss.iter()
+            .map(|n| (n.name_any(), n.resource_version()))
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot(world.managed().await);
+
+    // (method, uri, token, body, status, words the detail must contain)
+    type Case<'a> = (&'a str, String, Option<&'a str>, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/v1/namespace?ttl=forever".into(),
+            Some(BOB),
+            None,
+            400,
+            "not a duration",
+        ),
+        (
+            "POST",
+            "/api/v1/namespace?ttl=-5m".into(),
+            Some(BOB),
+            None,
+            400,
+            "negative",
+        ),
+        (
+            "POST",
+            "/api/v1/namespace?ttl=99999999999999999999h".into(),
+            Some(BOB),
+            None,
+            400,
+            "not a duration",
+        ),
+        (
+            "POST",
+            "/api/v1/namespace?ttl=3h".into(),
+            Some(BOB),
+            None,
+            400,
+            "at most 2h",
+        ),
+        (
+            "POST",
+            "/api/v1/namespace?server=foo".into(),
+            Some(BOB),
+            None,
+            400,
+            "absolute http(s) URL",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces".into(),
+            Some(BOB),
+            Some("{\"ttl\":"),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "POST",
+            "/api/v1/namespace".into(),
+            Some("not-a-valid-token-at-all"),
+            None,
+            401,
+            "not valid",
+        ),
+        ("POST", "/api/v1/namespace".into(), None, None, 401, "Bearer"),
+        (
+            "DELETE",
+            "/api/v1/namespace/kube-system".into(),
+            Some(BOB),
+            None,
+            404,
+            "kube-system",
+        ),
+        (
+            "DELETE",
+            "/api/v1/namespaces/kube-system".into(),
+            Some(BOB),
+            None,
+            404,
+            "kube-system",
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/namespace/{unmanaged}"),
+            Some(BOB),
+            None,
+            404,
+            "belongs to you",
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/namespace/{alices}"),
+            Some(BOB),
+            None,
+            404,
+            "belongs to you",
+        ),
+        (
+            "DELETE",
+            "/api/v1/namespaces/np-doesnotexist".into(),
+            Some(BOB),
+            None,
+            404,
+            "belongs to you",
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/namespaces/{alices}"),
+            Some(ALICE),
+            Some(r#"{"ttl":"5h"}"#),
+            400,
+            "at most 2h",
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/namespaces/{alices}"),
+            Some(BOB),
+            Some(r#"{"ttl":"5m"}"#),
+            404,
+            "belongs to you",
+        ),
+        (
+            "GET",
+            format!("/api/v1/namespaces/{alices}"),
+            Some(BOB),
+            None,
+            404,
+            "belongs to you",
+        ),
+    ];
+    for (method, uri, token, body, status, detail) in cases {
+        let answer = world.call(method, &uri, token, body).await;
+        assert_problem(&answer, status, detail);
+        if status == 401 {
+            assert!(
+                answer.headers["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer")
+            );
+        }
+    }
+
+    assert_eq!(
+        snapshot(world.managed().await),
+        before,
+        "managed namespaces changed"
+    );
+    let nss = Api::<Namespace>::all(world.admin.clone());
+    for survivor in ["kube-system", &unmanaged, &alices] {
+        let ns = nss.get(survivor).await.unwrap();
+        assert!(
+            ns.metadata.deletion_timestamp.is_none(),
+            "{survivor} is being deleted"
+        );
+    }
+    nss.delete(&unmanaged, &DeleteParams::default()).await.unwrap();
+    world.cleanup().await;
+}
+
+/// The provisioner may create namespaces but may not `bind` the grant: the
+/// RoleBinding is refused, so the namespace it created must go.
+#[tokio::test]
+async fn forbidden_role_binding_rolls_back_the_namespace() {
+    let admin = admin().await;
+    let home = unique("np-limited");
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(home.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &home)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("limited".into()),
+                    ..ObjectMeta::default()
+                },
+                ..ServiceAccount::default()
+            },
+        )
+        .await
+        .unwrap();
+    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+        verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        ..PolicyRule::default()
+    };
+    let role = unique("np-limited");
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: ObjectMeta {
+                    name: Some(role.clone()),
+                    ..ObjectMeta::default()
+                },
+                rules: Some(vec![
+                    rule(
+                        &[""],
+                        &["namespaces"],
+                        &["create", "get", "list", "delete", "patch"],
+                    ),
+                    rule(&[""], &["serviceaccounts"], &["create", "get", "patch"]),
+                    rule(&[""], &["serviceaccounts/token"], &["create"]),
+                    rule(
+                        &["rbac.authorization.k8s.io"],
+                        &["rolebindings"],
+                        &["create", "get", "patch"],
+                    ),
+                ]),
+                ..ClusterRole::default()
+            },
+        )
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(role.clone()),
+                    ..ObjectMeta::default()
+                },
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".into(),
+                    kind: "ClusterRole".into(),
+                    name: role.clone(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: "limited".into(),
+                    namespace: Some(home.clone()),
+                    api_group: None,
+                }]),
+            },
+        )
+        .await
+        .unwrap();
+    let limited =
+        support::client_from_yaml(&support::service_account_kubeconfig(&admin, &home, "limited").await).await;
+    // The grant holds a permission the limited identity lacks, so binding it needs `bind`.
+    let probe = Api::<Namespace>::all(limited.clone());
+    eventually(Duration::from_secs(10), "the limited identity's RBAC", || async {
+        probe.list(&ListParams::default().limit(1)).await.is_ok()
+    })
+    .await;
+    let world = World::with_client(limited, None, vec![rule(&[""], &["secrets"], &["get"])]).await;
+
+    let answer = world
+        .call("POST", "/api/v1/namespace?ttl=10m", Some(ALICE), None)
+        .await;
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    let detail = answer.json()["detail"].as_str().unwrap().to_owned();
+    assert!(!detail.contains("forbidden"), "5xx leaks internals: {detail}");
+    // It did create a namespace (so the refusal came later), and is deleting it.
+    let made = world.managed().await;
+    assert_eq!(made.len(), 1, "expected the one namespace it created");
+    assert!(
+        made[0].metadata.deletion_timestamp.is_some(),
+        "not rolled back: {:?}",
+        made[0].metadata
+    );
+    assert!(
+        Api::<RoleBinding>::namespaced(admin.clone(), &made[0].name_any())
+            .get_opt("namespace-provisioner")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The namespace it made is being deleted, then gone.
+    eventually(
+        Duration::from_secs(60),
+        "the rolled-back namespace to disappear",
+        || async { world.managed().await.is_empty() },
+    )
+    .await;
+    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    let _ = Api::<Namespace>::all(admin.clone())
+        .delete(&home, &DeleteParams::default())
+        .await;
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn tenants_are_isolated_limited_listed_and_extended() {
+    let world = World::new(Some(2)).await;
+    let (first, first_kubeconfig) = world.create(ALICE, "?ttl=10m").await;
+    let (second, _) = world.create(ALICE, "").await;
+    let refused = world.call("POST", "/api/v1/namespace", Some(ALICE), None).await;
+    assert_problem(&refused, 429, "2 live namespaces");
+    assert_eq!(world.managed().await.len(), 2);
+
+    // Bob sees none of Alice's, and can still create his own.
+    let bobs = world.call("GET", "/api/v1/namespaces", Some(BOB), None).await;
+    assert_eq!(bobs.json()["items"], serde_json::json!([]));
+    let (bob_ns, _) = world.create(BOB, "").await;
+
+    let listed = world
+        .call("GET", "/api/v1/namespaces", Some(ALICE), None)
+        .await
+        .json();
+    let names: BTreeSet<_> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, BTreeSet::from([first.clone(), second.clone()]));
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["tenant"] == "alice" && i["phase"] == "Active")
+    );
+    let one = world
+        .call("GET", &format!("/api/v1/namespaces/{first}"), Some(ALICE), None)
+        .await
+        .json();
+    assert_eq!(one["name"], first.as_str());
+
+    // Extend: new expiry on every object, a fresh token that works.
+    let old_expiry: i64 = Api::<Namespace>::all(world.admin.clone())
+        .get(&first)
+        .await
+        .unwrap()
+        .labels()[EXPIRY]
+        .parse()
+        .unwrap();
+    let extended = world
+        .call(
+            "PATCH",
+            &format!("/api/v1/namespaces/{first}"),
+            Some(ALICE),
+            Some(r#"{"ttl":"2h"}"#),
+        )
+        .await;
+    assert_eq!(extended.status, 200, "{}", extended.body);
+    let new_kubeconfig = extended.json()["kubeconfig"].as_str().unwrap().to_owned();
+    assert_ne!(token_of(&new_kubeconfig), token_of(&first_kubeconfig));
+    let ns = Api::<Namespace>::all(world.admin.clone())
+        .get(&first)
+        .await
+        .unwrap();
+    let new_expiry: i64 = ns.labels()[EXPIRY].parse().unwrap();
+    assert!(
+        new_expiry >= old_expiry + 7200 - 600 - 5,
+        "{old_expiry} -> {new_expiry}"
+    );
+    let sa = Api::<ServiceAccount>::namespaced(world.admin.clone(), &first)
+        .get("namespace-provisioner")
+        .await
+        .unwrap();
+    assert_eq!(sa.labels()[EXPIRY], new_expiry.to_string());
+    let claims = support::jwt_claims(&token_of(&new_kubeconfig));
+    assert!((7195..=7200).contains(&(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap())));
+    let file = temp_file(&new_kubeconfig);
+    let whoami = support::kubectl_ok(
+        file.path(),
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+    );
+    assert_eq!(
+        whoami,
+        format!("system:serviceaccount:{first}:namespace-provisioner")
+    );
+
+    // Delete: 202, Terminating, and the slot frees up at once.
+    let deleted = world
+        .call(
+            "DELETE",
+            &format!("/api/v1/namespaces/{first}"),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 202, "{}", deleted.body);
+    assert_eq!(deleted.json()["phase"], "Terminating");
+    let again = world
+        .call("DELETE", &format!("/api/v1/namespace/{first}"), Some(ALICE), None)
+        .await;
+    assert!(again.status == 200 || again.status == 404, "{}", again.body);
+    let extend_dying = world
+        .call("PATCH", &format!("/api/v1/namespaces/{first}"), Some(ALICE), None)
+        .await;
+    assert!(
+        extend_dying.status == 409 || extend_dying.status == 404,
+        "{}",
+        extend_dying.body
+    );
+    world.create(ALICE, "").await;
+    assert!(
+        Api::<Namespace>::all(world.admin.clone())
+            .get(&bob_ns)
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_creates_make_two_hundred_complete_sets() {
+    let world = World::new(None).await;
+    let answers: Vec<Answer> = futures::stream::iter(0..200)
+        .map(|i| {
+            let world = &world;
+            async move {
+                let token = if i % 2 == 0 { ALICE } else { BOB };
+                world
+                    .call("POST", "/api/v1/namespace?ttl=10m", Some(token), None)
+                    .await
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| a.status != 201)
+        .map(|a| (a.status, a.body.clone()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let names: BTreeSet<String> = answers
+        .iter()
+        .map(|a| {
+            a.headers["location"]
+                .to_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names.len(), 200, "names not distinct");
+
+    let selector = world.selector();
+    let in_ns = |items: Vec<String>| items.into_iter().collect::<BTreeSet<_>>();
+    let sas = Api::<ServiceAccount>::all(world.admin.clone())
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    let rbs = Api::<RoleBinding>::all(world.admin.clone())
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    assert_eq!(
+        in_ns(world.managed().await.iter().map(|n| n.name_any()).collect()),
+        names
+    );
+    assert_eq!(
+        in_ns(sas.items.iter().map(|o| o.namespace().unwrap()).collect()),
+        names
+    );
+    assert_eq!(
+        in_ns(rbs.items.iter().map(|o| o.namespace().unwrap()).collect()),
+        names
+    );
+    assert!(rbs.items.iter().all(|rb| rb.role_ref.name == world.grant));
+    world.cleanup().await;
+}
+
+/// Callers that hang up mid-create leave either a complete set or nothing.
+#[tokio::test]
+async fn client_disconnects_leave_no_half_made_set() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::new(None).await;
+    let port = support::free_port();
+    let internal = support::free_port();
+    let token_file = temp_file(&format!("alice {ALICE}\n"));
+    let mut process = support::Process::start(
+        env!("CARGO_BIN_EXE_provisioner"),
+        &[],
+        &[
+            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
+            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal}")),
+            ("NP_TOKEN_FILE", token_file.path().to_str().unwrap()),
+            ("NP_KUBECONFIG", cluster().kubeconfig.to_str().unwrap()),
+            ("NP_SELECTOR", &world.selector()),
+            ("NP_CLUSTER_ROLE", &world.grant),
+        ],
+    );
+    support::wait_http_ok(&format!("127.0.0.1:{internal}"), "/healthz", &mut process).await;
+    for delay_ms in [0u64, 1, 2, 5, 10, 20] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let request = format!(
+            "POST /api/v1/namespace?ttl=10m HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ALICE}\r\ncontent-length: 0\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        drop(stream);
+    }
+    // Every namespace that exists ends up complete (or is gone after rollback).
+    eventually(Duration::from_secs(30), "every set to be complete", || async {
+        let mut complete = true;
+        for ns in world.managed().await {
+            if ns.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = ns.name_any();
+            let sa = Api::<ServiceAccount>::namespaced(world.admin.clone(), &name)
+                .get_opt("namespace-provisioner")
+                .await
+                .unwrap();
+            let rb = Api::<RoleBinding>::namespaced(world.admin.clone(), &name)
+                .get_opt("namespace-provisioner")
+                .await
+                .unwrap();
+            complete &= sa.is_some() && rb.is_some();
+        }
+        complete
+    })
+    .await;
+    assert!(
+        !world.managed().await.is_empty(),
+        "no request reached the provisioner"
+    );
+    let (status, log) = process.terminate();
+    assert!(status.success(), "graceful shutdown failed: {status}\n{log}");
+    world.cleanup().await;
+}
+
+#[tokio::test]
+async fn real_binary_serves_and_refuses_to_start_without_a_token() {
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["--kubeconfig", cluster().kubeconfig.to_str().unwrap()])
+        .env_remove("NP_TOKEN")
+        .env_remove("NP_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no token configured"), "{stderr}");
+
+    let bad_flag = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args([
+            "--ttl",
+            "2h",
+            "--max-ttl",
+            "1h",
+            "--insecure-allow-unauthenticated",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad_flag.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_flag.stderr).contains("--max-ttl"),
+        "{bad_flag:?}"
+    );
+
+    let world = World::new(None).await;
+    let port = support::free_port();
+    let internal = support::free_port();
+    let mut process = support::Process::start(
+        env!("CARGO_BIN_EXE_provisioner"),
+        &["--log-format", "json"],
+        &[
+            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
+            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal}")),
+            ("NP_TOKEN", ALICE),
+            ("NP_KUBECONFIG", cluster().kubeconfig.to_str().unwrap()),
+            ("NP_SELECTOR", &world.selector()),
+            ("NP_CLUSTER_ROLE", &world.grant),
+        ],
+    );
+    let internal_addr = format!("127.0.0.1:{internal}");
+    support::wait_http_ok(&internal_addr, "/readyz", &mut process).await;
+    let addr = format!("127.0.0.1:{port}");
+    let created = support::http(&addr, "POST", "/api/v1/namespace?ttl=5m", Some(ALICE), None).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.headers["content-type"], "application/yaml");
+    let file = temp_file(&created.body);
+    let ns = support::kubectl_ok(
+        file.path(),
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.contexts[0].context.namespace}",
+        ],
+    );
+    assert!(ns.starts_with("np-"), "{ns}");
+    support::kubectl_ok(file.path(), &["auth", "whoami"]);
+    let metrics = support::http(&internal_addr, "GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .body
+            .contains("namespace_provisioner_live_namespaces{tenant=\"default\"} 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("route=\"/api/v1/namespace\",method=\"POST\",status=\"201\"")
+    );
+    let unauth = support::http(
+        &addr,
+        "GET",
+        "/api/v1/namespaces",
+        Some("wrong-token-0123456789"),
+        None,
+    )
+    .await;
+    assert_eq!(unauth.status, 401);
+    let (status, log) = process.terminate();
+    assert!(status.success(), "{status}\n{log}");
+    // JSON logs; no token of a caller's or of a kubeconfig's in them.
+    assert!(log.lines().any(|l| l.contains("\"namespace created\"")), "{log}");
+    assert!(!log.contains(ALICE));
+    assert!(!log.contains(&token_of(&created.body)));
+    world.cleanup().await;
+}
