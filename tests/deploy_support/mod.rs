@@ -1,7 +1,7 @@
 //! Support for the deployment tests (tests/deploy.rs, tests/lambda.rs): apply
 //! the repository's manifests once per test process, credentials for the
 //! ServiceAccounts they create, the real binaries as child processes on
-//! loopback ports, and a small HTTP client.
+//! loopback ports (HTTP through `support::http`).
 //!
 //! Everything here works against the real control plane of `support`; a
 //! missing prerequisite fails the calling test with the reason.
@@ -11,11 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 
 use crate::support;
 
@@ -139,15 +134,6 @@ pub fn unique_selector() -> String {
     )
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A child process of a test, its stdout+stderr in a log file; killed when dropped.
 pub struct Running {
     pub name: String,
@@ -257,58 +243,19 @@ pub fn forbidden_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: String,
-}
-
-/// One HTTP/1.1 request to a loopback address.
-pub async fn http(method: &str, url: &str, token: Option<&str>, json: Option<&str>) -> Answer {
-    assert!(url.starts_with("http://127.0.0.1:"), "loopback only: {url}");
-    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = http::Request::builder().method(method).uri(url);
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let body = match json {
-        Some(j) => {
-            req = req.header("content-type", "application/json");
-            Full::new(Bytes::from(j.to_owned()))
-        }
-        None => Full::new(Bytes::new()),
-    };
-    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req.body(body).unwrap()))
-        .await
-        .unwrap_or_else(|_| panic!("{method} {url}: no answer within 60s"))
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-/// Poll `url` until it answers 200, or fail with `proc`'s log.
-pub async fn wait_ok(url: &str, proc: &mut Running, timeout: Duration) {
-    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// Poll `GET http://addr/path` until it answers 200, or fail with `proc`'s log.
+pub async fn wait_ok(addr: &str, path: &str, proc: &mut Running, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         proc.assert_running();
-        let req = http::Request::get(url).body(Full::new(Bytes::new())).unwrap();
-        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-            if resp.status() == 200 {
-                return;
-            }
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && support::http(addr, "GET", path, None, None).await.status == 200
+        {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{url} did not answer 200 within {timeout:?}; {} log:\n{}",
+            "http://{addr}{path} did not answer 200 within {timeout:?}; {} log:\n{}",
             proc.name,
             proc.log()
         );
