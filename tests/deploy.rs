@@ -62,7 +62,10 @@ fn manifests_pass_server_dry_run_then_apply() {
     let started = Instant::now();
     let deployed = deployed();
     for (what, dry, real) in &deployed.steps {
-        assert!(dry.contains("(server dry run)"), "{what}: not a server dry run:\n{dry}");
+        assert!(
+            dry.contains("(server dry run)"),
+            "{what}: not a server dry run:\n{dry}"
+        );
         // The namespace warns on Pod Security "restricted": any pod template
         // that would be refused shows up here as a warning.
         assert!(
@@ -82,10 +85,26 @@ fn manifests_pass_server_dry_run_then_apply() {
         ("clusterrolebinding", "namespace-provisioner-reaper", false),
         ("role", "namespace-provisioner-reaper-lease", true),
         ("rolebinding", "namespace-provisioner-reaper-lease", true),
-        ("validatingadmissionpolicy", "namespace-provisioner-managed-only", false),
-        ("validatingadmissionpolicybinding", "namespace-provisioner-managed-only", false),
-        ("validatingadmissionpolicy", "namespace-provisioner-reaper-managed-only", false),
-        ("validatingadmissionpolicybinding", "namespace-provisioner-reaper-managed-only", false),
+        (
+            "validatingadmissionpolicy",
+            "namespace-provisioner-managed-only",
+            false,
+        ),
+        (
+            "validatingadmissionpolicybinding",
+            "namespace-provisioner-managed-only",
+            false,
+        ),
+        (
+            "validatingadmissionpolicy",
+            "namespace-provisioner-reaper-managed-only",
+            false,
+        ),
+        (
+            "validatingadmissionpolicybinding",
+            "namespace-provisioner-reaper-managed-only",
+            false,
+        ),
         ("cronjob", "namespace-provisioner-reaper", true),
         ("deployment", "namespace-provisioner-reaper", true),
         ("deployment", "namespace-provisioner", true),
@@ -107,7 +126,10 @@ fn manifests_pass_server_dry_run_then_apply() {
     // The grant ClusterRole grants nothing until an administrator says so.
     let grant: ClusterRole =
         serde_json::from_str(&kubectl_ok(&["get", "clusterrole", GRANT, "-o", "json"])).unwrap();
-    assert!(grant.rules.unwrap_or_default().is_empty(), "the grant must start empty");
+    assert!(
+        grant.rules.unwrap_or_default().is_empty(),
+        "the grant must start empty"
+    );
     // Both kustomizations ship the namespace; they must agree on it.
     let a = yaml_file("cronjob/base/namespace.yaml");
     let b = yaml_file("function/namespace.yaml");
@@ -200,7 +222,10 @@ fn assert_pod_matches(pod: &Pod, manifest: &PodSpec) {
 fn assert_restricted(spec: &PodSpec, what: &str) {
     let pod_sc = spec.security_context.as_ref().expect("pod securityContext");
     assert_eq!(pod_sc.run_as_non_root, Some(true), "{what}");
-    assert!(pod_sc.run_as_user.unwrap_or(0) > 0, "{what}: runAsUser must be non-zero");
+    assert!(
+        pod_sc.run_as_user.unwrap_or(0) > 0,
+        "{what}: runAsUser must be non-zero"
+    );
     assert_eq!(
         pod_sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
         Some("RuntimeDefault"),
@@ -217,8 +242,14 @@ fn assert_restricted(spec: &PodSpec, what: &str) {
         );
         let res = c.resources.as_ref().expect("resources");
         for key in ["cpu", "memory"] {
-            assert!(res.requests.as_ref().is_some_and(|r| r.contains_key(key)), "{what}: requests.{key}");
-            assert!(res.limits.as_ref().is_some_and(|r| r.contains_key(key)), "{what}: limits.{key}");
+            assert!(
+                res.requests.as_ref().is_some_and(|r| r.contains_key(key)),
+                "{what}: requests.{key}"
+            );
+            assert!(
+                res.limits.as_ref().is_some_and(|r| r.contains_key(key)),
+                "{what}: limits.{key}"
+            );
         }
         assert!(
             c.image.as_deref().is_some_and(|i| i.contains(':')),
@@ -263,11 +294,17 @@ async fn cronjob_controller_creates_the_job_our_manifest_describes() {
         &format!("--from=cronjob/{}", manifest.name_any()),
         &job_name,
     ]);
-    let job = Api::<Job>::namespaced(client.clone(), NS).get(&job_name).await.unwrap();
+    let job = Api::<Job>::namespaced(client.clone(), NS)
+        .get(&job_name)
+        .await
+        .unwrap();
     let got = job.spec.as_ref().unwrap();
     assert_eq!(got.backoff_limit, job_spec.backoff_limit);
     assert_eq!(got.active_deadline_seconds, job_spec.active_deadline_seconds);
-    assert_eq!(got.ttl_seconds_after_finished, job_spec.ttl_seconds_after_finished);
+    assert_eq!(
+        got.ttl_seconds_after_finished,
+        job_spec.ttl_seconds_after_finished
+    );
     // The Job controller creates its pod; the namespace enforces Pod Security
     // "restricted", so the pod exists only if the spec passes it.
     let pods = pods_eventually(
@@ -297,7 +334,10 @@ async fn deployment_controllers_create_the_restricted_pods_our_manifests_describ
                 .and_then(|h| h.path.clone())
                 .unwrap_or_default()
         };
-        assert_eq!([path(&c.liveness_probe), path(&c.readiness_probe)], probes.map(String::from));
+        assert_eq!(
+            [path(&c.liveness_probe), path(&c.readiness_probe)],
+            probes.map(String::from)
+        );
         let pods = pods_eventually(
             &client,
             &format!("app.kubernetes.io/name=namespace-provisioner,app.kubernetes.io/component={component}"),
@@ -307,9 +347,19 @@ async fn deployment_controllers_create_the_restricted_pods_our_manifests_describ
         assert_pod_matches(&pods[0], &pod_spec);
     }
     let provisioner = rendered::<Deployment>("function", "Deployment").remove(0);
-    let c = provisioner.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    let c = provisioner
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0);
     // Tokens arrive as a mounted file, never as arguments.
-    assert!(c.args.is_none() && c.command.is_none(), "no command-line arguments: {c:?}");
+    assert!(
+        c.args.is_none() && c.command.is_none(),
+        "no command-line arguments: {c:?}"
+    );
     let env: BTreeMap<_, _> = c
         .env
         .unwrap()
@@ -337,7 +387,11 @@ async fn deployment_controllers_create_the_restricted_pods_our_manifests_describ
         "--overrides",
         r#"{"spec":{"containers":[{"name":"privileged-probe","image":"busybox:1","securityContext":{"privileged":true}}]}}"#,
     ]);
-    assert!(!refused.status.success(), "a privileged pod was admitted:\n{}", text(&refused));
+    assert!(
+        !refused.status.success(),
+        "a privileged pod was admitted:\n{}",
+        text(&refused)
+    );
     assert!(text(&refused).contains("PodSecurity"), "{}", text(&refused));
 }
 
@@ -383,7 +437,13 @@ async fn provisioner_least_privilege_is_sufficient() {
             ("NP_MAX_TTL", "1h".into()),
         ],
     );
-    wait_ok(&internal_addr, "/readyz", &mut provisioner, Duration::from_secs(30)).await;
+    wait_ok(
+        &internal_addr,
+        "/readyz",
+        &mut provisioner,
+        Duration::from_secs(30),
+    )
+    .await;
     let a = Some("token-a-0123456789abcdef");
 
     // Compat create: a kubeconfig that works with kubectl.
@@ -418,7 +478,10 @@ async fn provisioner_least_privilege_is_sufficient() {
     let second = created.json()["name"].as_str().unwrap().to_owned();
     let listed = support::http(&addr, "GET", "/api/v1/namespaces", a, None).await;
     assert_eq!(listed.status, 200, "{listed:?}");
-    assert!(listed.body.contains(&first) && listed.body.contains(&second), "{listed:?}");
+    assert!(
+        listed.body.contains(&first) && listed.body.contains(&second),
+        "{listed:?}"
+    );
     let one = support::http(&addr, "GET", &format!("/api/v1/namespaces/{second}"), a, None).await;
     assert_eq!(one.status, 200, "{one:?}");
     let ns_api = Api::<Namespace>::all(admin.clone());
@@ -434,7 +497,10 @@ async fn provisioner_least_privilege_is_sufficient() {
     .await;
     assert_eq!(extended.status, 200, "{extended:?}\n{}", provisioner.log());
     let after = expiry(&ns_api.get(&second).await.unwrap());
-    assert!(after >= before + 30 * 60, "extend moved expiry {before} -> {after}");
+    assert!(
+        after >= before + 30 * 60,
+        "extend moved expiry {before} -> {after}"
+    );
 
     // Unmanaged names are not ours to delete.
     let refused = support::http(&addr, "DELETE", "/api/v1/namespace/kube-system", a, None).await;
@@ -454,10 +520,16 @@ async fn provisioner_least_privilege_is_sufficient() {
     }
 
     let log = provisioner.log();
-    assert!(forbidden_lines(&log).is_empty(), "the provisioner was refused something:\n{log}");
+    assert!(
+        forbidden_lines(&log).is_empty(),
+        "the provisioner was refused something:\n{log}"
+    );
     let status = provisioner.terminate().await;
     assert!(status.success(), "provisioner exited with {status}");
-    eprintln!("provisioner as its ServiceAccount: create/list/get/extend/delete in {:?}", started.elapsed());
+    eprintln!(
+        "provisioner as its ServiceAccount: create/list/get/extend/delete in {:?}",
+        started.elapsed()
+    );
 }
 
 fn set_config(selector: &str) -> SetConfig {
@@ -580,7 +652,10 @@ async fn repaired(client: &Client, d: &Damaged) -> Result<(), String> {
         .unwrap();
     let subjects = rb.subjects.unwrap_or_default();
     if subjects.len() != 1 || subjects[0].name != want.name || subjects[0].namespace != want.namespace {
-        return Err(format!("{}: subjects not restored: {subjects:?}", d.wrong_subjects));
+        return Err(format!(
+            "{}: subjects not restored: {subjects:?}",
+            d.wrong_subjects
+        ));
     }
     let rb = Api::<RoleBinding>::namespaced(client.clone(), &d.wrong_role_ref)
         .get_opt(OBJECT_NAME)
@@ -607,7 +682,10 @@ async fn reaper_once_least_privilege_is_sufficient() {
     let admin = support::admin().await;
     let selector = unique_selector();
     let damaged = damaged_sets(&admin, &selector).await;
-    assert!(repaired(&admin, &damaged).await.is_err(), "nothing to do before the sweep");
+    assert!(
+        repaired(&admin, &damaged).await.is_err(),
+        "nothing to do before the sweep"
+    );
 
     let reaper = Running::spawn(
         "reaper --once",
@@ -620,12 +698,21 @@ async fn reaper_once_least_privilege_is_sufficient() {
         ],
     );
     let (status, log) = reaper.wait(Duration::from_secs(120)).await;
-    assert!(status.success(), "reaper --once as its ServiceAccount failed ({status}):\n{log}");
-    assert!(forbidden_lines(&log).is_empty(), "the reaper was refused something:\n{log}");
+    assert!(
+        status.success(),
+        "reaper --once as its ServiceAccount failed ({status}):\n{log}"
+    );
+    assert!(
+        forbidden_lines(&log).is_empty(),
+        "the reaper was refused something:\n{log}"
+    );
     if let Err(e) = repaired(&admin, &damaged).await {
         panic!("after one sweep: {e}\nreaper log:\n{log}");
     }
-    eprintln!("reaper --once as its ServiceAccount: reap + 4 repairs in {:?}", started.elapsed());
+    eprintln!(
+        "reaper --once as its ServiceAccount: reap + 4 repairs in {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -694,10 +781,16 @@ async fn reaper_watch_least_privilege_is_sufficient() {
     .await;
 
     let log = reaper.log();
-    assert!(forbidden_lines(&log).is_empty(), "the reaper was refused something:\n{log}");
+    assert!(
+        forbidden_lines(&log).is_empty(),
+        "the reaper was refused something:\n{log}"
+    );
     let status = reaper.terminate().await;
     assert!(status.success(), "reaper --watch exited with {status}");
-    eprintln!("reaper --watch as its ServiceAccount: lease, reap, repairs in {:?}", started.elapsed());
+    eprintln!(
+        "reaper --watch as its ServiceAccount: lease, reap, repairs in {:?}",
+        started.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -706,7 +799,10 @@ async fn reaper_watch_least_privilege_is_sufficient() {
 fn assert_refused(out: &std::process::Output, why: &str, what: &str) {
     let all = text(out);
     assert!(!out.status.success(), "{what} was allowed:\n{all}");
-    assert!(all.contains(why), "{what} failed, but not because of {why:?}:\n{all}");
+    assert!(
+        all.contains(why),
+        "{what} failed, but not because of {why:?}:\n{all}"
+    );
 }
 
 #[tokio::test]
@@ -739,7 +835,10 @@ async fn least_privilege_is_least() {
 
         // Deleting an unmanaged namespace. RBAC cannot restrict namespace
         // deletion by label, so `can-i` says yes; the admission policy refuses.
-        assert!(can_i(kc, &["delete", &format!("namespace/{unmanaged}")]), "{who} RBAC");
+        assert!(
+            can_i(kc, &["delete", &format!("namespace/{unmanaged}")]),
+            "{who} RBAC"
+        );
         assert_refused(
             &kubectl_as(kc, &["delete", "namespace", &unmanaged, "--wait=false"]),
             DENIED_BY_POLICY,
@@ -768,8 +867,14 @@ async fn least_privilege_is_least() {
 
         // Secrets: neither anywhere nor in a managed namespace.
         assert!(!can_i(kc, &["get", "secrets", "-A"]), "{who} get secrets");
-        assert!(!can_i(kc, &["list", "secrets", "-n", "kube-system"]), "{who} list secrets");
-        assert!(!can_i(kc, &["get", "secrets", "-n", &managed]), "{who} get secrets in {managed}");
+        assert!(
+            !can_i(kc, &["list", "secrets", "-n", "kube-system"]),
+            "{who} list secrets"
+        );
+        assert!(
+            !can_i(kc, &["get", "secrets", "-n", &managed]),
+            "{who} get secrets in {managed}"
+        );
         assert_refused(
             &kubectl_as(kc, &["get", "secrets", "-n", "kube-system"]),
             "forbidden",
@@ -782,11 +887,17 @@ async fn least_privilege_is_least() {
         );
 
         // Binding: the grant ClusterRole only.
-        assert!(can_i(kc, &["bind", &format!("clusterrole/{GRANT}")]), "{who} bind the grant");
+        assert!(
+            can_i(kc, &["bind", &format!("clusterrole/{GRANT}")]),
+            "{who} bind the grant"
+        );
         // Its own ClusterRole too: RBAC allows binding what one holds, the
         // admission policy does not.
         for other in ["cluster-admin", "admin", "edit", "view", sa] {
-            assert!(!can_i(kc, &["bind", &format!("clusterrole/{other}")]), "{who} bind {other}");
+            assert!(
+                !can_i(kc, &["bind", &format!("clusterrole/{other}")]),
+                "{who} bind {other}"
+            );
             // In a managed namespace, so the admission policy lets it through
             // and RBAC's escalation check is what refuses.
             assert_refused(
@@ -846,7 +957,13 @@ async fn least_privilege_is_least() {
     let provisioner = sa_kubeconfig(PROVISIONER_SA).await;
     assert!(can_i(
         provisioner.path(),
-        &["create", "serviceaccounts", "--subresource=token", "-n", "kube-system"]
+        &[
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
+            "-n",
+            "kube-system"
+        ]
     ));
     assert_refused(
         &kubectl_as(
@@ -862,12 +979,18 @@ async fn least_privilege_is_least() {
         &["create", "serviceaccounts", "--subresource=token", "-n", &managed]
     ));
     // Leases: the reaper's Role covers its own namespace only.
-    assert!(can_i(reaper.path(), &["update", "leases.coordination.k8s.io", "-n", NS]));
+    assert!(can_i(
+        reaper.path(),
+        &["update", "leases.coordination.k8s.io", "-n", NS]
+    ));
     assert!(!can_i(
         reaper.path(),
         &["update", "leases.coordination.k8s.io", "-n", "kube-system"]
     ));
-    assert!(!can_i(provisioner.path(), &["get", "leases.coordination.k8s.io", "-n", NS]));
+    assert!(!can_i(
+        provisioner.path(),
+        &["get", "leases.coordination.k8s.io", "-n", NS]
+    ));
 
     // All refused: the unmanaged namespace is untouched.
     let ns = ns_api.get(&unmanaged).await.unwrap();
@@ -893,7 +1016,13 @@ fn dockerfiles_pass_hadolint() {
         let text = std::fs::read_to_string(deploy_support::repo().join(file)).unwrap();
         let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
         assert_eq!(froms.len(), 2, "{file}: a build stage and a run stage");
-        assert!(froms[1].contains("distroless/static"), "{file}: minimal static base");
-        assert!(text.contains("USER 65532:65532"), "{file}: non-root, as runAsUser says");
+        assert!(
+            froms[1].contains("distroless/static"),
+            "{file}: minimal static base"
+        );
+        assert!(
+            text.contains("USER 65532:65532"),
+            "{file}: non-root, as runAsUser says"
+        );
     }
 }

@@ -92,7 +92,10 @@ pub fn deployed() -> &'static Deployed {
             );
             steps.push((what.to_owned(), text(&dry_out), text(&real_out)));
         };
-        step("cronjob/base/namespace.yaml", &["-f", "cronjob/base/namespace.yaml"]);
+        step(
+            "cronjob/base/namespace.yaml",
+            &["-f", "cronjob/base/namespace.yaml"],
+        );
         step("function/namespace.yaml", &["-f", "function/namespace.yaml"]);
         for k in KUSTOMIZATIONS {
             step(k, &["-k", k]);
@@ -128,10 +131,7 @@ pub fn can_i(kubeconfig: &Path, args: &[&str]) -> bool {
 
 /// A label selector unique to one test, under the key the admission policies know.
 pub fn unique_selector() -> String {
-    format!(
-        "controller.observatorium.io={}",
-        support::unique("np-deploy")
-    )
+    format!("controller.observatorium.io={}", support::unique("np-deploy"))
 }
 
 /// A child process of a test, its stdout+stderr in a log file; killed when dropped.
@@ -201,7 +201,11 @@ impl Running {
             }
             if tokio::time::Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("{} did not stop within 30s of SIGTERM:\n{}", self.name, self.log());
+                panic!(
+                    "{} did not stop within 30s of SIGTERM:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
