@@ -628,10 +628,10 @@ async fn damaged_sets(client: &Client, selector: &str) -> Damaged {
 /// others hold their complete set again.
 async fn repaired(client: &Client, d: &Damaged) -> Result<(), String> {
     let ns_api = Api::<Namespace>::all(client.clone());
-    if let Some(ns) = ns_api.get_opt(&d.expired).await.unwrap() {
-        if ns.metadata.deletion_timestamp.is_none() {
-            return Err(format!("{} (expired) not deleted", d.expired));
-        }
+    if let Some(ns) = ns_api.get_opt(&d.expired).await.unwrap()
+        && ns.metadata.deletion_timestamp.is_none()
+    {
+        return Err(format!("{} (expired) not deleted", d.expired));
     }
     let sa = Api::<ServiceAccount>::namespaced(client.clone(), &d.no_service_account)
         .get_opt(OBJECT_NAME)
