@@ -5,12 +5,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use namespace_provisioner::api::{self, AppState};
+use namespace_provisioner::api::{self, AppState, Metrics};
 use namespace_provisioner::auth::{DEFAULT_TENANT, Tokens};
 use namespace_provisioner::cli::{KubeArgs, LogArgs, PolicyArgs};
 use namespace_provisioner::k8s;
@@ -143,7 +144,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tokens = load_tokens(&args)?;
     let set = args.policy.set_config()?;
     let ttl = args.policy.ttl_policy()?;
-    let (client, kube_config) = args.kube.client().await.context("connect to Kubernetes")?;
+    let kube_config = args
+        .kube
+        .config()
+        .await
+        .context("load Kubernetes client configuration")?;
+    let metrics = Arc::new(Metrics::default());
+    let counter = metrics.clone();
+    let client = k8s::counted_client(kube_config.clone(), move |method| {
+        counter.count_kube_request(method)
+    })
+    .context("build Kubernetes client")?;
     let server = match &args.server {
         Some(server) => server.clone(),
         None => kube_config
@@ -175,7 +186,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_namespaces_per_tenant: args.max_namespaces_per_tenant,
         page_size: args.kube.page_size,
     };
-    let state = AppState::new(Provisioner::new(client, config), tokens)?;
+    let state = AppState::with_metrics(Provisioner::new(client, config), tokens, metrics)?;
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         info!("serving through the AWS Lambda runtime API");
@@ -245,6 +256,27 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Args::command().debug_assert();
+    }
+
+    /// docs/cli/provisioner.txt is generated: `NP_UPDATE_DOCS=1 cargo test --bin provisioner`.
+    #[test]
+    fn help_is_documented() {
+        // Env values hidden: the document must not depend on the shell it is made in.
+        let help = Args::command()
+            .term_width(100)
+            .mut_args(|a| a.hide_env_values(true))
+            .render_long_help()
+            .to_string();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli/provisioner.txt");
+        if std::env::var_os("NP_UPDATE_DOCS").is_some() {
+            std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli")).unwrap();
+            std::fs::write(path, &help).unwrap();
+        }
+        let documented = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            documented == help,
+            "docs/cli/provisioner.txt is stale: NP_UPDATE_DOCS=1 cargo test --bin provisioner"
+        );
     }
 
     #[test]

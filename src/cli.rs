@@ -140,6 +140,13 @@ pub enum ClientError {
 impl KubeArgs {
     /// A client from the flags, or inferred like kubectl does.
     pub async fn client(&self) -> Result<(kube::Client, kube::Config), ClientError> {
+        let config = self.config().await?;
+        let client = kube::Client::try_from(config.clone()).map_err(ClientError::Build)?;
+        Ok((client, config))
+    }
+
+    /// Client configuration from the flags, or inferred like kubectl does.
+    pub async fn config(&self) -> Result<kube::Config, ClientError> {
         let options = kube::config::KubeConfigOptions {
             context: self.context.clone(),
             ..Default::default()
@@ -156,8 +163,7 @@ impl KubeArgs {
                 .await
                 .map_err(ClientError::Kubeconfig)?,
         };
-        let client = kube::Client::try_from(config.clone()).map_err(ClientError::Build)?;
-        Ok((client, config))
+        Ok(config)
     }
 }
 

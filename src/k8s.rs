@@ -30,6 +30,21 @@ pub const MIN_TOKEN_SECONDS: i64 = 600;
 /// and may extend it to a year; never ask for it.
 const WARN_ONLY_TOKEN_SECONDS: i64 = 3607;
 
+/// A client that reports every API request's HTTP method to `on_request`
+/// (for the Kubernetes-requests metric and for benchmarks' request counts).
+pub fn counted_client(
+    config: kube::Config,
+    on_request: impl Fn(&http::Method) + Clone + Send + Sync + 'static,
+) -> Result<Client, kube::Error> {
+    let counting = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        on_request(request.method());
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&counting)
+        .build())
+}
+
 /// Every object of kind `K` that carries `selector`, page by page.
 pub async fn list_all<K>(api: &Api<K>, selector: &str, page_size: u32) -> Result<Vec<K>, kube::Error>
 where

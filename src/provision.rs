@@ -217,10 +217,12 @@ impl Provisioner {
             .map_err(|_| ProvisionError::TaskStopped)?
     }
 
+    /// Best effort across replicas: two concurrent creates may both pass.
     async fn check_quota(&self, tenant: &TenantName) -> Result<(), ProvisionError> {
         let Some(limit) = self.config.max_namespaces_per_tenant else {
             return Ok(());
         };
+        let now = (self.clock)();
         let live = k8s::list_all(
             &self.namespaces(),
             &self.tenant_selector(tenant),
@@ -232,7 +234,7 @@ impl Provisioner {
             source,
         })?
         .iter()
-        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+        .filter(|ns| is_live(ns, now))
         .count();
         if live >= usize::try_from(limit).unwrap_or(usize::MAX) {
             return Err(ProvisionError::TooMany {
@@ -329,7 +331,7 @@ impl Provisioner {
             .map_err(|source| ProvisionError::ListNamespaces { source })?;
         Ok(items
             .iter()
-            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .filter(|ns| is_live(ns, (self.clock)()))
             .filter_map(|ns| ns.labels().get(TENANT_LABEL).cloned())
             .collect())
     }
@@ -417,6 +419,17 @@ impl Provisioner {
     }
 }
 
+/// Counts against the tenant's limit: not being deleted, not yet expired
+/// (an expired one merely awaits the reaper).
+fn is_live(ns: &Namespace, now: i64) -> bool {
+    let expired = ns
+        .labels()
+        .get(EXPIRY_LABEL)
+        .and_then(|v| v.parse::<Expiry>().ok())
+        .is_some_and(|e| e.is_due(now));
+    ns.metadata.deletion_timestamp.is_none() && !expired
+}
+
 fn info_of(ns: &Namespace) -> NamespaceInfo {
     let labels = ns.labels();
     let expiry = labels.get(EXPIRY_LABEL).and_then(|v| v.parse::<Expiry>().ok());
@@ -428,5 +441,41 @@ fn info_of(ns: &Namespace) -> NamespaceInfo {
         created: ns.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         expires_at: expiry.map(Expiry::rfc3339),
         phase: if terminating { "Terminating" } else { "Active" }.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn ns(expiry: Option<&str>, deleting: bool) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some("np-x".into()),
+                labels: expiry.map(|e| [(EXPIRY_LABEL.to_owned(), e.to_owned())].into()),
+                deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }
+    }
+
+    #[test]
+    fn live_means_not_deleting_and_not_expired() {
+        assert!(is_live(&ns(Some("200"), false), 100));
+        assert!(!is_live(&ns(Some("100"), false), 100));
+        assert!(!is_live(&ns(Some("200"), true), 100));
+        // Unreadable expiry: the reaper will assign one; it still counts.
+        assert!(is_live(&ns(Some("soon"), false), 100));
+        assert!(is_live(&ns(None, false), 100));
+    }
+
+    #[test]
+    fn info_shows_phase_and_expiry() {
+        let info = info_of(&ns(Some("1800000000"), true));
+        assert_eq!(info.phase, "Terminating");
+        assert_eq!(info.expires_at.as_deref(), Some("2027-01-15T08:00:00Z"));
+        assert_eq!(info_of(&ns(Some("x"), false)).expires_at, None);
     }
 }

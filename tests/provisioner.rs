@@ -50,6 +50,15 @@ impl World {
 
     /// `grant_rules`: rules of the grant ClusterRole (empty by default, as shipped).
     async fn with_client(client: Client, max_per_tenant: Option<u32>, grant_rules: Vec<PolicyRule>) -> World {
+        Self::build(client, max_per_tenant, grant_rules, None).await
+    }
+
+    async fn build(
+        client: Client,
+        max_per_tenant: Option<u32>,
+        grant_rules: Vec<PolicyRule>,
+        role_rules: Option<Vec<PolicyRule>>,
+    ) -> World {
         let admin = admin().await;
         let grant = unique("np-grant");
         Api::<ClusterRole>::all(admin.clone())
@@ -72,7 +81,7 @@ impl World {
             set: SetConfig {
                 selector: format!("{selector_key}={selector_value}").parse().unwrap(),
                 cluster_role: grant.clone(),
-                role_rules: None,
+                role_rules,
             },
             ttl: TtlPolicy::new(Duration::from_secs(3600), Some(Duration::from_secs(7200))).unwrap(),
             prefix: "np".parse().unwrap(),
@@ -975,4 +984,75 @@ async fn real_binary_serves_and_refuses_to_start_without_a_token() {
     assert!(!log.contains(ALICE));
     assert!(!log.contains(&token_of(&created.body)));
     world.cleanup().await;
+}
+
+/// `--role-rules-file`: a namespaced Role with those rules, bound to the
+/// ServiceAccount, works at once even though the grant ClusterRole is empty.
+#[tokio::test]
+async fn namespaced_role_rules_are_granted() {
+    let rules = vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["configmaps".into()]),
+        verbs: vec!["get".into(), "list".into(), "create".into()],
+        ..PolicyRule::default()
+    }];
+    let world = World::build(admin().await, None, vec![], Some(rules.clone())).await;
+    let (name, kubeconfig) = world.create(ALICE, "").await;
+    let role = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(world.admin.clone(), &name)
+        .get("namespace-provisioner")
+        .await
+        .unwrap();
+    assert_eq!(role.rules, Some(rules));
+    let binding = Api::<RoleBinding>::namespaced(world.admin.clone(), &name)
+        .get("namespace-provisioner-role")
+        .await
+        .unwrap();
+    assert_eq!(binding.role_ref.kind, "Role");
+    let file = temp_file(&kubeconfig);
+    eventually(Duration::from_secs(10), "the Role to take effect", || async {
+        kubectl(file.path(), &["auth", "can-i", "create", "configmaps"])
+            .status
+            .success()
+    })
+    .await;
+    support::kubectl_ok(file.path(), &["create", "configmap", "via-role"]);
+    let denied = kubectl(file.path(), &["delete", "configmap", "via-role"]);
+    assert!(!denied.status.success(), "delete was not in the rules");
+    world.cleanup().await;
+}
+
+/// The real binary against an API server that has gone away: 503 with
+/// Retry-After on the API, 503 on /readyz, and the process stays up.
+#[tokio::test]
+async fn api_server_down_is_503_with_retry_after() {
+    let doomed = support::Cluster::start();
+    let kubeconfig = temp_file(&std::fs::read_to_string(&doomed.kubeconfig).unwrap());
+    doomed.stop();
+    let port = support::free_port();
+    let internal = support::free_port();
+    let mut process = support::Process::start(
+        env!("CARGO_BIN_EXE_provisioner"),
+        &[],
+        &[
+            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
+            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal}")),
+            ("NP_TOKEN", ALICE),
+            ("NP_KUBECONFIG", kubeconfig.path().to_str().unwrap()),
+        ],
+    );
+    support::wait_http_ok(&format!("127.0.0.1:{internal}"), "/healthz", &mut process).await;
+    let ready = support::http(&format!("127.0.0.1:{internal}"), "GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 503);
+    let addr = format!("127.0.0.1:{port}");
+    for (method, path) in [
+        ("POST", "/api/v1/namespace"),
+        ("GET", "/api/v1/namespaces"),
+        ("DELETE", "/api/v1/namespaces/np-x"),
+    ] {
+        let answer = support::http(&addr, method, path, Some(ALICE), None).await;
+        assert_problem(&answer, 503, "unavailable");
+        assert_eq!(answer.headers["retry-after"], "5");
+    }
+    let (status, log) = process.terminate();
+    assert!(status.success(), "{log}");
 }

@@ -31,6 +31,11 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
 }
@@ -41,6 +46,7 @@ pub struct Metrics {
     create_seconds: Histogram,
     live: Family<TenantLabels, Gauge>,
     failures: Family<ErrorLabels, Counter>,
+    kube_requests: Family<MethodLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,17 +77,33 @@ impl Default for Metrics {
             "Failed requests by error kind (Kubernetes API failures are named for the action)",
             failures.clone(),
         );
+        let kube_requests = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "kubernetes_requests",
+            "Requests sent to the Kubernetes API, by HTTP method",
+            kube_requests.clone(),
+        );
         Self {
             registry,
             requests,
             create_seconds,
             live,
             failures,
+            kube_requests,
         }
     }
 }
 
 impl Metrics {
+    /// Count one request to the Kubernetes API (see [`crate::k8s::counted_client`]).
+    pub fn count_kube_request(&self, method: &http::Method) {
+        self.kube_requests
+            .get_or_create(&MethodLabels {
+                method: method.to_string(),
+            })
+            .inc();
+    }
+
     pub fn observe_create(&self, started: Instant) {
         self.create_seconds.observe(started.elapsed().as_secs_f64());
     }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, Problem};
@@ -42,11 +41,20 @@ impl AppState {
         provisioner: Provisioner,
         tokens: Option<Tokens>,
     ) -> Result<Self, crate::params::TenantNameError> {
+        Self::with_metrics(provisioner, tokens, Arc::new(Metrics::default()))
+    }
+
+    /// With metrics made beforehand, e.g. shared with a counted client.
+    pub fn with_metrics(
+        provisioner: Provisioner,
+        tokens: Option<Tokens>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::params::TenantNameError> {
         Ok(Self {
             provisioner,
             tokens: tokens.map(Arc::new),
             anonymous_tenant: DEFAULT_TENANT.parse()?,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         })
     }
 }
@@ -66,17 +74,39 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        // Innermost first: a 504 from the deadline is still counted and logged.
+        .layer(axum::middleware::from_fn(move |request, next| {
+            deadline(request_timeout, request, next)
+        }))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            request_timeout,
-        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Answer 504 (as problem+json) when a request takes longer than `limit`. A
+/// create in progress is not cut short: it runs in its own task.
+async fn deadline(
+    limit: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the request took longer than {}; retry",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Liveness, readiness and metrics, for the internal listener.

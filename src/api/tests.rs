@@ -295,3 +295,18 @@ async fn lambda_event_without_token_is_401() {
     let (status, headers, body) = lambda("apigw-v2-list-no-auth.json").await;
     assert_problem(status, &headers, &body, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn slow_api_server_is_504_problem() {
+    // Accepts connections, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let mut state = state(true);
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    state.provisioner = Provisioner::new(client, state.provisioner.config().clone());
+    let app = router(state, Duration::from_millis(300));
+    let (status, headers, body) = send(app, authed("GET", "/api/v1/namespaces", "")).await;
+    assert_problem(status, &headers, &body, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body["detail"].as_str().unwrap().contains("300ms"), "{body}");
+    drop(silent);
+}

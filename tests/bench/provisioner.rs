@@ -1,0 +1,256 @@
+//! Benchmark (not a test): create latency and throughput of the real
+//! provisioner binary over HTTP at concurrency 1, 8 and 32, against the bare
+//! minimum for the same work done directly with kube-rs (create Namespace ->
+//! ServiceAccount -> TokenRequest: three sequential API round trips), plus
+//! Kubernetes API requests per create and the provisioner's RSS.
+//!
+//! `cargo bench --bench provisioner` (NP_BENCH_CREATES=1,8,32 to pick levels).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const SELECTOR_KEY: &str = "np-bench.example.com/provisioner";
+
+struct Sample {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Sample {
+    fn pct(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+        sorted[index]
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+async fn kube_requests(internal: &str) -> u64 {
+    let text = support::http(internal, "GET", "/metrics", None, None).await.body;
+    text.lines()
+        .filter(|l| l.starts_with("namespace_provisioner_kubernetes_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn via_provisioner(addr: &str, count: usize, concurrency: usize) -> Sample {
+    let started = Instant::now();
+    let latencies = futures::stream::iter(0..count)
+        .map(|_| async move {
+            let t = Instant::now();
+            let answer = support::http(addr, "POST", "/api/v1/namespace?ttl=10m", Some(TOKEN), None).await;
+            assert_eq!(answer.status, 201, "{}", answer.body);
+            t.elapsed()
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    Sample {
+        latencies,
+        wall: started.elapsed(),
+    }
+}
+
+/// The physical minimum: the three dependent API calls, nothing else.
+async fn bare(client: &Client, selector_value: &str, count: usize, concurrency: usize) -> Sample {
+    let started = Instant::now();
+    let latencies = futures::stream::iter(0..count)
+        .map(|_| async move {
+            let t = Instant::now();
+            let ns = Api::<Namespace>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &Namespace {
+                        metadata: ObjectMeta {
+                            generate_name: Some("bare-".into()),
+                            labels: Some([(SELECTOR_KEY.to_owned(), selector_value.to_owned())].into()),
+                            ..ObjectMeta::default()
+                        },
+                        ..Namespace::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let name = ns.name_any();
+            let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+            sas.create(
+                &PostParams::default(),
+                &ServiceAccount {
+                    metadata: ObjectMeta {
+                        name: Some("namespace-provisioner".into()),
+                        ..ObjectMeta::default()
+                    },
+                    ..ServiceAccount::default()
+                },
+            )
+            .await
+            .unwrap();
+            let request = TokenRequest {
+                spec: TokenRequestSpec {
+                    expiration_seconds: Some(600),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            };
+            sas.create_token_request("namespace-provisioner", &PostParams::default(), &request)
+                .await
+                .unwrap();
+            t.elapsed()
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    Sample {
+        latencies,
+        wall: started.elapsed(),
+    }
+}
+
+async fn delete_all(client: &Client, selector: &str) {
+    let api = Api::<Namespace>::all(client.clone());
+    let items = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items;
+    futures::stream::iter(items)
+        .map(|ns| {
+            let api = api.clone();
+            async move {
+                let _ = api.delete(&ns.name_any(), &DeleteParams::background()).await;
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let levels: Vec<usize> = std::env::var("NP_BENCH_CREATES")
+        .unwrap_or_else(|_| "1,8,32".into())
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse()
+                .expect("NP_BENCH_CREATES: comma-separated concurrency levels")
+        })
+        .collect();
+    let cluster = support::cluster();
+    let admin = cluster.client().await;
+    let grant = support::unique("np-bench-grant");
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: ObjectMeta {
+                    name: Some(grant.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..ClusterRole::default()
+            },
+        )
+        .await
+        .unwrap();
+    let prov_value = support::unique("prov");
+    let bare_value = support::unique("bare");
+    let port = support::free_port();
+    let internal_port = support::free_port();
+    let mut process = support::Process::start(
+        env!("CARGO_BIN_EXE_provisioner"),
+        &[],
+        &[
+            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
+            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal_port}")),
+            ("NP_TOKEN", TOKEN),
+            ("NP_KUBECONFIG", cluster.kubeconfig.to_str().unwrap()),
+            ("NP_SELECTOR", &format!("{SELECTOR_KEY}={prov_value}")),
+            ("NP_CLUSTER_ROLE", &grant),
+            ("NP_LOG", "warn"),
+        ],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let internal = format!("127.0.0.1:{internal_port}");
+    support::wait_http_ok(&internal, "/readyz", &mut process).await;
+    let pid = process.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = status_kib(pid, "VmRSS");
+
+    // Warm both paths (connections, apiserver caches).
+    via_provisioner(&addr, 10, 4).await;
+    bare(&admin, &bare_value, 10, 4).await;
+
+    println!("\nprovisioner create vs bare minimum (Namespace -> ServiceAccount -> TokenRequest)\n");
+    println!(
+        "| concurrency | creates | provisioner p50 ms | p99 ms | creates/s | bare p50 ms | bare p99 ms | bare creates/s | p50 ratio | API requests/create |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for concurrency in levels {
+        let count = (concurrency * 25).clamp(100, 400);
+        let before = kube_requests(&internal).await;
+        let prov = via_provisioner(&addr, count, concurrency).await;
+        let calls = (kube_requests(&internal).await - before) as f64 / count as f64;
+        let base = bare(&admin, &bare_value, count, concurrency).await;
+        println!(
+            "| {concurrency} | {count} | {} | {} | {:.0} | {} | {} | {:.0} | {:.2}x | {calls:.1} (bare: 3) |",
+            ms(prov.pct(0.5)),
+            ms(prov.pct(0.99)),
+            prov.throughput(),
+            ms(base.pct(0.5)),
+            ms(base.pct(0.99)),
+            base.throughput(),
+            prov.pct(0.5).as_secs_f64() / base.pct(0.5).as_secs_f64(),
+        );
+    }
+    let loaded_rss = status_kib(pid, "VmRSS");
+    let peak_rss = status_kib(pid, "VmHWM");
+    println!(
+        "\nprovisioner RSS: idle {:.1} MiB, after load {:.1} MiB, peak {:.1} MiB\n",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    let (status, _) = process.terminate();
+    assert!(status.success());
+    delete_all(&admin, &format!("{SELECTOR_KEY}={prov_value}")).await;
+    delete_all(&admin, &format!("{SELECTOR_KEY}={bare_value}")).await;
+    let _ = Api::<ClusterRole>::all(admin)
+        .delete(&grant, &DeleteParams::default())
+        .await;
+}
