@@ -1,1 +1,72 @@
-fn main() {}
+//! The reaper: `--once` (default, for a CronJob) or `--watch`. Parses flags,
+//! sets up logging and the client, runs the library, maps the result to an
+//! exit status (0 done, 1 some set failed, 2 could not run).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use namespace_provisioner::cli::{OutputFormat, ReaperArgs, ReaperMode};
+use namespace_provisioner::reaper::{self, watch};
+use tracing::error;
+
+const SET_FAILED: u8 = 1;
+const COULD_NOT_RUN: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = ReaperArgs::parse();
+    if let Err(e) = args.log.init() {
+        eprintln!("reaper: {e}");
+        return ExitCode::from(COULD_NOT_RUN);
+    }
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "reaper could not run");
+            eprintln!("reaper: {e:#}");
+            ExitCode::from(COULD_NOT_RUN)
+        }
+    }
+}
+
+async fn run(args: ReaperArgs) -> anyhow::Result<ExitCode> {
+    let mode = args.mode()?;
+    let (client, _) = args.kube.client().await?;
+    match mode {
+        ReaperMode::Sweep(config) => {
+            let report = reaper::run(&client, &config).await?;
+            let text = match args.output {
+                OutputFormat::Text => report.to_text(),
+                OutputFormat::Json => report.to_json()? + "\n",
+            };
+            print!("{text}");
+            Ok(if report.failed() {
+                ExitCode::from(SET_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        ReaperMode::Watch { config, metrics_addr } => {
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("listen on --metrics-addr {metrics_addr}"))?;
+            let signals = shutdown_signal()?;
+            watch::watch(client, config, listener, signals).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}

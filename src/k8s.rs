@@ -62,6 +62,30 @@ where
     }
 }
 
+/// Like [`list_all`], but turns each object into `T` as its page arrives, so
+/// only one page of full objects is in memory at a time (e.g. to drop
+/// `managedFields`, the bulk of a listed object).
+pub async fn list_all_map<K, T>(
+    api: &Api<K>,
+    selector: &str,
+    page_size: u32,
+    mut map: impl FnMut(K) -> T,
+) -> Result<Vec<T>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let mut items = Vec::new();
+    let mut params = ListParams::default().labels(selector).limit(page_size);
+    loop {
+        let page = api.list(&params).await?;
+        items.extend(page.items.into_iter().map(&mut map));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
+}
+
 fn apply_params() -> PatchParams {
     // Force: we own these objects; a human's kubectl edit is drift to undo.
     PatchParams::apply(FIELD_MANAGER).force()
@@ -151,6 +175,45 @@ pub async fn delete_namespace(client: &Client, name: &str, uid: &str) -> Result<
         .delete(name, &params)
         .await
         .map(|_| ())
+}
+
+/// Delete a Namespace only if it is still exactly the object we looked at:
+/// same `uid` and same `resourceVersion` (so one extended or relabelled since
+/// it was read is left for the next look). A mismatch is a 409.
+pub async fn delete_namespace_unchanged(
+    client: &Client,
+    name: &str,
+    uid: &str,
+    resource_version: &str,
+) -> Result<(), kube::Error> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: Some(resource_version.to_owned()),
+        }),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .delete(name, &params)
+        .await
+        .map(|_| ())
+}
+
+/// Delete one object only if it is still the one with `uid`.
+pub async fn delete_with_uid<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    api.delete(name, &params).await.map(|_| ())
 }
 
 /// A bearer token for the set's ServiceAccount and when it really expires.

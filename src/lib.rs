@@ -1,7 +1,8 @@
 //! namespace-provisioner: self-service, short-lived Kubernetes namespaces.
 //!
 //! The pure core ([`params`], [`labels`], [`desired`], [`kubeconfig`], [`auth`])
-//! has no client and no clock; Kubernetes I/O lives in [`k8s`].
+//! has no client and no clock; Kubernetes I/O lives in [`k8s`]. The [`reaper`]
+//! deletes expired sets and repairs incomplete ones.
 
 pub mod api;
 pub mod auth;
@@ -12,3 +13,4 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod params;
 pub mod provision;
+pub mod reaper;

@@ -297,6 +297,67 @@ where
     }
 }
 
+/// Requests a client sent: method, path and query, and when.
+#[derive(Default)]
+pub struct RequestLog(Mutex<Vec<(http::Method, String, std::time::SystemTime)>>);
+
+impl RequestLog {
+    pub fn entries(&self) -> Vec<(http::Method, String, std::time::SystemTime)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+
+    /// How many requests of `method` whose path (before `?`) satisfies `path`.
+    pub fn count(&self, method: &http::Method, path: impl Fn(&str) -> bool) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == method && path(p.split('?').next().unwrap_or_default()))
+            .count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+/// An admin client for the shared cluster that records every request it sends
+/// (a tower layer on the kube client), to count API calls.
+pub async fn counting_client() -> (Client, std::sync::Arc<RequestLog>) {
+    counting_client_for(&cluster().kubeconfig).await
+}
+
+pub async fn counting_client_for(kubeconfig: &Path) -> (Client, std::sync::Arc<RequestLog>) {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("load kubeconfig");
+    let log = std::sync::Arc::new(RequestLog::default());
+    let record = log.clone();
+    let layer = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        record
+            .0
+            .lock()
+            .unwrap()
+            .push((request.method().clone(), path, std::time::SystemTime::now()));
+        request
+    });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .expect("client builder")
+        .with_layer(&layer)
+        .build();
+    (client, log)
+}
+
 /// An HTTP answer, body as text.
 #[derive(Debug)]
 pub struct Answer {
@@ -431,4 +492,20 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
         .decode(payload)
         .expect("base64url claims");
     serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// `GET http://{addr}{path}` (HTTP/1.0, no client library): status and body,
+/// or `None` when nothing answers.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
 }

@@ -1,0 +1,217 @@
+//! Prometheus metrics of the watch-mode reaper and its internal HTTP
+//! listener (`/healthz`, `/metrics`). No Kubernetes I/O.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing::error;
+
+use super::execute::Outcome;
+use super::plan::{Action, SetPlan};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub deletions: Counter,
+    pub repairs: Counter,
+    pub expiry_set: Counter,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub in_flight: Gauge,
+    pub leader: Gauge,
+    pub delete_delay: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("namespace_provisioner_reaper");
+        let deletions = Counter::default();
+        registry.register("deletions", "Expired namespaces deleted", deletions.clone());
+        let repairs = Counter::default();
+        registry.register(
+            "repairs",
+            "Namespace sets repaired (missing or drifted objects applied)",
+            repairs.clone(),
+        );
+        let expiry_set = Counter::default();
+        registry.register(
+            "expiry_set",
+            "Managed namespaces given an expiry because theirs was missing or invalid",
+            expiry_set.clone(),
+        );
+        let reconciles = Counter::default();
+        registry.register("reconciles", "Reconciles started", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by error kind",
+            reconcile_errors.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "reconciles_in_flight",
+            "Reconciles running now",
+            in_flight.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and acts, else 0",
+            leader.clone(),
+        );
+        // Expiry labels have whole seconds; 10 ms .. 30 s.
+        let delete_delay = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]);
+        registry.register(
+            "delete_delay_seconds",
+            "Time from a namespace's expiry instant to its deletion",
+            delete_delay.clone(),
+        );
+        Self {
+            registry,
+            deletions,
+            repairs,
+            expiry_set,
+            reconciles,
+            reconcile_errors,
+            in_flight,
+            leader,
+            delete_delay,
+        }
+    }
+}
+
+impl Metrics {
+    /// Count what one reconcile did; `now` in (fractional) Unix seconds.
+    pub fn record(&self, set: &SetPlan, outcome: &Outcome, now: f64) {
+        let ok = matches!(outcome, Outcome::Written { .. } | Outcome::Deleted { .. });
+        match (&set.action, ok) {
+            (Action::Delete { expiry, .. }, true) => {
+                self.deletions.inc();
+                #[allow(clippy::cast_precision_loss)]
+                self.delete_delay.observe((now - expiry.unix() as f64).max(0.0));
+            }
+            (Action::Repair { .. }, true) => {
+                self.repairs.inc();
+            }
+            (Action::SetExpiry { .. }, true) => {
+                self.expiry_set.inc();
+            }
+            _ => {}
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Decrements the in-flight gauge when dropped (also when a reconcile is aborted).
+pub struct InFlight(Gauge);
+
+impl InFlight {
+    pub fn start(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `/healthz` (the process is up) and `/metrics` (Prometheus text).
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(serve_metrics))
+        .with_state(metrics)
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            error!(error = %e, "encode metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn healthz_and_metrics_answer() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.leader.set(1);
+        metrics.deletions.inc();
+        let app = router(metrics);
+        let ok = app
+            .clone()
+            .oneshot(axum::http::Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let response = app
+            .oneshot(axum::http::Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        for want in [
+            "namespace_provisioner_reaper_leader 1",
+            "namespace_provisioner_reaper_deletions_total 1",
+            "namespace_provisioner_reaper_reconciles_in_flight 0",
+            "namespace_provisioner_reaper_delete_delay_seconds_count 0",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn in_flight_gauge_follows_guards() {
+        let metrics = Metrics::default();
+        let a = InFlight::start(&metrics.in_flight);
+        let b = InFlight::start(&metrics.in_flight);
+        assert_eq!(metrics.in_flight.get(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(metrics.in_flight.get(), 0);
+    }
+}

@@ -1,0 +1,1192 @@
+//! The reaper's decisions: from what was observed in each namespace, the time
+//! and the configuration, what to do with it. Pure: no client, no clock.
+//!
+//! What a complete set is comes from [`desired_set`] only; this module
+//! compares against it and never restates its rules.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+
+use crate::desired::{DesiredSet, NamespacedRole, SetConfig, desired_set, set_annotations};
+use crate::labels::{EXPIRY_LABEL, TENANT_LABEL};
+use crate::params::{Expiry, Selector, TenantName};
+
+/// What the plan needs besides the observations and the time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanConfig {
+    pub set: SetConfig,
+    /// A managed namespace without a valid expiry gets `creationTimestamp + max_ttl`.
+    pub max_ttl: Duration,
+    /// At most this many namespaces are deleted by one plan (oldest expiry
+    /// first); the rest wait for the next run. `None`: no limit.
+    pub max_deletions: Option<u32>,
+}
+
+/// Everything carrying the selector that was found for one namespace name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedSet {
+    /// The namespace's name.
+    pub name: String,
+    /// The Namespace itself, if it carries the selector (is managed).
+    pub namespace: Option<Namespace>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
+}
+
+/// Whether `meta` carries exactly `selector`'s key=value.
+pub fn carries(selector: &Selector, meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|labels| labels.get(selector.key()))
+        .is_some_and(|v| v == selector.value())
+}
+
+/// Group listed objects by namespace. Objects that do not carry the selector
+/// are dropped here, whatever the server returned: nothing without it is
+/// ever planned for. Sets come out sorted by namespace name.
+pub fn group(
+    selector: &Selector,
+    namespaces: Vec<Namespace>,
+    service_accounts: Vec<ServiceAccount>,
+    roles: Vec<Role>,
+    role_bindings: Vec<RoleBinding>,
+) -> Vec<ObservedSet> {
+    fn entry(sets: &mut BTreeMap<String, ObservedSet>, name: String) -> &mut ObservedSet {
+        sets.entry(name.clone()).or_insert_with(|| ObservedSet {
+            name,
+            ..ObservedSet::default()
+        })
+    }
+    let mut sets: BTreeMap<String, ObservedSet> = BTreeMap::new();
+    for ns in namespaces {
+        if carries(selector, &ns.metadata) {
+            let name = ns.name_any();
+            entry(&mut sets, name).namespace = Some(ns);
+        }
+    }
+    for sa in service_accounts {
+        if let (true, Some(ns)) = (carries(selector, &sa.metadata), sa.namespace()) {
+            entry(&mut sets, ns).service_accounts.push(sa);
+        }
+    }
+    for role in roles {
+        if let (true, Some(ns)) = (carries(selector, &role.metadata), role.namespace()) {
+            entry(&mut sets, ns).roles.push(role);
+        }
+    }
+    for rb in role_bindings {
+        if let (true, Some(ns)) = (carries(selector, &rb.metadata), rb.namespace()) {
+            entry(&mut sets, ns).role_bindings.push(rb);
+        }
+    }
+    sets.into_values().collect()
+}
+
+/// A kind and name, for reporting objects.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectId {
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectId {
+    fn of<K: Resource<DynamicType = ()>>(object: &K) -> Self {
+        Self {
+            kind: kind_of::<K>(),
+            namespace: object.meta().namespace.clone(),
+            name: object.meta().name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    // The four kinds we handle; anything else is not ours to name.
+    match K::kind(&()).as_ref() {
+        "Namespace" => "Namespace",
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
+        _ => "Object",
+    }
+}
+
+/// Why an object is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Drift {
+    /// Not found (or found without the selector label).
+    Missing,
+    /// A desired label is absent or has another value.
+    Labels,
+    /// A desired annotation is absent or has another value.
+    Annotations,
+    /// RoleBinding subjects differ.
+    Subjects,
+    /// RoleBinding roleRef differs (immutable: the binding is recreated).
+    RoleRef,
+    /// Role rules differ.
+    Rules,
+}
+
+impl Drift {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Labels => "labels",
+            Self::Annotations => "annotations",
+            Self::Subjects => "subjects",
+            Self::RoleRef => "roleRef",
+            Self::Rules => "rules",
+        }
+    }
+}
+
+/// An object to server-side apply, as the desired set has it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Desired {
+    Namespace(Box<Namespace>),
+    ServiceAccount(Box<ServiceAccount>),
+    Role(Box<Role>),
+    RoleBinding(Box<RoleBinding>),
+}
+
+impl Desired {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => "Namespace",
+            Self::ServiceAccount(_) => "ServiceAccount",
+            Self::Role(_) => "Role",
+            Self::RoleBinding(_) => "RoleBinding",
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Self::Namespace(o) => o.name_any(),
+            Self::ServiceAccount(o) => o.name_any(),
+            Self::Role(o) => o.name_any(),
+            Self::RoleBinding(o) => o.name_any(),
+        }
+    }
+}
+
+/// One write of a repair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub object: Desired,
+    pub reasons: Vec<Drift>,
+    /// Delete the existing object with this uid first (a RoleBinding whose
+    /// immutable roleRef drifted), then apply.
+    pub recreate_uid: Option<String>,
+}
+
+/// What to do with one namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Matches its desired set (or, without a tenant, has a valid expiry).
+    InSync { expiry: Expiry },
+    /// Expired: delete the Namespace, only if still this uid and resourceVersion.
+    Delete {
+        expiry: Expiry,
+        uid: String,
+        resource_version: String,
+    },
+    /// Expired, but the run's `max_deletions` was reached: left for the next run.
+    DeleteCapped { expiry: Expiry },
+    /// Already being deleted.
+    SkipTerminating,
+    /// Live, but incomplete or drifted: apply these.
+    Repair { expiry: Expiry, writes: Vec<Write> },
+    /// No valid expiry label (`previous` is what it held): set one, and bring
+    /// the rest of the set (which carries the expiry too) along.
+    SetExpiry {
+        expiry: Expiry,
+        previous: Option<String>,
+        writes: Vec<Write>,
+    },
+    /// Objects carrying the selector in a namespace that is not managed:
+    /// reported, never touched.
+    ReportOrphan { objects: Vec<ObjectId> },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::InSync { .. } => "inSync",
+            Self::Delete { .. } => "delete",
+            Self::DeleteCapped { .. } => "deleteCapped",
+            Self::SkipTerminating => "skipTerminating",
+            Self::Repair { .. } => "repair",
+            Self::SetExpiry { .. } => "setExpiry",
+            Self::ReportOrphan { .. } => "reportOrphan",
+        }
+    }
+
+    pub fn expiry(&self) -> Option<Expiry> {
+        match self {
+            Self::InSync { expiry }
+            | Self::Delete { expiry, .. }
+            | Self::DeleteCapped { expiry }
+            | Self::Repair { expiry, .. }
+            | Self::SetExpiry { expiry, .. } => Some(*expiry),
+            Self::SkipTerminating | Self::ReportOrphan { .. } => None,
+        }
+    }
+
+    /// The writes, for the actions that have some.
+    pub fn writes(&self) -> &[Write] {
+        match self {
+            Self::Repair { writes, .. } | Self::SetExpiry { writes, .. } => writes,
+            _ => &[],
+        }
+    }
+
+    /// When this namespace must be looked at again without any change to it:
+    /// at its expiry, unless it is on its way out already.
+    pub fn next_look(&self) -> Option<Expiry> {
+        match self {
+            Self::InSync { expiry } | Self::Repair { expiry, .. } | Self::SetExpiry { expiry, .. } => {
+                Some(*expiry)
+            }
+            Self::DeleteCapped { expiry } => Some(*expiry),
+            Self::Delete { .. } | Self::SkipTerminating | Self::ReportOrphan { .. } => None,
+        }
+    }
+}
+
+/// The decision for one namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetPlan {
+    pub namespace: String,
+    pub action: Action,
+    /// Objects carrying the selector in a managed namespace that the desired
+    /// set does not name (e.g. a Role left from an earlier `--role-rules-file`):
+    /// reported, not deleted; they go with the namespace.
+    pub strays: Vec<ObjectId>,
+    /// The namespace is managed but has no valid tenant label (e.g. adopted
+    /// from the original tool): only its expiry is ours to keep.
+    pub untenanted: bool,
+}
+
+/// The decisions for every observed namespace, sorted by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub sets: Vec<SetPlan>,
+}
+
+/// Decide for every set; apply the deletion cap (oldest expiry first, then name).
+pub fn plan(sets: &[ObservedSet], now: i64, config: &PlanConfig) -> Plan {
+    let mut sets: Vec<SetPlan> = sets.iter().map(|s| plan_set(s, now, config)).collect();
+    if let Some(cap) = config.max_deletions {
+        let mut due: Vec<(Expiry, String, usize)> = sets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.action {
+                Action::Delete { expiry, .. } => Some((expiry, s.namespace.clone(), i)),
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        let keep = usize::try_from(cap).unwrap_or(usize::MAX);
+        for (expiry, _, i) in due.into_iter().skip(keep) {
+            if let Some(set) = sets.get_mut(i) {
+                set.action = Action::DeleteCapped { expiry };
+            }
+        }
+    }
+    Plan { sets }
+}
+
+/// Decide for one set (no deletion cap: that is a property of a whole run).
+pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPlan {
+    let name = observed.name.clone();
+    let Some(ns) = &observed.namespace else {
+        return SetPlan {
+            namespace: name,
+            action: Action::ReportOrphan {
+                objects: contents(observed),
+            },
+            strays: Vec::new(),
+            untenanted: false,
+        };
+    };
+    let labels = ns.labels();
+    let tenant = labels
+        .get(TENANT_LABEL)
+        .and_then(|t| t.parse::<TenantName>().ok());
+    let untenanted = tenant.is_none();
+    let done = |action, strays| SetPlan {
+        namespace: name.clone(),
+        action,
+        strays,
+        untenanted,
+    };
+    if ns.metadata.deletion_timestamp.is_some() {
+        return done(Action::SkipTerminating, Vec::new());
+    }
+    let label = labels.get(EXPIRY_LABEL);
+    match label.and_then(|v| v.parse::<Expiry>().ok()) {
+        Some(expiry) if expiry.is_due(now) => done(
+            Action::Delete {
+                expiry,
+                uid: ns.metadata.uid.clone().unwrap_or_default(),
+                resource_version: ns.metadata.resource_version.clone().unwrap_or_default(),
+            },
+            Vec::new(),
+        ),
+        Some(expiry) => match &tenant {
+            Some(tenant) => {
+                let desired = desired_set(&name, tenant, expiry, &config.set);
+                let writes = diff(&desired, ns, observed);
+                let strays = strays(&desired, observed);
+                if writes.is_empty() {
+                    done(Action::InSync { expiry }, strays)
+                } else {
+                    done(Action::Repair { expiry, writes }, strays)
+                }
+            }
+            None => done(Action::InSync { expiry }, contents(observed)),
+        },
+        None => {
+            // Fail safe: never immortal, never deleted on the spot. If this is
+            // already past, the next look deletes it.
+            let created = ns
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(now, |t| t.0.as_second());
+            let expiry = Expiry::after(created, config.max_ttl.as_secs());
+            let previous = label.cloned();
+            match &tenant {
+                Some(tenant) => {
+                    let desired = desired_set(&name, tenant, expiry, &config.set);
+                    let writes = diff(&desired, ns, observed);
+                    let strays = strays(&desired, observed);
+                    done(
+                        Action::SetExpiry {
+                            expiry,
+                            previous,
+                            writes,
+                        },
+                        strays,
+                    )
+                }
+                None => done(
+                    Action::SetExpiry {
+                        expiry,
+                        previous,
+                        writes: vec![expiry_only(&name, expiry)],
+                    },
+                    contents(observed),
+                ),
+            }
+        }
+    }
+}
+
+/// For a namespace without a tenant: only the expiry label and annotation,
+/// applied by us; its other labels and contents stay someone else's.
+fn expiry_only(name: &str, expiry: Expiry) -> Write {
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), expiry.to_string())])),
+            annotations: Some(set_annotations(expiry)),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Write {
+        object: Desired::Namespace(Box::new(namespace)),
+        reasons: vec![Drift::Labels],
+        recreate_uid: None,
+    }
+}
+
+fn contents(observed: &ObservedSet) -> Vec<ObjectId> {
+    let mut ids: Vec<ObjectId> = observed
+        .service_accounts
+        .iter()
+        .map(ObjectId::of)
+        .chain(observed.roles.iter().map(ObjectId::of))
+        .chain(observed.role_bindings.iter().map(ObjectId::of))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Observed objects the desired set does not name.
+fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
+    let DesiredSet {
+        namespace: _,
+        service_account,
+        role_binding,
+        role,
+    } = desired;
+    let sa_names = [service_account.name_any()];
+    let mut rb_names = vec![role_binding.name_any()];
+    let mut role_names = Vec::new();
+    if let Some(NamespacedRole { role, binding }) = role {
+        rb_names.push(binding.name_any());
+        role_names.push(role.name_any());
+    }
+    let mut ids: Vec<ObjectId> = observed
+        .service_accounts
+        .iter()
+        .filter(|o| !sa_names.contains(&o.name_any()))
+        .map(ObjectId::of)
+        .chain(
+            observed
+                .roles
+                .iter()
+                .filter(|o| !role_names.contains(&o.name_any()))
+                .map(ObjectId::of),
+        )
+        .chain(
+            observed
+                .role_bindings
+                .iter()
+                .filter(|o| !rb_names.contains(&o.name_any()))
+                .map(ObjectId::of),
+        )
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The writes that bring `observed` to `desired`, Namespace first. The
+/// desired set is destructured without `..` so a new part cannot be missed.
+fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Write> {
+    let DesiredSet {
+        namespace,
+        service_account,
+        role_binding,
+        role,
+    } = desired;
+    let mut writes = Vec::new();
+    let reasons = meta_drift(&namespace.metadata, &ns.metadata);
+    if !reasons.is_empty() {
+        writes.push(Write {
+            object: Desired::Namespace(Box::new(namespace.clone())),
+            reasons,
+            recreate_uid: None,
+        });
+    }
+    let found = named(&observed.service_accounts, &service_account.name_any());
+    let reasons = match found {
+        None => vec![Drift::Missing],
+        Some(sa) => meta_drift(&service_account.metadata, &sa.metadata),
+    };
+    if !reasons.is_empty() {
+        writes.push(Write {
+            object: Desired::ServiceAccount(Box::new(service_account.clone())),
+            reasons,
+            recreate_uid: None,
+        });
+    }
+    writes.extend(binding_write(role_binding, &observed.role_bindings));
+    if let Some(NamespacedRole { role, binding }) = role {
+        let reasons = match named(&observed.roles, &role.name_any()) {
+            None => vec![Drift::Missing],
+            Some(found) => {
+                let mut reasons = meta_drift(&role.metadata, &found.metadata);
+                if !same_rules(role.rules.as_deref(), found.rules.as_deref()) {
+                    reasons.push(Drift::Rules);
+                }
+                reasons
+            }
+        };
+        if !reasons.is_empty() {
+            writes.push(Write {
+                object: Desired::Role(Box::new(role.clone())),
+                reasons,
+                recreate_uid: None,
+            });
+        }
+        writes.extend(binding_write(binding, &observed.role_bindings));
+    }
+    writes
+}
+
+fn binding_write(desired: &RoleBinding, observed: &[RoleBinding]) -> Option<Write> {
+    let (reasons, recreate_uid) = match named(observed, &desired.name_any()) {
+        None => (vec![Drift::Missing], None),
+        Some(found) => {
+            let mut reasons = meta_drift(&desired.metadata, &found.metadata);
+            if !same_subjects(desired.subjects.as_deref(), found.subjects.as_deref()) {
+                reasons.push(Drift::Subjects);
+            }
+            if same_role_ref(&desired.role_ref, &found.role_ref) {
+                (reasons, None)
+            } else {
+                reasons.push(Drift::RoleRef);
+                (reasons, Some(found.metadata.uid.clone().unwrap_or_default()))
+            }
+        }
+    };
+    (!reasons.is_empty()).then(|| Write {
+        object: Desired::RoleBinding(Box::new(desired.clone())),
+        reasons,
+        recreate_uid,
+    })
+}
+
+fn named<'a, K: Resource>(objects: &'a [K], name: &str) -> Option<&'a K> {
+    objects.iter().find(|o| o.meta().name.as_deref() == Some(name))
+}
+
+/// Desired labels and annotations must be present with their values; others
+/// (added by people or Kubernetes) are fine.
+fn meta_drift(desired: &ObjectMeta, observed: &ObjectMeta) -> Vec<Drift> {
+    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let mut reasons = Vec::new();
+    if !subset(&desired.labels, &observed.labels) {
+        reasons.push(Drift::Labels);
+    }
+    if !subset(&desired.annotations, &observed.annotations) {
+        reasons.push(Drift::Annotations);
+    }
+    reasons
+}
+
+fn same_role_ref(a: &RoleRef, b: &RoleRef) -> bool {
+    a.api_group == b.api_group && a.kind == b.kind && a.name == b.name
+}
+
+/// Subjects compared the way the API server stores them (absent and empty
+/// strings are the same; the order of the atomic list matters).
+fn same_subjects(a: Option<&[Subject]>, b: Option<&[Subject]>) -> bool {
+    let norm = |s: Option<&[Subject]>| -> Vec<(String, String, String, String)> {
+        s.unwrap_or_default()
+            .iter()
+            .map(|s| {
+                (
+                    s.kind.clone(),
+                    s.name.clone(),
+                    s.namespace.clone().unwrap_or_default(),
+                    s.api_group.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    norm(a) == norm(b)
+}
+
+/// Rules compared with absent and empty lists the same (the server drops empty ones).
+fn same_rules(a: Option<&[PolicyRule]>, b: Option<&[PolicyRule]>) -> bool {
+    type Norm = [Vec<String>; 5];
+    let norm = |rules: Option<&[PolicyRule]>| -> Vec<Norm> {
+        rules
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+                [
+                    list(&r.api_groups),
+                    list(&r.resources),
+                    list(&r.resource_names),
+                    list(&r.non_resource_urls),
+                    r.verbs.clone(),
+                ]
+            })
+            .collect()
+    };
+    norm(a) == norm(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const NOW: i64 = 1_800_000_000;
+    const HOUR: i64 = 3600;
+
+    fn selector() -> Selector {
+        "np-test/reaper=unit".parse().unwrap()
+    }
+
+    fn rules(verb: &str) -> Vec<PolicyRule> {
+        vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            verbs: vec![verb.to_owned()],
+            ..PolicyRule::default()
+        }]
+    }
+
+    fn config(role: bool) -> PlanConfig {
+        PlanConfig {
+            set: SetConfig {
+                selector: selector(),
+                cluster_role: "grant".to_owned(),
+                role_rules: role.then(|| rules("get")),
+            },
+            max_ttl: Duration::from_secs(3 * HOUR as u64),
+            max_deletions: None,
+        }
+    }
+
+    fn tenant() -> TenantName {
+        "ci".parse().unwrap()
+    }
+
+    /// The set as the provisioner made it, as the API server returns it.
+    fn observed(name: &str, expiry: i64, role: bool) -> ObservedSet {
+        let DesiredSet {
+            mut namespace,
+            mut service_account,
+            mut role_binding,
+            role: nsrole,
+        } = desired_set(name, &tenant(), Expiry::from_unix(expiry), &config(role).set);
+        namespace.metadata.uid = Some(format!("uid-{name}"));
+        namespace.metadata.resource_version = Some("7".to_owned());
+        namespace.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(NOW - HOUR).unwrap()));
+        namespace
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
+        service_account.metadata.uid = Some("uid-sa".to_owned());
+        role_binding.metadata.uid = Some("uid-rb".to_owned());
+        let (roles, mut bindings) = match nsrole {
+            Some(NamespacedRole { role, binding }) => (vec![role], vec![binding]),
+            None => (vec![], vec![]),
+        };
+        bindings.insert(0, role_binding);
+        ObservedSet {
+            name: name.to_owned(),
+            namespace: Some(namespace),
+            service_accounts: vec![service_account],
+            roles,
+            role_bindings: bindings,
+        }
+    }
+
+    fn live() -> ObservedSet {
+        observed("np-live", NOW + HOUR, false)
+    }
+
+    fn ns_labels(set: &mut ObservedSet) -> &mut BTreeMap<String, String> {
+        set.namespace.as_mut().unwrap().metadata.labels.as_mut().unwrap()
+    }
+
+    /// (kind, name, reasons, recreate) of each write, for compact expectations.
+    fn writes(action: &Action) -> Vec<(&'static str, String, Vec<Drift>, bool)> {
+        action
+            .writes()
+            .iter()
+            .map(|w| {
+                (
+                    w.object.kind(),
+                    w.object.name(),
+                    w.reasons.clone(),
+                    w.recreate_uid.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn table_of_cases() {
+        use Drift::*;
+        type Case = (
+            &'static str,
+            ObservedSet,
+            bool,
+            &'static str,
+            Vec<(&'static str, &'static str, Vec<Drift>, bool)>,
+        );
+        let mut cases: Vec<Case> = Vec::new();
+
+        cases.push(("complete and live", live(), false, "inSync", vec![]));
+        cases.push((
+            "expired",
+            observed("np-old", NOW - 1, false),
+            false,
+            "delete",
+            vec![],
+        ));
+        cases.push((
+            "expiry exactly now",
+            observed("np-now", NOW, false),
+            false,
+            "delete",
+            vec![],
+        ));
+        let mut drifted_and_expired = observed("np-old2", NOW - 5, false);
+        drifted_and_expired.service_accounts.clear();
+        cases.push((
+            "expired beats drifted",
+            drifted_and_expired,
+            false,
+            "delete",
+            vec![],
+        ));
+
+        let mut terminating = observed("np-term", NOW - 1, false);
+        terminating
+            .namespace
+            .as_mut()
+            .unwrap()
+            .metadata
+            .deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW - 1).unwrap()));
+        cases.push(("terminating", terminating, false, "skipTerminating", vec![]));
+        let mut terminating_live = live();
+        terminating_live.service_accounts.clear();
+        terminating_live
+            .namespace
+            .as_mut()
+            .unwrap()
+            .metadata
+            .deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+        cases.push((
+            "terminating, not expired, incomplete",
+            terminating_live,
+            false,
+            "skipTerminating",
+            vec![],
+        ));
+
+        let mut s = live();
+        s.service_accounts.clear();
+        cases.push((
+            "service account missing",
+            s,
+            false,
+            "repair",
+            vec![("ServiceAccount", "namespace-provisioner", vec![Missing], false)],
+        ));
+
+        let mut s = live();
+        s.role_bindings.clear();
+        cases.push((
+            "role binding missing",
+            s,
+            false,
+            "repair",
+            vec![("RoleBinding", "namespace-provisioner", vec![Missing], false)],
+        ));
+
+        let mut s = live();
+        s.role_bindings[0].subjects.as_mut().unwrap().push(Subject {
+            kind: "User".to_owned(),
+            name: "mallory".to_owned(),
+            ..Subject::default()
+        });
+        cases.push((
+            "extra subject",
+            s,
+            false,
+            "repair",
+            vec![("RoleBinding", "namespace-provisioner", vec![Subjects], false)],
+        ));
+
+        let mut s = live();
+        s.role_bindings[0].subjects = None;
+        cases.push((
+            "no subjects",
+            s,
+            false,
+            "repair",
+            vec![("RoleBinding", "namespace-provisioner", vec![Subjects], false)],
+        ));
+
+        let mut s = live();
+        s.role_bindings[0].role_ref.name = "cluster-admin".to_owned();
+        cases.push((
+            "roleRef changed: recreate",
+            s,
+            false,
+            "repair",
+            vec![("RoleBinding", "namespace-provisioner", vec![RoleRef], true)],
+        ));
+
+        let mut s = live();
+        s.role_bindings[0].subjects.as_mut().unwrap()[0].api_group = Some(String::new());
+        cases.push(("empty apiGroup is no drift", s, false, "inSync", vec![]));
+
+        let mut s = live();
+        s.service_accounts[0]
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(TENANT_LABEL);
+        cases.push((
+            "label removed from service account",
+            s,
+            false,
+            "repair",
+            vec![("ServiceAccount", "namespace-provisioner", vec![Labels], false)],
+        ));
+
+        let mut s = live();
+        s.role_bindings[0]
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(EXPIRY_LABEL.to_owned(), "1".to_owned());
+        s.role_bindings[0].metadata.annotations = None;
+        cases.push((
+            "binding label changed, annotation gone",
+            s,
+            false,
+            "repair",
+            vec![(
+                "RoleBinding",
+                "namespace-provisioner",
+                vec![Labels, Annotations],
+                false,
+            )],
+        ));
+
+        let mut s = live();
+        s.namespace.as_mut().unwrap().metadata.annotations = None;
+        cases.push((
+            "namespace annotation missing",
+            s,
+            false,
+            "repair",
+            vec![("Namespace", "np-live", vec![Annotations], false)],
+        ));
+
+        let mut s = live();
+        s.service_accounts[0]
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".to_owned(), "x".to_owned());
+        cases.push(("extra labels are fine", s, false, "inSync", vec![]));
+
+        cases.push((
+            "with role: complete",
+            observed("np-r", NOW + HOUR, true),
+            true,
+            "inSync",
+            vec![],
+        ));
+        let mut s = observed("np-r", NOW + HOUR, true);
+        s.roles.clear();
+        s.role_bindings.truncate(1);
+        cases.push((
+            "with role: role and its binding missing",
+            s,
+            true,
+            "repair",
+            vec![
+                ("Role", "namespace-provisioner", vec![Missing], false),
+                ("RoleBinding", "namespace-provisioner-role", vec![Missing], false),
+            ],
+        ));
+        let mut s = observed("np-r", NOW + HOUR, true);
+        s.roles[0].rules = Some(rules("delete"));
+        cases.push((
+            "with role: rules changed",
+            s,
+            true,
+            "repair",
+            vec![("Role", "namespace-provisioner", vec![Rules], false)],
+        ));
+        let mut s = observed("np-r", NOW + HOUR, true);
+        s.roles[0].rules.as_mut().unwrap()[0].resource_names = Some(vec![]);
+        cases.push(("with role: empty list is no drift", s, true, "inSync", vec![]));
+
+        let mut s = live();
+        ns_labels(&mut s).remove(EXPIRY_LABEL);
+        cases.push((
+            "expiry missing: set, and the set follows",
+            s,
+            false,
+            "setExpiry",
+            vec![
+                ("Namespace", "np-live", vec![Labels, Annotations], false),
+                (
+                    "ServiceAccount",
+                    "namespace-provisioner",
+                    vec![Labels, Annotations],
+                    false,
+                ),
+                (
+                    "RoleBinding",
+                    "namespace-provisioner",
+                    vec![Labels, Annotations],
+                    false,
+                ),
+            ],
+        ));
+
+        let mut s = live();
+        ns_labels(&mut s).remove(TENANT_LABEL);
+        ns_labels(&mut s).remove(EXPIRY_LABEL);
+        s.service_accounts.clear();
+        s.role_bindings.clear();
+        cases.push((
+            "no tenant, no expiry: only the expiry",
+            s,
+            false,
+            "setExpiry",
+            vec![("Namespace", "np-live", vec![Labels], false)],
+        ));
+
+        let mut s = live();
+        ns_labels(&mut s).remove(TENANT_LABEL);
+        s.service_accounts.clear();
+        s.role_bindings.clear();
+        cases.push((
+            "no tenant, valid expiry: nothing to do",
+            s,
+            false,
+            "inSync",
+            vec![],
+        ));
+
+        let mut s = observed("np-old3", NOW - 1, false);
+        ns_labels(&mut s).remove(TENANT_LABEL);
+        cases.push(("no tenant, expired", s, false, "delete", vec![]));
+
+        let mut s = live();
+        ns_labels(&mut s).insert(TENANT_LABEL.to_owned(), "Not A Label!".to_owned());
+        cases.push(("invalid tenant is no tenant", s, false, "inSync", vec![]));
+
+        let mut s = live();
+        s.namespace = None;
+        cases.push(("orphan", s, false, "reportOrphan", vec![]));
+
+        for (what, set, role, want_action, want_writes) in cases {
+            let got = plan_set(&set, NOW, &config(role));
+            assert_eq!(got.action.name(), want_action, "{what}: {got:#?}");
+            let want: Vec<_> = want_writes
+                .into_iter()
+                .map(|(k, n, r, re)| (k, n.to_owned(), r, re))
+                .collect();
+            assert_eq!(writes(&got.action), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn delete_carries_uid_and_resource_version() {
+        let got = plan_set(&observed("np-old", NOW - 1, false), NOW, &config(false));
+        assert_eq!(
+            got.action,
+            Action::Delete {
+                expiry: Expiry::from_unix(NOW - 1),
+                uid: "uid-np-old".to_owned(),
+                resource_version: "7".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn repairs_apply_exactly_the_desired_objects() {
+        let mut s = live();
+        s.role_bindings[0].role_ref.name = "cluster-admin".to_owned();
+        s.service_accounts.clear();
+        let got = plan_set(&s, NOW, &config(false));
+        let desired = desired_set(
+            "np-live",
+            &tenant(),
+            Expiry::from_unix(NOW + HOUR),
+            &config(false).set,
+        );
+        let Action::Repair { writes, .. } = got.action else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            writes[0].object,
+            Desired::ServiceAccount(Box::new(desired.service_account))
+        );
+        assert_eq!(
+            writes[1].object,
+            Desired::RoleBinding(Box::new(desired.role_binding))
+        );
+        assert_eq!(writes[1].recreate_uid.as_deref(), Some("uid-rb"));
+    }
+
+    #[test]
+    fn missing_or_garbage_expiry_becomes_creation_plus_max_ttl() {
+        for previous in [None, Some("garbage"), Some("-5"), Some("")] {
+            let mut s = live();
+            match previous {
+                None => ns_labels(&mut s).remove(EXPIRY_LABEL),
+                Some(v) => ns_labels(&mut s).insert(EXPIRY_LABEL.to_owned(), v.to_owned()),
+            };
+            let got = plan_set(&s, NOW, &config(false));
+            let Action::SetExpiry {
+                expiry,
+                previous: got_previous,
+                writes,
+            } = &got.action
+            else {
+                panic!("{got:?}")
+            };
+            // Created an hour ago, max TTL three hours.
+            assert_eq!(expiry.unix(), NOW + 2 * HOUR);
+            assert_eq!(got_previous.as_deref(), previous);
+            let Desired::Namespace(ns) = &writes[0].object else {
+                panic!()
+            };
+            assert_eq!(ns.labels()[EXPIRY_LABEL], (NOW + 2 * HOUR).to_string());
+        }
+    }
+
+    #[test]
+    fn a_fallback_expiry_already_past_is_set_not_deleted() {
+        let mut s = live();
+        ns_labels(&mut s).remove(EXPIRY_LABEL);
+        let much_later = NOW + 10 * HOUR;
+        let got = plan_set(&s, much_later, &config(false));
+        assert_eq!(got.action.name(), "setExpiry");
+        assert_eq!(got.action.expiry(), Some(Expiry::from_unix(NOW + 2 * HOUR)));
+        // Once set, the next look deletes it.
+        ns_labels(&mut s).insert(EXPIRY_LABEL.to_owned(), (NOW + 2 * HOUR).to_string());
+        assert_eq!(plan_set(&s, much_later, &config(false)).action.name(), "delete");
+    }
+
+    #[test]
+    fn untenanted_namespaces_get_only_an_expiry() {
+        let mut s = live();
+        ns_labels(&mut s).remove(TENANT_LABEL);
+        ns_labels(&mut s).remove(EXPIRY_LABEL);
+        let got = plan_set(&s, NOW, &config(false));
+        assert!(got.untenanted);
+        let [write] = got.action.writes() else {
+            panic!("{got:?}")
+        };
+        let Desired::Namespace(ns) = &write.object else {
+            panic!()
+        };
+        // Only what we set: not the selector, not a tenant.
+        assert_eq!(ns.labels().keys().collect::<Vec<_>>(), vec![EXPIRY_LABEL]);
+        assert!(
+            ns.annotations()
+                .contains_key(crate::labels::EXPIRES_AT_ANNOTATION)
+        );
+        // Its selector-labelled contents are reported, not adopted.
+        assert_eq!(got.strays.len(), 2);
+    }
+
+    #[test]
+    fn orphans_list_what_was_found() {
+        let mut s = live();
+        s.namespace = None;
+        let got = plan_set(&s, NOW, &config(false));
+        let Action::ReportOrphan { objects } = got.action else {
+            panic!()
+        };
+        assert_eq!(
+            objects.iter().map(|o| o.kind).collect::<Vec<_>>(),
+            vec!["RoleBinding", "ServiceAccount"]
+        );
+        assert!(objects.iter().all(|o| o.namespace.as_deref() == Some("np-live")));
+    }
+
+    #[test]
+    fn strays_are_reported_beside_the_action() {
+        // A Role left over from an earlier --role-rules-file.
+        let mut s = observed("np-r", NOW + HOUR, true);
+        let got = plan_set(&s, NOW, &config(false));
+        assert_eq!(got.action.name(), "inSync");
+        assert_eq!(
+            got.strays
+                .iter()
+                .map(|o| (o.kind, o.name.as_str()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("Role", "namespace-provisioner"),
+                ("RoleBinding", "namespace-provisioner-role")
+            ]
+        );
+        s.service_accounts.push(ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("other".to_owned()),
+                namespace: Some("np-r".to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        });
+        assert_eq!(plan_set(&s, NOW, &config(true)).strays.len(), 1);
+    }
+
+    #[test]
+    fn deletion_cap_keeps_the_oldest_and_defers_the_rest() {
+        let sets: Vec<ObservedSet> = [("np-a", 30), ("np-b", 10), ("np-c", 20), ("np-d", -HOUR)]
+            .iter()
+            .map(|(n, ago)| observed(n, NOW - ago, false))
+            .collect();
+        let mut cfg = config(false);
+        let actions = |cfg: &PlanConfig| -> Vec<&'static str> {
+            plan(&sets, NOW, cfg)
+                .sets
+                .iter()
+                .map(|s| s.action.name())
+                .collect()
+        };
+        assert_eq!(actions(&cfg), vec!["delete", "delete", "delete", "inSync"]);
+        cfg.max_deletions = Some(2);
+        assert_eq!(actions(&cfg), vec!["delete", "deleteCapped", "delete", "inSync"]);
+        cfg.max_deletions = Some(0);
+        assert_eq!(
+            actions(&cfg),
+            vec!["deleteCapped", "deleteCapped", "deleteCapped", "inSync"]
+        );
+    }
+
+    #[test]
+    fn grouping_keeps_only_the_exact_selector() {
+        let mut a = live();
+        let mut foreign_sa = a.service_accounts[0].clone();
+        foreign_sa.metadata.name = Some("foreign".to_owned());
+        foreign_sa
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("np-test/reaper".to_owned(), "other-value".to_owned());
+        let mut unlabelled_ns = a.namespace.clone().unwrap();
+        unlabelled_ns.metadata.name = Some("np-unlabelled".to_owned());
+        unlabelled_ns.metadata.labels = Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), "1".to_owned())]));
+        let mut elsewhere = a.role_bindings[0].clone();
+        elsewhere.metadata.namespace = Some("kube-system".to_owned());
+        let sets = group(
+            &selector(),
+            vec![a.namespace.take().unwrap(), unlabelled_ns],
+            vec![a.service_accounts[0].clone(), foreign_sa],
+            vec![],
+            vec![a.role_bindings[0].clone(), elsewhere],
+        );
+        assert_eq!(
+            sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            vec!["kube-system", "np-live"]
+        );
+        assert!(sets[0].namespace.is_none());
+        assert_eq!(sets[1].service_accounts.len(), 1);
+        assert_eq!(
+            plan(&sets, NOW, &config(false)).sets[0].action.name(),
+            "reportOrphan"
+        );
+    }
+
+    #[test]
+    fn next_look_is_the_expiry_unless_on_the_way_out() {
+        assert_eq!(
+            plan_set(&live(), NOW, &config(false)).action.next_look(),
+            Some(Expiry::from_unix(NOW + HOUR))
+        );
+        let old = observed("np-old", NOW - 1, false);
+        assert_eq!(plan_set(&old, NOW, &config(false)).action.next_look(), None);
+    }
+}

@@ -1,0 +1,458 @@
+//! What a run did (or, with `--dry-run`, would do), as text or JSON for
+//! CronJob logs. No I/O: the caller prints it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::execute::{Outcome, chain};
+use super::plan::{Action, ObjectId, Plan, SetPlan};
+
+/// How long each phase took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Durations {
+    pub list: Duration,
+    pub plan: Duration,
+    pub execute: Duration,
+}
+
+/// Counts of one run. In a dry run, what would have been done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub dry_run: bool,
+    /// Namespaces with at least one object carrying the selector.
+    pub scanned_sets: usize,
+    pub in_sync: usize,
+    pub expired_deleted: usize,
+    pub repaired: usize,
+    pub expiry_set: usize,
+    pub skipped_terminating: usize,
+    pub orphans_reported: usize,
+    /// Selector-labelled objects in managed namespaces that the desired set does not name.
+    pub strays_reported: usize,
+    /// Expired, but not deleted in this run because `--max-deletions` was reached.
+    pub deletions_capped: usize,
+    /// `None`: unlimited.
+    pub max_deletions: Option<u32>,
+    /// Expired, but gone or changed by the time we deleted: looked at again next run.
+    pub changed_before_delete: usize,
+    pub failed: usize,
+    /// Successful writes (deletes, applies).
+    pub writes: usize,
+    /// Deletions whose Event could not be recorded (the deletion stands).
+    pub event_errors: usize,
+    pub list_ms: u64,
+    pub plan_ms: u64,
+    pub execute_ms: u64,
+    /// Peak resident memory of this process, where the OS tells (Linux).
+    pub peak_rss_kib: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteEntry {
+    pub kind: &'static str,
+    pub name: String,
+    pub reasons: Vec<&'static str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recreate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectEntry {
+    pub kind: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl From<&ObjectId> for ObjectEntry {
+    fn from(o: &ObjectId) -> Self {
+        Self {
+            kind: o.kind,
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+        }
+    }
+}
+
+/// One namespace that needed (or would need) something, or had something to report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub namespace: String,
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The expiry label's value when it was not valid (`setExpiry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_expiry: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<WriteEntry>,
+    /// Orphans (`reportOrphan`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub strays: Vec<ObjectEntry>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub untenanted: bool,
+    /// `done`, `gone`, `changed`, `failed`; absent in a dry run or when there was nothing to write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub summary: Summary,
+    /// Every set except those in sync with nothing to report.
+    pub entries: Vec<Entry>,
+}
+
+impl Report {
+    /// `outcomes` are in plan order; `None` for a dry run.
+    pub fn new(
+        plan: &Plan,
+        outcomes: Option<&[Outcome]>,
+        durations: Durations,
+        max_deletions: Option<u32>,
+        peak_rss_kib: Option<u64>,
+    ) -> Self {
+        let mut s = Summary {
+            dry_run: outcomes.is_none(),
+            scanned_sets: plan.sets.len(),
+            max_deletions,
+            list_ms: millis(durations.list),
+            plan_ms: millis(durations.plan),
+            execute_ms: millis(durations.execute),
+            peak_rss_kib,
+            ..Summary::default()
+        };
+        let mut entries = Vec::new();
+        for (i, set) in plan.sets.iter().enumerate() {
+            let outcome = outcomes.and_then(|o| o.get(i));
+            count(&mut s, set, outcome);
+            if !matches!(set.action, Action::InSync { .. }) || !set.strays.is_empty() {
+                entries.push(entry(set, outcome));
+            }
+        }
+        Self { summary: s, entries }
+    }
+
+    /// Whether anything failed (the process exits non-zero).
+    pub fn failed(&self) -> bool {
+        self.summary.failed > 0
+    }
+
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
+    }
+
+    /// One line per entry, then the summary.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for e in &self.entries {
+            let _ = write!(out, "{} {}", e.namespace, e.action);
+            if let Some(at) = &e.expires_at {
+                let _ = write!(out, " expiry={at}");
+            }
+            if let Some(p) = &e.previous_expiry {
+                let _ = write!(out, " previous={p:?}");
+            }
+            for w in &e.writes {
+                let _ = write!(
+                    out,
+                    " {}/{}({}{})",
+                    w.kind,
+                    w.name,
+                    w.reasons.join(","),
+                    if w.recreate { ",recreate" } else { "" }
+                );
+            }
+            for o in &e.objects {
+                let _ = write!(out, " orphan={}/{}", o.kind, o.name);
+            }
+            for o in &e.strays {
+                let _ = write!(out, " stray={}/{}", o.kind, o.name);
+            }
+            if e.untenanted {
+                out.push_str(" untenanted");
+            }
+            if let Some(outcome) = e.outcome {
+                let _ = write!(out, " -> {outcome}");
+            }
+            for err in &e.errors {
+                let _ = write!(out, " error={err:?}");
+            }
+            if let Some(err) = &e.event_error {
+                let _ = write!(out, " event_error={err:?}");
+            }
+            out.push('\n');
+        }
+        let s = &self.summary;
+        let verb = if s.dry_run {
+            "dry run (nothing written): would have"
+        } else {
+            "done:"
+        };
+        let cap = s
+            .max_deletions
+            .map_or_else(|| "unlimited".to_owned(), |m| m.to_string());
+        let _ = writeln!(
+            out,
+            "{verb} scanned {} sets; in sync {}; expired deleted {}; repaired {}; expiry set {}; \
+             skipped terminating {}; orphans reported {}; strays reported {}; deletions capped {} \
+             (max {cap}); changed before delete {}; failed {}; writes {}; event errors {}; \
+             list {}ms, plan {}ms, execute {}ms{}",
+            s.scanned_sets,
+            s.in_sync,
+            s.expired_deleted,
+            s.repaired,
+            s.expiry_set,
+            s.skipped_terminating,
+            s.orphans_reported,
+            s.strays_reported,
+            s.deletions_capped,
+            s.changed_before_delete,
+            s.failed,
+            s.writes,
+            s.event_errors,
+            s.list_ms,
+            s.plan_ms,
+            s.execute_ms,
+            s.peak_rss_kib
+                .map_or_else(String::new, |k| format!(", peak RSS {k} KiB")),
+        );
+        if s.deletions_capped > 0 {
+            let _ = writeln!(
+                out,
+                "deletion cap reached: {} expired namespaces left for the next run (--max-deletions {cap})",
+                s.deletions_capped
+            );
+        }
+        out
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn count(s: &mut Summary, set: &SetPlan, outcome: Option<&Outcome>) {
+    s.strays_reported += set.strays.len();
+    // In a dry run the plan counts as done.
+    let done = outcome.is_none_or(|o| matches!(o, Outcome::Deleted { .. } | Outcome::Written { .. }));
+    match outcome {
+        Some(Outcome::Failed { writes, .. }) => {
+            s.failed += 1;
+            s.writes += writes;
+        }
+        Some(Outcome::Written { writes }) => s.writes += writes,
+        Some(Outcome::Deleted { event }) => {
+            s.writes += 1;
+            s.event_errors += usize::from(event.is_some());
+        }
+        Some(Outcome::Gone | Outcome::Changed) => s.changed_before_delete += 1,
+        Some(Outcome::Nothing) | None => {}
+    }
+    match &set.action {
+        Action::InSync { .. } => s.in_sync += 1,
+        Action::Delete { .. } => s.expired_deleted += usize::from(done),
+        Action::DeleteCapped { .. } => s.deletions_capped += 1,
+        Action::SkipTerminating => s.skipped_terminating += 1,
+        Action::Repair { .. } => s.repaired += usize::from(done),
+        Action::SetExpiry { .. } => s.expiry_set += usize::from(done),
+        Action::ReportOrphan { .. } => s.orphans_reported += 1,
+    }
+}
+
+fn entry(set: &SetPlan, outcome: Option<&Outcome>) -> Entry {
+    let expiry = set.action.expiry();
+    let (outcome, errors, event_error) = match outcome {
+        None | Some(Outcome::Nothing) => (None, Vec::new(), None),
+        Some(Outcome::Deleted { event }) => (Some("done"), Vec::new(), event.as_ref().map(|e| chain(e))),
+        Some(Outcome::Written { .. }) => (Some("done"), Vec::new(), None),
+        Some(Outcome::Gone) => (Some("gone"), Vec::new(), None),
+        Some(Outcome::Changed) => (Some("changed"), Vec::new(), None),
+        Some(Outcome::Failed { errors, .. }) => {
+            (Some("failed"), errors.iter().map(|e| chain(e)).collect(), None)
+        }
+    };
+    Entry {
+        namespace: set.namespace.clone(),
+        action: set.action.name(),
+        expiry: expiry.map(|e| e.unix()),
+        expires_at: expiry.map(|e| e.rfc3339()),
+        previous_expiry: match &set.action {
+            Action::SetExpiry { previous, .. } => previous.clone(),
+            _ => None,
+        },
+        writes: set
+            .action
+            .writes()
+            .iter()
+            .map(|w| WriteEntry {
+                kind: w.object.kind(),
+                name: w.object.name(),
+                reasons: w.reasons.iter().map(|r| r.as_str()).collect(),
+                recreate: w.recreate_uid.is_some(),
+            })
+            .collect(),
+        objects: match &set.action {
+            Action::ReportOrphan { objects } => objects.iter().map(ObjectEntry::from).collect(),
+            _ => Vec::new(),
+        },
+        strays: set.strays.iter().map(ObjectEntry::from).collect(),
+        untenanted: set.untenanted,
+        outcome,
+        errors,
+        event_error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::Expiry;
+    use crate::reaper::execute::ExecuteError;
+    use crate::reaper::plan::{Desired, Drift, Write};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+
+    fn set(namespace: &str, action: Action) -> SetPlan {
+        SetPlan {
+            namespace: namespace.to_owned(),
+            action,
+            strays: Vec::new(),
+            untenanted: false,
+        }
+    }
+
+    fn sample() -> Plan {
+        let write = Write {
+            object: Desired::ServiceAccount(Box::new(ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("namespace-provisioner".to_owned()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })),
+            reasons: vec![Drift::Missing],
+            recreate_uid: None,
+        };
+        Plan {
+            sets: vec![
+                set(
+                    "a",
+                    Action::InSync {
+                        expiry: Expiry::from_unix(100),
+                    },
+                ),
+                set(
+                    "b",
+                    Action::Delete {
+                        expiry: Expiry::from_unix(1),
+                        uid: "u".into(),
+                        resource_version: "1".into(),
+                    },
+                ),
+                set(
+                    "c",
+                    Action::DeleteCapped {
+                        expiry: Expiry::from_unix(2),
+                    },
+                ),
+                set(
+                    "d",
+                    Action::Repair {
+                        expiry: Expiry::from_unix(100),
+                        writes: vec![write.clone()],
+                    },
+                ),
+                set(
+                    "e",
+                    Action::SetExpiry {
+                        expiry: Expiry::from_unix(100),
+                        previous: Some("x".into()),
+                        writes: vec![write],
+                    },
+                ),
+                set("f", Action::SkipTerminating),
+                set("g", Action::ReportOrphan { objects: vec![] }),
+            ],
+        }
+    }
+
+    #[test]
+    fn dry_run_counts_the_plan() {
+        let r = Report::new(&sample(), None, Durations::default(), Some(1), None);
+        let s = &r.summary;
+        assert!(s.dry_run);
+        assert_eq!(
+            (
+                s.scanned_sets,
+                s.in_sync,
+                s.expired_deleted,
+                s.deletions_capped,
+                s.repaired
+            ),
+            (7, 1, 1, 1, 1)
+        );
+        assert_eq!(
+            (s.expiry_set, s.skipped_terminating, s.orphans_reported, s.failed),
+            (1, 1, 1, 0)
+        );
+        // In-sync sets are not listed.
+        assert_eq!(r.entries.len(), 6);
+        assert!(r.entries.iter().all(|e| e.outcome.is_none()));
+        let text = r.to_text();
+        assert!(text.contains("dry run (nothing written)"), "{text}");
+        assert!(text.contains("deletion cap reached: 1 expired"), "{text}");
+        assert!(text.contains("d repair"), "{text}");
+    }
+
+    #[test]
+    fn outcomes_decide_counts_and_failure() {
+        let outcomes = vec![
+            Outcome::Nothing,
+            Outcome::Deleted { event: None },
+            Outcome::Nothing,
+            Outcome::Failed {
+                writes: 0,
+                errors: vec![ExecuteError::NoPrecondition {
+                    namespace: "d".into(),
+                }],
+            },
+            Outcome::Written { writes: 1 },
+            Outcome::Nothing,
+            Outcome::Nothing,
+        ];
+        let r = Report::new(
+            &sample(),
+            Some(&outcomes),
+            Durations::default(),
+            Some(1),
+            Some(1234),
+        );
+        let s = &r.summary;
+        assert!(!s.dry_run);
+        assert_eq!(
+            (s.expired_deleted, s.repaired, s.expiry_set, s.failed, s.writes),
+            (1, 0, 1, 1, 2)
+        );
+        assert!(r.failed());
+        let json: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        assert_eq!(json["summary"]["failed"], 1);
+        assert_eq!(json["summary"]["peakRssKib"], 1234);
+        assert_eq!(json["entries"][2]["outcome"], "failed");
+        assert_eq!(json["entries"][2]["writes"][0]["reasons"][0], "missing");
+        assert_eq!(json["entries"][3]["previousExpiry"], "x");
+    }
+}
