@@ -709,6 +709,20 @@ async fn reaper_once_least_privilege_is_sufficient() {
     if let Err(e) = repaired(&admin, &damaged).await {
         panic!("after one sweep: {e}\nreaper log:\n{log}");
     }
+    // ...and recorded the deletion as an Event (namespaces are cluster-scoped,
+    // so it lands in `default`): `events create` suffices.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(damaged.expired.as_str())),
+        "no Event about {}\nreaper log:\n{log}",
+        damaged.expired
+    );
     eprintln!(
         "reaper --once as its ServiceAccount: reap + 4 repairs in {:?}",
         started.elapsed()
@@ -981,11 +995,15 @@ async fn least_privilege_is_least() {
     // Leases: the reaper's Role covers its own namespace only.
     assert!(can_i(
         reaper.path(),
-        &["update", "leases.coordination.k8s.io", "-n", NS]
+        &["patch", "leases.coordination.k8s.io", "-n", NS]
     ));
     assert!(!can_i(
         reaper.path(),
-        &["update", "leases.coordination.k8s.io", "-n", "kube-system"]
+        &["patch", "leases.coordination.k8s.io", "-n", "kube-system"]
+    ));
+    assert!(!can_i(
+        reaper.path(),
+        &["delete", "leases.coordination.k8s.io", "-n", NS]
     ));
     assert!(!can_i(
         provisioner.path(),
