@@ -1044,3 +1044,36 @@ fn dockerfiles_pass_hadolint() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The one-command demo.
+
+#[tokio::test]
+async fn demo_script_serves_a_working_kubeconfig() {
+    let started = Instant::now();
+    let port = |_| support::free_port().to_string();
+    let demo = Running::spawn(
+        "demo.sh --check",
+        Path::new("bash"),
+        &["demo.sh".into(), "--check".into()],
+        &[
+            // Its own control plane, from the same cached harness binary.
+            ("NP_CLUSTER_BIN", support::cluster_bin().display().to_string()),
+            ("NP_DEMO_SKIP_BUILD", "1".into()),
+            ("NP_PROVISIONER_BIN", env!("CARGO_BIN_EXE_provisioner").into()),
+            ("NP_REAPER_BIN", env!("CARGO_BIN_EXE_reaper").into()),
+            ("NP_DEMO_PORT", port(0)),
+            ("NP_DEMO_INTERNAL_PORT", port(1)),
+            ("NP_DEMO_REAPER_PORT", port(2)),
+        ],
+    );
+    let (status, log) = demo.wait(Duration::from_secs(240)).await;
+    assert!(status.success(), "demo.sh --check failed ({status}):\n{log}");
+    assert!(log.contains("demo check passed"), "{log}");
+    // What a person copies from the output.
+    assert!(
+        log.contains("curl -fsS -X POST -H 'Authorization: Bearer "),
+        "{log}"
+    );
+    eprintln!("demo.sh --check: {:?}", started.elapsed());
+}
