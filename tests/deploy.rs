@@ -807,6 +807,116 @@ async fn reaper_watch_least_privilege_is_sufficient() {
     );
 }
 
+#[tokio::test]
+async fn role_rules_need_the_optional_rbac_and_it_suffices() {
+    let identity = sa_kubeconfig(PROVISIONER_SA).await;
+    let reaper_identity = sa_kubeconfig(REAPER_SA).await;
+    let admin = support::admin().await;
+    let selector = unique_selector();
+    let rules =
+        support::temp_file("- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list, create]\n");
+    let (port, internal) = (support::free_port(), support::free_port());
+    let addr = format!("127.0.0.1:{port}");
+    let internal_addr = format!("127.0.0.1:{internal}");
+    let mut provisioner = Running::spawn(
+        "provisioner --role-rules-file",
+        Path::new(env!("CARGO_BIN_EXE_provisioner")),
+        &[],
+        &[
+            ("NP_KUBECONFIG", identity.path().display().to_string()),
+            ("NP_TOKEN", "token-r-0123456789abcdef".into()),
+            ("NP_LISTEN", addr.clone()),
+            ("NP_INTERNAL_LISTEN", internal_addr.clone()),
+            ("NP_SELECTOR", selector.clone()),
+            ("NP_ROLE_RULES_FILE", rules.path().display().to_string()),
+        ],
+    );
+    wait_ok(
+        &internal_addr,
+        "/readyz",
+        &mut provisioner,
+        Duration::from_secs(30),
+    )
+    .await;
+    let token = Some("token-r-0123456789abcdef");
+    let ns_api = Api::<Namespace>::all(admin.clone());
+    let live = || async {
+        ns_api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .count()
+    };
+
+    // Without function/role-rules the Role with rules is an escalation:
+    // refused, and the half-made namespace is rolled back.
+    let refused = support::http(&addr, "POST", "/api/v1/namespace?ttl=10m", token, None).await;
+    assert_eq!(refused.status, 500, "{refused:?}\n{}", provisioner.log());
+    assert!(
+        provisioner
+            .log()
+            .contains("attempting to grant RBAC permissions not currently held"),
+        "{}",
+        provisioner.log()
+    );
+    assert_eq!(live().await, 0, "the refused namespace was not rolled back");
+
+    let dry = kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        deploy_support::ROLE_RULES_KUSTOMIZATION,
+    ]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    kubectl_ok(&["apply", "-k", deploy_support::ROLE_RULES_KUSTOMIZATION]);
+
+    // With it, the same request succeeds (RBAC caches for a moment: retry briefly).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let created = loop {
+        let answer = support::http(&addr, "POST", "/api/v1/namespace?ttl=10m", token, None).await;
+        if answer.status == 201 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(created.status, 201, "{created:?}\n{}", provisioner.log());
+    let name = kubeconfig_namespace(&created.body);
+    let returned = support::temp_file(&created.body);
+    let can = kubectl_as(returned.path(), &["auth", "can-i", "create", "configmaps"]);
+    assert_eq!(
+        String::from_utf8_lossy(&can.stdout).trim(),
+        "yes",
+        "{}",
+        text(&can)
+    );
+    let status = provisioner.terminate().await;
+    assert!(status.success());
+
+    // The reaper, with the same rules and the same extra RBAC, restores a lost Role.
+    let roles = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), &name);
+    roles.delete(OBJECT_NAME, &DeleteParams::default()).await.unwrap();
+    let reaper = Running::spawn(
+        "reaper --once --role-rules-file",
+        Path::new(env!("CARGO_BIN_EXE_reaper")),
+        &["--once".into()],
+        &[
+            ("NP_KUBECONFIG", reaper_identity.path().display().to_string()),
+            ("NP_SELECTOR", selector.clone()),
+            ("NP_ROLE_RULES_FILE", rules.path().display().to_string()),
+        ],
+    );
+    let (status, log) = reaper.wait(Duration::from_secs(120)).await;
+    assert!(status.success(), "reaper failed ({status}):\n{log}");
+    let role = roles.get(OBJECT_NAME).await.unwrap();
+    assert_eq!(
+        role.rules.unwrap()[0].resources.as_deref(),
+        Some(&["configmaps".to_owned()][..])
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Least privilege is least.
 

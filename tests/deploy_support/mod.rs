@@ -24,6 +24,8 @@ pub const REAPER_SA: &str = "namespace-provisioner-reaper";
 pub const GRANT: &str = "namespace-provisioner-grant";
 /// The kustomizations, in the order an operator applies them.
 pub const KUSTOMIZATIONS: [&str; 3] = ["function", "cronjob", "cronjob/watch"];
+/// Optional RBAC for --role-rules-file, applied by the test that needs it.
+pub const ROLE_RULES_KUSTOMIZATION: &str = "function/role-rules";
 
 pub fn repo() -> PathBuf {
     support::repo_root()
