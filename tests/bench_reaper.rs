@@ -1,0 +1,513 @@
+//! Reaper benchmarks against a fresh local control plane (not timed tests):
+//!
+//! 1. sweep cost at N managed sets (`NP_BENCH_SETS`, default `1000,10000`):
+//!    wall time, API requests (counted by a tower layer on the kube client),
+//!    peak RSS of the real binary, next to the bare LIST of the same objects
+//!    (4 kinds, same page size) in the same run;
+//! 2. watch mode: delay from each namespace's expiry instant to its DELETE
+//!    request, over `NP_BENCH_WATCH` (default 100) namespaces.
+//!
+//! Run: `cargo bench --bench reaper`. Prints a Markdown table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use namespace_provisioner::desired::{SetConfig, desired_set};
+use namespace_provisioner::k8s;
+use namespace_provisioner::params::{Expiry, Selector, TenantName};
+use namespace_provisioner::provision::system_clock;
+use namespace_provisioner::reaper::plan::PlanConfig;
+use namespace_provisioner::reaper::watch::{LeaseConfig, WatchConfig};
+use namespace_provisioner::reaper::{self, SweepConfig};
+
+const PAGE_SIZE: u32 = 500;
+/// One set in this many is expired, one is missing its RoleBinding.
+const EVERY: usize = 50;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("run with: cargo bench --bench reaper");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench());
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: {s:?} is not a number"))
+        })
+        .collect()
+}
+
+fn repeats() -> usize {
+    env_list("NP_BENCH_REPEATS", "5")
+        .first()
+        .copied()
+        .unwrap_or(5)
+        .max(1)
+}
+
+struct Row {
+    n: usize,
+    what: String,
+    samples: Vec<Duration>,
+    requests: String,
+    rss_kib: Option<u64>,
+    baseline: Option<Duration>,
+}
+
+fn median(samples: &[Duration]) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    s[s.len() / 2]
+}
+
+/// Nearest-rank percentile.
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| N sets | measurement | runs | median | p99 | API requests | peak RSS | vs bare LIST |");
+    println!("|---:|---|---:|---:|---:|---|---:|---:|");
+    for r in rows {
+        let m = median(&r.samples);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.n,
+            r.what,
+            r.samples.len(),
+            secs(m),
+            secs(percentile(&r.samples, 99.0)),
+            r.requests,
+            r.rss_kib
+                .map_or_else(|| "-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            r.baseline.map_or_else(
+                || "-".to_owned(),
+                |b| format!("{:.2}x", m.as_secs_f64() / b.as_secs_f64())
+            ),
+        );
+    }
+    println!();
+}
+
+async fn bench() {
+    let sizes = env_list("NP_BENCH_SETS", "1000,10000");
+    let watch_n = env_list("NP_BENCH_WATCH", "100").first().copied().unwrap_or(100);
+    eprintln!("starting a fresh control plane for the benchmark");
+    let cluster = support::Cluster::start();
+    let (client, log) = support::counting_client_for(&cluster.kubeconfig).await;
+    let mut rows = Vec::new();
+    let mut created = 0;
+    for n in sizes {
+        created += n;
+        bench_sweep(&client, &log, &cluster.kubeconfig, n, created, &mut rows).await;
+        print_table(&rows);
+    }
+    if watch_n > 0 {
+        bench_watch(&client, &log, watch_n).await;
+    }
+    print_table(&rows);
+    cluster.stop();
+}
+
+fn set_config(selector: &Selector) -> SetConfig {
+    SetConfig {
+        selector: selector.clone(),
+        cluster_role: "namespace-provisioner-grant".to_owned(),
+        role_rules: None,
+    }
+}
+
+/// `n` sets (Namespace, ServiceAccount, RoleBinding) made with direct API
+/// calls, 64 at a time: one in `EVERY` expired, one missing its RoleBinding.
+async fn create_sets(
+    client: &Client,
+    config: &SetConfig,
+    prefix: &str,
+    n: usize,
+    expiry_of: impl Fn(usize) -> i64,
+) {
+    let tenant: TenantName = "bench".parse().unwrap();
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let set = desired_set(
+                &format!("{prefix}-{i:05}"),
+                &tenant,
+                Expiry::from_unix(expiry_of(i)),
+                config,
+            );
+            let client = client.clone();
+            async move {
+                let ns = set.namespace.name_any();
+                let pp = k8s::post_params();
+                Api::<Namespace>::all(client.clone())
+                    .create(&pp, &set.namespace)
+                    .await
+                    .unwrap();
+                // A running watcher may complete the set first: same objects.
+                let created = |r: Result<(), kube::Error>| match r {
+                    Ok(()) => {}
+                    Err(e) if k8s::status_code(&e) == Some(409) => {}
+                    Err(e) => panic!("create in {ns}: {e}"),
+                };
+                created(
+                    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                        .create(&pp, &set.service_account)
+                        .await
+                        .map(drop),
+                );
+                if i % EVERY != 1 {
+                    created(
+                        Api::<RoleBinding>::namespaced(client, &ns)
+                            .create(&pp, &set.role_binding)
+                            .await
+                            .map(drop),
+                    );
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    eprintln!("created {n} sets in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// Wait until the controller-manager has finished its own work in the new
+/// namespaces (a `default` ServiceAccount each), so it does not skew timings.
+async fn await_quiet(client: &Client, namespaces: usize) {
+    let api = Api::<ServiceAccount>::all(client.clone());
+    let started = Instant::now();
+    loop {
+        let defaults = k8s::list_all_map(&api, "", PAGE_SIZE, |sa: ServiceAccount| {
+            sa.name_any() == "default"
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| *d)
+        .count();
+        if defaults >= namespaces {
+            eprintln!(
+                "controller-manager settled after {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "controller-manager did not settle"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn bare_list(client: &Client, selector: &str) -> usize {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let service_accounts = Api::<ServiceAccount>::all(client.clone());
+    let roles = Api::<Role>::all(client.clone());
+    let role_bindings = Api::<RoleBinding>::all(client.clone());
+    let (a, b, c, d) = tokio::join!(
+        k8s::list_all(&namespaces, selector, PAGE_SIZE),
+        k8s::list_all(&service_accounts, selector, PAGE_SIZE),
+        k8s::list_all(&roles, selector, PAGE_SIZE),
+        k8s::list_all(&role_bindings, selector, PAGE_SIZE),
+    );
+    a.unwrap().len() + b.unwrap().len() + c.unwrap().len() + d.unwrap().len()
+}
+
+/// Run the real binary; its report carries its own peak RSS.
+fn run_binary(kubeconfig: &Path, selector: &Selector, extra: &[&str]) -> (Duration, serde_json::Value) {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_reaper"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "--selector",
+            &selector.to_string(),
+            "--output",
+            "json",
+            "--log",
+            "warn",
+            "--max-deletions",
+            "unlimited",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let wall = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (wall, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+async fn bench_sweep(
+    client: &Client,
+    log: &support::RequestLog,
+    kubeconfig: &Path,
+    n: usize,
+    namespaces_so_far: usize,
+    rows: &mut Vec<Row>,
+) {
+    let selector: Selector = format!("np-bench/reaper=n{n}").parse().unwrap();
+    let label = selector.to_label_selector();
+    let config = set_config(&selector);
+    let now = system_clock();
+    create_sets(client, &config, &format!("bench{n}"), n, |i| {
+        if i % EVERY == 0 { now - 60 } else { now + 86_400 }
+    })
+    .await;
+    await_quiet(client, namespaces_so_far).await;
+    let expired = n.div_ceil(EVERY);
+    let incomplete = (n + EVERY - 2) / EVERY;
+    let objects = 3 * n - incomplete;
+
+    // Bare LIST of the same objects, same page size.
+    let mut samples = Vec::new();
+    let mut pages = 0;
+    for _ in 0..repeats() {
+        log.clear();
+        let started = Instant::now();
+        assert_eq!(bare_list(client, &label).await, objects);
+        samples.push(started.elapsed());
+        pages = log.len();
+    }
+    let baseline = median(&samples);
+    rows.push(Row {
+        n,
+        what: "bare LIST, 4 kinds, page 500 (baseline)".to_owned(),
+        samples,
+        requests: format!("{pages} LIST pages"),
+        rss_kib: None,
+        baseline: Some(baseline),
+    });
+
+    let sweep_config = SweepConfig {
+        plan: PlanConfig {
+            set: config.clone(),
+            max_ttl: Duration::from_secs(86_400),
+            max_deletions: None,
+        },
+        page_size: PAGE_SIZE,
+        concurrency: 16,
+        dry_run: true,
+        instance: "bench".to_owned(),
+    };
+
+    // The real binary, dry run: the plan for the damaged dataset, and its memory.
+    let (wall, json) = run_binary(kubeconfig, &selector, &["--dry-run"]);
+    assert_eq!(json["summary"]["expiredDeleted"], expired);
+    rows.push(Row {
+        n,
+        what: "reaper binary --dry-run (process wall time)".to_owned(),
+        samples: vec![wall],
+        requests: format!("{pages} LIST pages"),
+        rss_kib: json["summary"]["peakRssKib"].as_u64(),
+        baseline: Some(baseline),
+    });
+
+    // The sweep that does the work: deletes, repairs.
+    log.clear();
+    let started = Instant::now();
+    let report = reaper::sweep(
+        client,
+        &SweepConfig {
+            dry_run: false,
+            ..sweep_config.clone()
+        },
+        system_clock(),
+    )
+    .await
+    .unwrap();
+    let wall = started.elapsed();
+    let s = &report.summary;
+    assert_eq!(
+        (s.expired_deleted, s.repaired, s.failed),
+        (expired, incomplete, 0),
+        "{}",
+        report.to_text()
+    );
+    let requests = log.len();
+    let events = s.expired_deleted;
+    assert_eq!(
+        requests,
+        pages + s.writes + events,
+        "requests = pages + writes + events"
+    );
+    rows.push(Row {
+        n,
+        what: format!(
+            "sweep with writes: {} deleted, {} repaired (list {} ms, plan {} ms, execute {} ms)",
+            s.expired_deleted, s.repaired, s.list_ms, s.plan_ms, s.execute_ms
+        ),
+        samples: vec![wall],
+        requests: format!(
+            "{requests} = {pages} pages + {} writes + {events} events",
+            s.writes
+        ),
+        rss_kib: None,
+        baseline: Some(baseline),
+    });
+
+    // Steady state: everything live is in sync, the expired ones terminating.
+    let mut samples = Vec::new();
+    let mut steady_requests = 0;
+    for _ in 0..repeats() {
+        log.clear();
+        let started = Instant::now();
+        let report = reaper::sweep(
+            client,
+            &SweepConfig {
+                dry_run: false,
+                ..sweep_config.clone()
+            },
+            system_clock(),
+        )
+        .await
+        .unwrap();
+        samples.push(started.elapsed());
+        assert_eq!(report.summary.writes, 0, "{}", report.to_text());
+        steady_requests = log.len();
+    }
+    rows.push(Row {
+        n,
+        what: "sweep, steady state (nothing to write)".to_owned(),
+        samples,
+        requests: format!("{steady_requests} LIST pages + 0 writes"),
+        rss_kib: None,
+        baseline: Some(baseline),
+    });
+
+    let (wall, json) = run_binary(kubeconfig, &selector, &[]);
+    assert_eq!(json["summary"]["writes"], 0);
+    rows.push(Row {
+        n,
+        what: "reaper binary, steady state (process wall time)".to_owned(),
+        samples: vec![wall],
+        requests: format!("{steady_requests} LIST pages"),
+        rss_kib: json["summary"]["peakRssKib"].as_u64(),
+        baseline: Some(baseline),
+    });
+}
+
+async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {
+    let selector: Selector = "np-bench/reaper=watch".parse().unwrap();
+    let config = set_config(&selector);
+    let lease = support::unique("bench-lease");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+    let watcher = tokio::spawn(reaper::watch::watch(
+        client.clone(),
+        WatchConfig {
+            plan: PlanConfig {
+                set: config.clone(),
+                max_ttl: Duration::from_secs(3600),
+                max_deletions: None,
+            },
+            page_size: PAGE_SIZE,
+            concurrency: 16,
+            lease: LeaseConfig::new(
+                lease.clone(),
+                "default".to_owned(),
+                "bench".to_owned(),
+                Duration::from_secs(15),
+            )
+            .unwrap(),
+        },
+        listener,
+        stopped.map(drop),
+    ));
+    let leases = Api::<Lease>::namespaced(client.clone(), "default");
+    support::eventually(Duration::from_secs(30), "the watcher to lead", || async {
+        leases
+            .get_opt(&lease)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+            .is_some()
+    })
+    .await;
+
+    // Expiries spread over 10 seconds, starting once all are created.
+    let start = system_clock() + 15;
+    let expiry_of = |i: usize| start + (i % 10) as i64;
+    create_sets(client, &config, "benchw", n, expiry_of).await;
+    assert!(
+        system_clock() < start,
+        "creating {n} sets took too long; raise the head start"
+    );
+    let mut expiries = BTreeMap::new();
+    for i in 0..n {
+        expiries.insert(format!("benchw-{i:05}"), expiry_of(i));
+    }
+    log.clear();
+    support::eventually(
+        Duration::from_secs(60),
+        "every watched namespace deleted",
+        || async { log.count(&http::Method::DELETE, |p| p.starts_with("/api/v1/namespaces/")) >= n },
+    )
+    .await;
+    let mut delays = Vec::new();
+    for (method, path, at) in log.entries() {
+        if method != http::Method::DELETE {
+            continue;
+        }
+        let name = path
+            .split('?')
+            .next()
+            .unwrap()
+            .trim_start_matches("/api/v1/namespaces/");
+        let Some(expiry) = expiries.get(name) else {
+            continue;
+        };
+        let at = at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let delay = at - *expiry as f64;
+        assert!(delay >= 0.0, "{name} deleted {delay}s before its expiry");
+        delays.push(Duration::from_secs_f64(delay));
+    }
+    assert_eq!(delays.len(), n);
+    stop.send(()).unwrap();
+    watcher.await.unwrap().unwrap();
+    println!();
+    println!("| watch mode | namespaces | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    let max = delays.iter().max().copied().unwrap_or_default();
+    println!(
+        "| expiry instant -> DELETE request | {n} | {} | {} | {} |",
+        secs(percentile(&delays, 50.0)),
+        secs(percentile(&delays, 99.0)),
+        secs(max)
+    );
+    println!();
+}
