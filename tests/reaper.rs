@@ -11,6 +11,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
@@ -20,6 +22,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
@@ -1263,6 +1266,86 @@ async fn watch_deletes_at_expiry_within_a_second_and_repairs_on_change() {
         .unwrap()
         .unwrap();
     assert_eq!(lease_holder(&client, &lease).await, None);
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_stops_acting_when_its_lease_is_taken() {
+    let fx = Fixture::new(false).await;
+    let client = fx.client.clone();
+    let lease = unique("rp-lease");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+    let watcher = tokio::spawn(namespace_provisioner::reaper::watch::watch(
+        client.clone(),
+        watch_config(&fx, &lease, "deposed"),
+        listener,
+        stopped.map(drop),
+    ));
+    let leader_gauge = || async {
+        let (_, text) = support::http_get(&addr, "/metrics").await?;
+        text.lines().find_map(|l| {
+            l.strip_prefix("namespace_provisioner_reaper_leader ")?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    support::eventually(Duration::from_secs(20), "the watcher to lead", || async {
+        leader_gauge().await == Some(1.0)
+    })
+    .await;
+
+    // Another live replica takes the Lease and keeps renewing it (the same
+    // 3 s duration, every second).
+    let usurping = Arc::new(AtomicBool::new(true));
+    let usurper = {
+        let leases = Api::<Lease>::namespaced(client.clone(), "default");
+        let (lease, usurping) = (lease.clone(), usurping.clone());
+        tokio::spawn(async move {
+            while usurping.load(Ordering::SeqCst) {
+                let at = MicroTime(jiff::Timestamp::now());
+                let spec = serde_json::json!({"spec": {
+                    "holderIdentity": "usurper",
+                    "leaseDurationSeconds": 3,
+                    "acquireTime": at,
+                    "renewTime": at,
+                }});
+                leases
+                    .patch(&lease, &PatchParams::default(), &Patch::Merge(spec))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+    // It notices at its next renewal (the Lease lasts 3 s) and stops acting.
+    support::eventually(Duration::from_secs(10), "the watcher to step down", || async {
+        leader_gauge().await == Some(0.0)
+    })
+    .await;
+    assert_eq!(lease_holder(&client, &lease).await.as_deref(), Some("usurper"));
+    let expired = fx.create_set("rp-deposed", now() - 1).await.namespace.name_any();
+    // Longer than a Lease duration: it does not take a live Lease back.
+    let acted = tokio::time::timeout(
+        Duration::from_secs(6),
+        await_terminating(&client, &expired, Duration::from_secs(60)),
+    )
+    .await;
+    assert!(acted.is_err(), "a replica without the Lease deleted {expired}");
+    assert!(!is_terminating(&client, &expired).await);
+    assert_eq!(leader_gauge().await, Some(0.0));
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), watcher)
+        .await
+        .expect("watch stopped within 30s")
+        .unwrap()
+        .unwrap();
+    // Not ours, so not released.
+    assert_eq!(lease_holder(&client, &lease).await.as_deref(), Some("usurper"));
+    usurping.store(false, Ordering::SeqCst);
+    usurper.await.unwrap();
     fx.cleanup().await;
 }
 

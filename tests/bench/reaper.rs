@@ -21,9 +21,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use namespace_provisioner::desired::{SetConfig, desired_set};
 use namespace_provisioner::k8s;
@@ -129,10 +129,8 @@ async fn bench() {
     let cluster = support::Cluster::start();
     let (client, log) = support::counting_client_for(&cluster.kubeconfig).await;
     let mut rows = Vec::new();
-    let mut created = 0;
     for n in sizes {
-        created += n;
-        bench_sweep(&client, &log, &cluster.kubeconfig, n, created, &mut rows).await;
+        bench_sweep(&client, &log, &cluster.kubeconfig, n, &mut rows).await;
         print_table(&rows);
     }
     if watch_n > 0 {
@@ -205,30 +203,46 @@ async fn create_sets(
     eprintln!("created {n} sets in {:.1}s", started.elapsed().as_secs_f64());
 }
 
-/// Wait until the controller-manager has finished its own work in the new
-/// namespaces (a `default` ServiceAccount each), so it does not skew timings.
-async fn await_quiet(client: &Client, namespaces: usize) {
-    let api = Api::<ServiceAccount>::all(client.clone());
+/// Objects of kind `K` named `name`, cluster-wide (metadata only, paginated).
+async fn count_named<K>(client: &Client, name: &str) -> usize
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api = Api::<K>::all(client.clone());
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    if !name.is_empty() {
+        params = params.fields(&format!("metadata.name={name}"));
+    }
+    let mut count = 0;
+    loop {
+        let page = api.list_metadata(&params).await.unwrap();
+        count += page.items.len();
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return count,
+        }
+    }
+}
+
+/// Wait until the controller-manager has done its own work in every
+/// namespace (a `default` ServiceAccount and the `kube-root-ca.crt`
+/// ConfigMap), so it does not skew timings.
+async fn await_quiet(client: &Client) {
     let started = Instant::now();
     loop {
-        let defaults = k8s::list_all_map(&api, "", PAGE_SIZE, |sa: ServiceAccount| {
-            sa.name_any() == "default"
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|d| *d)
-        .count();
-        if defaults >= namespaces {
+        let namespaces = count_named::<Namespace>(client, "").await;
+        let accounts = count_named::<ServiceAccount>(client, "default").await;
+        let cas = count_named::<ConfigMap>(client, "kube-root-ca.crt").await;
+        if accounts >= namespaces && cas >= namespaces {
             eprintln!(
-                "controller-manager settled after {:.1}s",
+                "controller-manager settled after {:.1}s ({namespaces} namespaces)",
                 started.elapsed().as_secs_f64()
             );
             return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(900),
-            "controller-manager did not settle"
+            "controller-manager did not settle: {namespaces} namespaces, {accounts} default accounts, {cas} CA maps"
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
@@ -277,7 +291,6 @@ async fn bench_sweep(
     log: &support::RequestLog,
     kubeconfig: &Path,
     n: usize,
-    namespaces_so_far: usize,
     rows: &mut Vec<Row>,
 ) {
     let selector: Selector = format!("np-bench/reaper=n{n}").parse().unwrap();
@@ -288,30 +301,10 @@ async fn bench_sweep(
         if i % EVERY == 0 { now - 60 } else { now + 86_400 }
     })
     .await;
-    await_quiet(client, namespaces_so_far).await;
+    await_quiet(client).await;
     let expired = n.div_ceil(EVERY);
     let incomplete = (n + EVERY - 2) / EVERY;
     let objects = 3 * n - incomplete;
-
-    // Bare LIST of the same objects, same page size.
-    let mut samples = Vec::new();
-    let mut pages = 0;
-    for _ in 0..repeats() {
-        log.clear();
-        let started = Instant::now();
-        assert_eq!(bare_list(client, &label).await, objects);
-        samples.push(started.elapsed());
-        pages = log.len();
-    }
-    let baseline = median(&samples);
-    rows.push(Row {
-        n,
-        what: "bare LIST, 4 kinds, page 500 (baseline)".to_owned(),
-        samples,
-        requests: format!("{pages} LIST pages"),
-        rss_kib: None,
-        baseline: Some(baseline),
-    });
 
     let sweep_config = SweepConfig {
         plan: PlanConfig {
@@ -324,32 +317,47 @@ async fn bench_sweep(
         dry_run: true,
         instance: "bench".to_owned(),
     };
+    let writing = SweepConfig {
+        dry_run: false,
+        ..sweep_config.clone()
+    };
+
+    // Bare LIST of the same objects (4 kinds, same page size, concurrently as
+    // the sweep does), interleaved with dry-run sweeps (list + plan) so both
+    // see the same cluster.
+    let mut bare = Vec::new();
+    let mut dry = Vec::new();
+    let mut pages = 0;
+    for _ in 0..repeats() {
+        log.clear();
+        let started = Instant::now();
+        assert_eq!(bare_list(client, &label).await, objects);
+        bare.push(started.elapsed());
+        pages = log.len();
+        let started = Instant::now();
+        let report = reaper::sweep(client, &sweep_config, system_clock())
+            .await
+            .unwrap();
+        dry.push(started.elapsed());
+        assert_eq!(report.summary.expired_deleted, expired);
+    }
 
     // The real binary, dry run: the plan for the damaged dataset, and its memory.
     let (wall, json) = run_binary(kubeconfig, &selector, &["--dry-run"]);
     assert_eq!(json["summary"]["expiredDeleted"], expired);
-    rows.push(Row {
+    let dry_binary = Row {
         n,
-        what: "reaper binary --dry-run (process wall time)".to_owned(),
+        what: "reaper binary --dry-run (process wall time, incl. start-up)".to_owned(),
         samples: vec![wall],
         requests: format!("{pages} LIST pages"),
         rss_kib: json["summary"]["peakRssKib"].as_u64(),
-        baseline: Some(baseline),
-    });
+        baseline: None,
+    };
 
     // The sweep that does the work: deletes, repairs.
     log.clear();
     let started = Instant::now();
-    let report = reaper::sweep(
-        client,
-        &SweepConfig {
-            dry_run: false,
-            ..sweep_config.clone()
-        },
-        system_clock(),
-    )
-    .await
-    .unwrap();
+    let report = reaper::sweep(client, &writing, system_clock()).await.unwrap();
     let wall = started.elapsed();
     let s = &report.summary;
     assert_eq!(
@@ -365,7 +373,7 @@ async fn bench_sweep(
         pages + s.writes + events,
         "requests = pages + writes + events"
     );
-    rows.push(Row {
+    let with_writes = Row {
         n,
         what: format!(
             "sweep with writes: {} deleted, {} repaired (list {} ms, plan {} ms, execute {} ms)",
@@ -377,48 +385,66 @@ async fn bench_sweep(
             s.writes
         ),
         rss_kib: None,
-        baseline: Some(baseline),
-    });
+        baseline: None,
+    };
 
-    // Steady state: everything live is in sync, the expired ones terminating.
-    let mut samples = Vec::new();
+    // Steady state: everything live in sync, the expired ones terminating.
+    let mut steady = Vec::new();
     let mut steady_requests = 0;
     for _ in 0..repeats() {
+        let started = Instant::now();
+        bare_list(client, &label).await;
+        bare.push(started.elapsed());
         log.clear();
         let started = Instant::now();
-        let report = reaper::sweep(
-            client,
-            &SweepConfig {
-                dry_run: false,
-                ..sweep_config.clone()
-            },
-            system_clock(),
-        )
-        .await
-        .unwrap();
-        samples.push(started.elapsed());
+        let report = reaper::sweep(client, &writing, system_clock()).await.unwrap();
+        steady.push(started.elapsed());
         assert_eq!(report.summary.writes, 0, "{}", report.to_text());
         steady_requests = log.len();
     }
-    rows.push(Row {
-        n,
-        what: "sweep, steady state (nothing to write)".to_owned(),
-        samples,
-        requests: format!("{steady_requests} LIST pages + 0 writes"),
-        rss_kib: None,
-        baseline: Some(baseline),
-    });
-
     let (wall, json) = run_binary(kubeconfig, &selector, &[]);
     assert_eq!(json["summary"]["writes"], 0);
-    rows.push(Row {
+    let steady_binary = Row {
         n,
-        what: "reaper binary, steady state (process wall time)".to_owned(),
+        what: "reaper binary, steady state (process wall time, incl. start-up)".to_owned(),
         samples: vec![wall],
         requests: format!("{steady_requests} LIST pages"),
         rss_kib: json["summary"]["peakRssKib"].as_u64(),
-        baseline: Some(baseline),
-    });
+        baseline: None,
+    };
+
+    let baseline = median(&bare);
+    let against = |mut row: Row| {
+        row.baseline = Some(baseline);
+        row
+    };
+    rows.push(against(Row {
+        n,
+        what: "bare LIST, 4 kinds, page 500 (baseline)".to_owned(),
+        samples: bare,
+        requests: format!("{pages} LIST pages"),
+        rss_kib: None,
+        baseline: None,
+    }));
+    rows.push(against(Row {
+        n,
+        what: "sweep --dry-run (list + plan)".to_owned(),
+        samples: dry,
+        requests: format!("{pages} LIST pages"),
+        rss_kib: None,
+        baseline: None,
+    }));
+    rows.push(against(with_writes));
+    rows.push(against(Row {
+        n,
+        what: "sweep, steady state (nothing to write)".to_owned(),
+        samples: steady,
+        requests: format!("{steady_requests} LIST pages + 0 writes"),
+        rss_kib: None,
+        baseline: None,
+    }));
+    rows.push(against(dry_binary));
+    rows.push(against(steady_binary));
 }
 
 async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {

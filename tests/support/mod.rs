@@ -297,49 +297,6 @@ where
     }
 }
 
-/// An HTTP answer, body as text.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// One HTTP/1.1 request over a real socket.
-pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client as HttpClient;
-    use hyper_util::rt::TokioExecutor;
-    let client: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    let request = request
-        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default().to_owned())))
-        .unwrap();
-    let response = client.request(request).await.expect("HTTP request");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
 /// Requests a client sent: method, path and query, and when.
 #[derive(Default)]
 pub struct RequestLog(Mutex<Vec<(http::Method, String, std::time::SystemTime)>>);
@@ -401,10 +358,53 @@ pub async fn counting_client_for(kubeconfig: &Path) -> (Client, std::sync::Arc<R
     (client, log)
 }
 
-/// A loopback port free at the time of asking.
+/// An HTTP answer, body as text.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a real socket.
+pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default().to_owned())))
+        .unwrap();
+    let response = client.request(request).await.expect("HTTP request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
+        .unwrap()
         .local_addr()
         .unwrap()
         .port()

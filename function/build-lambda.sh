@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build the provisioner as an AWS Lambda bundle (custom runtime provided.al2023):
+#   target/lambda/provisioner/bootstrap   (what function/template.yaml deploys)
+#   target/lambda/provisioner/bootstrap.zip
+#
+# Needs cargo-lambda and zig, both from PyPI:  pip install cargo-lambda ziglang
+# Extra arguments go to `cargo lambda build`, e.g. --arm64 (then set
+# Architectures: [arm64] in template.yaml).
+#
+# The release build gets its own target directory, so it never waits on (or
+# invalidates) the debug build of `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-lambda >/dev/null 2>&1 || {
+  echo "build-lambda: cargo-lambda is required: pip install cargo-lambda ziglang" >&2
+  exit 1
+}
+# (CARGO_TARGET_DIR, not --target-dir: cargo-lambda 1.9.2 passes the latter
+# on to `cargo metadata`, which refuses it.)
+CARGO_TARGET_DIR=target/lambda-build exec cargo lambda build --release --locked \
+  --bin provisioner --x86-64 --lambda-dir target/lambda "$@"
