@@ -74,23 +74,22 @@ impl ReaperError {
     }
 }
 
-/// Every object of kind `K` carrying `selector`, paginated, without
-/// `managedFields` (the bulk of a listed object, never needed here).
-async fn list_kind<K>(api: Api<K>, selector: &Selector, page_size: u32) -> Result<Vec<K>, ReaperError>
+/// Every object of kind `K` carrying `selector`, paginated, each turned into
+/// what the plan reads of it (`T`) as its page arrives: a sweep never holds
+/// more than one page of full objects per kind.
+async fn list_kind<K, T>(api: Api<K>, selector: &Selector, page_size: u32) -> Result<Vec<T>, ReaperError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    T: From<K>,
 {
     let label_selector = selector.to_label_selector();
-    k8s::list_all_map(&api, &label_selector, page_size, |mut object: K| {
-        object.meta_mut().managed_fields = None;
-        object
-    })
-    .await
-    .map_err(|source| ReaperError::List {
-        kind: kind_name::<K>(),
-        selector: label_selector,
-        source,
-    })
+    k8s::list_all_map(&api, &label_selector, page_size, T::from)
+        .await
+        .map_err(|source| ReaperError::List {
+            kind: kind_name::<K>(),
+            selector: label_selector,
+            source,
+        })
 }
 
 fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -149,7 +148,13 @@ pub async fn observe_namespace(
             page_size
         ),
     )?;
-    let mut sets = plan::group(selector, vec![namespace], service_accounts, roles, role_bindings);
+    let mut sets = plan::group(
+        selector,
+        vec![namespace.into()],
+        service_accounts,
+        roles,
+        role_bindings,
+    );
     Ok(sets.pop().unwrap_or(ObservedSet {
         name,
         ..ObservedSet::default()

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::ResourceExt;
 use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
 
 use crate::desired::{DesiredSet, NamespacedRole, SetConfig, desired_set, set_annotations};
 use crate::labels::{EXPIRY_LABEL, TENANT_LABEL};
@@ -27,62 +27,210 @@ pub struct PlanConfig {
     pub max_deletions: Option<u32>,
 }
 
+/// Labels or annotations as sorted pairs. A sweep holds tens of thousands of
+/// these, and a `BTreeMap` costs half a kilobyte even for one entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pairs(Vec<(String, String)>);
+
+impl Pairs {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .and_then(|i| self.0.get(i))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn insert(&mut self, key: &str, value: &str) {
+        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+            Ok(i) => {
+                if let Some(entry) = self.0.get_mut(i) {
+                    entry.1 = value.to_owned();
+                }
+            }
+            Err(i) => self.0.insert(i, (key.to_owned(), value.to_owned())),
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
+    /// Whether every entry of `want` is here with the same value.
+    fn contains_all(&self, want: Option<&BTreeMap<String, String>>) -> bool {
+        want.into_iter()
+            .flatten()
+            .all(|(k, v)| self.get(k) == Some(v.as_str()))
+    }
+}
+
+impl From<Option<BTreeMap<String, String>>> for Pairs {
+    fn from(map: Option<BTreeMap<String, String>>) -> Self {
+        // A BTreeMap iterates in key order: already sorted.
+        let mut pairs: Vec<_> = map.into_iter().flatten().collect();
+        pairs.shrink_to_fit();
+        Self(pairs)
+    }
+}
+
+/// What the plan reads of an object's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedMeta {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub labels: Pairs,
+    pub annotations: Pairs,
+    /// creationTimestamp, Unix seconds.
+    pub created: Option<i64>,
+    /// deletionTimestamp is set.
+    pub deleting: bool,
+}
+
+impl From<ObjectMeta> for ObservedMeta {
+    fn from(meta: ObjectMeta) -> Self {
+        let ObjectMeta {
+            name,
+            namespace,
+            uid,
+            resource_version,
+            labels,
+            annotations,
+            creation_timestamp,
+            deletion_timestamp,
+            ..
+        } = meta;
+        Self {
+            name: name.unwrap_or_default(),
+            namespace,
+            uid,
+            resource_version,
+            labels: labels.into(),
+            annotations: annotations.into(),
+            created: creation_timestamp.map(|t| t.0.as_second()),
+            deleting: deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// A Namespace as the plan sees it.
+pub type ObservedNamespace = ObservedMeta;
+
+impl From<Namespace> for ObservedMeta {
+    fn from(ns: Namespace) -> Self {
+        ns.metadata.into()
+    }
+}
+
+/// A ServiceAccount as the plan sees it (its uid is never needed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedServiceAccount {
+    pub meta: ObservedMeta,
+}
+
+impl From<ServiceAccount> for ObservedServiceAccount {
+    fn from(sa: ServiceAccount) -> Self {
+        let mut meta = ObservedMeta::from(sa.metadata);
+        meta.uid = None;
+        meta.resource_version = None;
+        Self { meta }
+    }
+}
+
+/// A Role as the plan sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedRole {
+    pub meta: ObservedMeta,
+    pub rules: Option<Vec<PolicyRule>>,
+}
+
+impl From<Role> for ObservedRole {
+    fn from(role: Role) -> Self {
+        let mut meta = ObservedMeta::from(role.metadata);
+        meta.uid = None;
+        meta.resource_version = None;
+        Self {
+            meta,
+            rules: role.rules,
+        }
+    }
+}
+
+/// A RoleBinding as the plan sees it (uid kept: a drifted roleRef means
+/// deleting exactly this one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedRoleBinding {
+    pub meta: ObservedMeta,
+    pub role_ref: RoleRef,
+    pub subjects: Option<Vec<Subject>>,
+}
+
+impl From<RoleBinding> for ObservedRoleBinding {
+    fn from(rb: RoleBinding) -> Self {
+        let mut meta = ObservedMeta::from(rb.metadata);
+        meta.resource_version = None;
+        Self {
+            meta,
+            role_ref: rb.role_ref,
+            subjects: rb.subjects,
+        }
+    }
+}
+
 /// Everything carrying the selector that was found for one namespace name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ObservedSet {
     /// The namespace's name.
     pub name: String,
     /// The Namespace itself, if it carries the selector (is managed).
-    pub namespace: Option<Namespace>,
-    pub service_accounts: Vec<ServiceAccount>,
-    pub roles: Vec<Role>,
-    pub role_bindings: Vec<RoleBinding>,
+    pub namespace: Option<ObservedNamespace>,
+    pub service_accounts: Vec<ObservedServiceAccount>,
+    pub roles: Vec<ObservedRole>,
+    pub role_bindings: Vec<ObservedRoleBinding>,
 }
 
-/// Whether `meta` carries exactly `selector`'s key=value.
-pub fn carries(selector: &Selector, meta: &ObjectMeta) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|labels| labels.get(selector.key()))
-        .is_some_and(|v| v == selector.value())
+/// Whether `labels` hold exactly `selector`'s key=value.
+pub fn carries(selector: &Selector, labels: &Pairs) -> bool {
+    labels.get(selector.key()) == Some(selector.value())
 }
 
-/// Group listed objects by namespace. Objects that do not carry the selector
-/// are dropped here, whatever the server returned: nothing without it is
-/// ever planned for. Sets come out sorted by namespace name.
+/// Group observed objects by namespace. Objects that do not carry the
+/// selector are dropped here, whatever the server returned: nothing without
+/// it is ever planned for. Sets come out sorted by namespace name.
 pub fn group(
     selector: &Selector,
-    namespaces: Vec<Namespace>,
-    service_accounts: Vec<ServiceAccount>,
-    roles: Vec<Role>,
-    role_bindings: Vec<RoleBinding>,
+    namespaces: Vec<ObservedNamespace>,
+    service_accounts: Vec<ObservedServiceAccount>,
+    roles: Vec<ObservedRole>,
+    role_bindings: Vec<ObservedRoleBinding>,
 ) -> Vec<ObservedSet> {
-    fn entry(sets: &mut BTreeMap<String, ObservedSet>, name: String) -> &mut ObservedSet {
-        sets.entry(name.clone()).or_insert_with(|| ObservedSet {
-            name,
+    fn entry<'a>(sets: &'a mut BTreeMap<String, ObservedSet>, name: &str) -> &'a mut ObservedSet {
+        sets.entry(name.to_owned()).or_insert_with(|| ObservedSet {
+            name: name.to_owned(),
             ..ObservedSet::default()
         })
     }
     let mut sets: BTreeMap<String, ObservedSet> = BTreeMap::new();
     for ns in namespaces {
-        if carries(selector, &ns.metadata) {
-            let name = ns.name_any();
-            entry(&mut sets, name).namespace = Some(ns);
+        if carries(selector, &ns.labels) {
+            let name = ns.name.clone();
+            entry(&mut sets, &name).namespace = Some(ns);
         }
     }
     for sa in service_accounts {
-        if let (true, Some(ns)) = (carries(selector, &sa.metadata), sa.namespace()) {
-            entry(&mut sets, ns).service_accounts.push(sa);
+        if let (true, Some(ns)) = (carries(selector, &sa.meta.labels), sa.meta.namespace.clone()) {
+            entry(&mut sets, &ns).service_accounts.push(sa);
         }
     }
     for role in roles {
-        if let (true, Some(ns)) = (carries(selector, &role.metadata), role.namespace()) {
-            entry(&mut sets, ns).roles.push(role);
+        if let (true, Some(ns)) = (carries(selector, &role.meta.labels), role.meta.namespace.clone()) {
+            entry(&mut sets, &ns).roles.push(role);
         }
     }
     for rb in role_bindings {
-        if let (true, Some(ns)) = (carries(selector, &rb.metadata), rb.namespace()) {
-            entry(&mut sets, ns).role_bindings.push(rb);
+        if let (true, Some(ns)) = (carries(selector, &rb.meta.labels), rb.meta.namespace.clone()) {
+            entry(&mut sets, &ns).role_bindings.push(rb);
         }
     }
     sets.into_values().collect()
@@ -97,23 +245,12 @@ pub struct ObjectId {
 }
 
 impl ObjectId {
-    fn of<K: Resource<DynamicType = ()>>(object: &K) -> Self {
+    fn of(kind: &'static str, meta: &ObservedMeta) -> Self {
         Self {
-            kind: kind_of::<K>(),
-            namespace: object.meta().namespace.clone(),
-            name: object.meta().name.clone().unwrap_or_default(),
+            kind,
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
         }
-    }
-}
-
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    // The four kinds we handle; anything else is not ours to name.
-    match K::kind(&()).as_ref() {
-        "Namespace" => "Namespace",
-        "ServiceAccount" => "ServiceAccount",
-        "Role" => "Role",
-        "RoleBinding" => "RoleBinding",
-        _ => "Object",
     }
 }
 
@@ -316,8 +453,8 @@ pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPla
             untenanted: false,
         };
     };
-    let labels = ns.labels();
-    let tenant = labels
+    let tenant = ns
+        .labels
         .get(TENANT_LABEL)
         .and_then(|t| t.parse::<TenantName>().ok());
     let untenanted = tenant.is_none();
@@ -327,16 +464,16 @@ pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPla
         strays,
         untenanted,
     };
-    if ns.metadata.deletion_timestamp.is_some() {
+    if ns.deleting {
         return done(Action::SkipTerminating, Vec::new());
     }
-    let label = labels.get(EXPIRY_LABEL);
+    let label = ns.labels.get(EXPIRY_LABEL);
     match label.and_then(|v| v.parse::<Expiry>().ok()) {
         Some(expiry) if expiry.is_due(now) => done(
             Action::Delete {
                 expiry,
-                uid: ns.metadata.uid.clone().unwrap_or_default(),
-                resource_version: ns.metadata.resource_version.clone().unwrap_or_default(),
+                uid: ns.uid.clone().unwrap_or_default(),
+                resource_version: ns.resource_version.clone().unwrap_or_default(),
             },
             Vec::new(),
         ),
@@ -356,13 +493,9 @@ pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPla
         None => {
             // Fail safe: never immortal, never deleted on the spot. If this is
             // already past, the next look deletes it.
-            let created = ns
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(now, |t| t.0.as_second());
+            let created = ns.created.unwrap_or(now);
             let expiry = Expiry::after(created, config.max_ttl.as_secs());
-            let previous = label.cloned();
+            let previous = label.map(str::to_owned);
             match &tenant {
                 Some(tenant) => {
                     let desired = desired_set(&name, tenant, expiry, &config.set);
@@ -413,9 +546,14 @@ fn contents(observed: &ObservedSet) -> Vec<ObjectId> {
     let mut ids: Vec<ObjectId> = observed
         .service_accounts
         .iter()
-        .map(ObjectId::of)
-        .chain(observed.roles.iter().map(ObjectId::of))
-        .chain(observed.role_bindings.iter().map(ObjectId::of))
+        .map(|o| ObjectId::of("ServiceAccount", &o.meta))
+        .chain(observed.roles.iter().map(|o| ObjectId::of("Role", &o.meta)))
+        .chain(
+            observed
+                .role_bindings
+                .iter()
+                .map(|o| ObjectId::of("RoleBinding", &o.meta)),
+        )
         .collect();
     ids.sort();
     ids
@@ -439,21 +577,21 @@ fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
     let mut ids: Vec<ObjectId> = observed
         .service_accounts
         .iter()
-        .filter(|o| !sa_names.contains(&o.name_any()))
-        .map(ObjectId::of)
+        .filter(|o| !sa_names.contains(&o.meta.name))
+        .map(|o| ObjectId::of("ServiceAccount", &o.meta))
         .chain(
             observed
                 .roles
                 .iter()
-                .filter(|o| !role_names.contains(&o.name_any()))
-                .map(ObjectId::of),
+                .filter(|o| !role_names.contains(&o.meta.name))
+                .map(|o| ObjectId::of("Role", &o.meta)),
         )
         .chain(
             observed
                 .role_bindings
                 .iter()
-                .filter(|o| !rb_names.contains(&o.name_any()))
-                .map(ObjectId::of),
+                .filter(|o| !rb_names.contains(&o.meta.name))
+                .map(|o| ObjectId::of("RoleBinding", &o.meta)),
         )
         .collect();
     ids.sort();
@@ -462,7 +600,7 @@ fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
 
 /// The writes that bring `observed` to `desired`, Namespace first. The
 /// desired set is destructured without `..` so a new part cannot be missed.
-fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Write> {
+fn diff(desired: &DesiredSet, ns: &ObservedNamespace, observed: &ObservedSet) -> Vec<Write> {
     let DesiredSet {
         namespace,
         service_account,
@@ -470,7 +608,7 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
         role,
     } = desired;
     let mut writes = Vec::new();
-    let reasons = meta_drift(&namespace.metadata, &ns.metadata);
+    let reasons = meta_drift(&namespace.metadata, ns);
     if !reasons.is_empty() {
         writes.push(Write {
             object: Desired::Namespace(Box::new(namespace.clone())),
@@ -478,10 +616,13 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
             recreate_uid: None,
         });
     }
-    let found = named(&observed.service_accounts, &service_account.name_any());
+    let found = observed
+        .service_accounts
+        .iter()
+        .find(|o| o.meta.name == service_account.name_any());
     let reasons = match found {
         None => vec![Drift::Missing],
-        Some(sa) => meta_drift(&service_account.metadata, &sa.metadata),
+        Some(sa) => meta_drift(&service_account.metadata, &sa.meta),
     };
     if !reasons.is_empty() {
         writes.push(Write {
@@ -492,10 +633,10 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
     }
     writes.extend(binding_write(role_binding, &observed.role_bindings));
     if let Some(NamespacedRole { role, binding }) = role {
-        let reasons = match named(&observed.roles, &role.name_any()) {
+        let reasons = match observed.roles.iter().find(|o| o.meta.name == role.name_any()) {
             None => vec![Drift::Missing],
             Some(found) => {
-                let mut reasons = meta_drift(&role.metadata, &found.metadata);
+                let mut reasons = meta_drift(&role.metadata, &found.meta);
                 if !same_rules(role.rules.as_deref(), found.rules.as_deref()) {
                     reasons.push(Drift::Rules);
                 }
@@ -514,11 +655,12 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
     writes
 }
 
-fn binding_write(desired: &RoleBinding, observed: &[RoleBinding]) -> Option<Write> {
-    let (reasons, recreate_uid) = match named(observed, &desired.name_any()) {
+fn binding_write(desired: &RoleBinding, observed: &[ObservedRoleBinding]) -> Option<Write> {
+    let found = observed.iter().find(|o| o.meta.name == desired.name_any());
+    let (reasons, recreate_uid) = match found {
         None => (vec![Drift::Missing], None),
         Some(found) => {
-            let mut reasons = meta_drift(&desired.metadata, &found.metadata);
+            let mut reasons = meta_drift(&desired.metadata, &found.meta);
             if !same_subjects(desired.subjects.as_deref(), found.subjects.as_deref()) {
                 reasons.push(Drift::Subjects);
             }
@@ -526,7 +668,7 @@ fn binding_write(desired: &RoleBinding, observed: &[RoleBinding]) -> Option<Writ
                 (reasons, None)
             } else {
                 reasons.push(Drift::RoleRef);
-                (reasons, Some(found.metadata.uid.clone().unwrap_or_default()))
+                (reasons, Some(found.meta.uid.clone().unwrap_or_default()))
             }
         }
     };
@@ -537,23 +679,14 @@ fn binding_write(desired: &RoleBinding, observed: &[RoleBinding]) -> Option<Writ
     })
 }
 
-fn named<'a, K: Resource>(objects: &'a [K], name: &str) -> Option<&'a K> {
-    objects.iter().find(|o| o.meta().name.as_deref() == Some(name))
-}
-
 /// Desired labels and annotations must be present with their values; others
 /// (added by people or Kubernetes) are fine.
-fn meta_drift(desired: &ObjectMeta, observed: &ObjectMeta) -> Vec<Drift> {
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
-        want.iter()
-            .flatten()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
+fn meta_drift(desired: &ObjectMeta, observed: &ObservedMeta) -> Vec<Drift> {
     let mut reasons = Vec::new();
-    if !subset(&desired.labels, &observed.labels) {
+    if !observed.labels.contains_all(desired.labels.as_ref()) {
         reasons.push(Drift::Labels);
     }
-    if !subset(&desired.annotations, &observed.annotations) {
+    if !observed.annotations.contains_all(desired.annotations.as_ref()) {
         reasons.push(Drift::Annotations);
     }
     reasons
@@ -661,14 +794,14 @@ mod tests {
         service_account.metadata.uid = Some("uid-sa".to_owned());
         role_binding.metadata.uid = Some("uid-rb".to_owned());
         let (roles, mut bindings) = match nsrole {
-            Some(NamespacedRole { role, binding }) => (vec![role], vec![binding]),
+            Some(NamespacedRole { role, binding }) => (vec![role.into()], vec![binding.into()]),
             None => (vec![], vec![]),
         };
-        bindings.insert(0, role_binding);
+        bindings.insert(0, role_binding.into());
         ObservedSet {
             name: name.to_owned(),
-            namespace: Some(namespace),
-            service_accounts: vec![service_account],
+            namespace: Some(namespace.into()),
+            service_accounts: vec![service_account.into()],
             roles,
             role_bindings: bindings,
         }
@@ -678,8 +811,8 @@ mod tests {
         observed("np-live", NOW + HOUR, false)
     }
 
-    fn ns_labels(set: &mut ObservedSet) -> &mut BTreeMap<String, String> {
-        set.namespace.as_mut().unwrap().metadata.labels.as_mut().unwrap()
+    fn ns_labels(set: &mut ObservedSet) -> &mut Pairs {
+        &mut set.namespace.as_mut().unwrap().labels
     }
 
     /// (kind, name, reasons, recreate) of each write, for compact expectations.
@@ -736,21 +869,11 @@ mod tests {
         ));
 
         let mut terminating = observed("np-term", NOW - 1, false);
-        terminating
-            .namespace
-            .as_mut()
-            .unwrap()
-            .metadata
-            .deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW - 1).unwrap()));
+        terminating.namespace.as_mut().unwrap().deleting = true;
         cases.push(("terminating", terminating, false, "skipTerminating", vec![]));
         let mut terminating_live = live();
         terminating_live.service_accounts.clear();
-        terminating_live
-            .namespace
-            .as_mut()
-            .unwrap()
-            .metadata
-            .deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+        terminating_live.namespace.as_mut().unwrap().deleting = true;
         cases.push((
             "terminating, not expired, incomplete",
             terminating_live,
@@ -818,12 +941,7 @@ mod tests {
         cases.push(("empty apiGroup is no drift", s, false, "inSync", vec![]));
 
         let mut s = live();
-        s.service_accounts[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .remove(TENANT_LABEL);
+        s.service_accounts[0].meta.labels.remove(TENANT_LABEL);
         cases.push((
             "label removed from service account",
             s,
@@ -833,13 +951,8 @@ mod tests {
         ));
 
         let mut s = live();
-        s.role_bindings[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(EXPIRY_LABEL.to_owned(), "1".to_owned());
-        s.role_bindings[0].metadata.annotations = None;
+        s.role_bindings[0].meta.labels.insert(EXPIRY_LABEL, "1");
+        s.role_bindings[0].meta.annotations = Pairs::default();
         cases.push((
             "binding label changed, annotation gone",
             s,
@@ -854,7 +967,7 @@ mod tests {
         ));
 
         let mut s = live();
-        s.namespace.as_mut().unwrap().metadata.annotations = None;
+        s.namespace.as_mut().unwrap().annotations = Pairs::default();
         cases.push((
             "namespace annotation missing",
             s,
@@ -864,12 +977,7 @@ mod tests {
         ));
 
         let mut s = live();
-        s.service_accounts[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("team".to_owned(), "x".to_owned());
+        s.service_accounts[0].meta.labels.insert("team", "x");
         cases.push(("extra labels are fine", s, false, "inSync", vec![]));
 
         cases.push((
@@ -959,7 +1067,7 @@ mod tests {
         cases.push(("no tenant, expired", s, false, "delete", vec![]));
 
         let mut s = live();
-        ns_labels(&mut s).insert(TENANT_LABEL.to_owned(), "Not A Label!".to_owned());
+        ns_labels(&mut s).insert(TENANT_LABEL, "Not A Label!");
         cases.push(("invalid tenant is no tenant", s, false, "inSync", vec![]));
 
         let mut s = live();
@@ -1022,7 +1130,7 @@ mod tests {
             let mut s = live();
             match previous {
                 None => ns_labels(&mut s).remove(EXPIRY_LABEL),
-                Some(v) => ns_labels(&mut s).insert(EXPIRY_LABEL.to_owned(), v.to_owned()),
+                Some(v) => ns_labels(&mut s).insert(EXPIRY_LABEL, v),
             };
             let got = plan_set(&s, NOW, &config(false));
             let Action::SetExpiry {
@@ -1052,7 +1160,7 @@ mod tests {
         assert_eq!(got.action.name(), "setExpiry");
         assert_eq!(got.action.expiry(), Some(Expiry::from_unix(NOW + 2 * HOUR)));
         // Once set, the next look deletes it.
-        ns_labels(&mut s).insert(EXPIRY_LABEL.to_owned(), (NOW + 2 * HOUR).to_string());
+        ns_labels(&mut s).insert(EXPIRY_LABEL, &(NOW + 2 * HOUR).to_string());
         assert_eq!(plan_set(&s, much_later, &config(false)).action.name(), "delete");
     }
 
@@ -1110,13 +1218,12 @@ mod tests {
                 ("RoleBinding", "namespace-provisioner-role")
             ]
         );
-        s.service_accounts.push(ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("other".to_owned()),
+        s.service_accounts.push(ObservedServiceAccount {
+            meta: ObservedMeta {
+                name: "other".to_owned(),
                 namespace: Some("np-r".to_owned()),
-                ..ObjectMeta::default()
+                ..ObservedMeta::default()
             },
-            ..ServiceAccount::default()
         });
         assert_eq!(plan_set(&s, NOW, &config(true)).strays.len(), 1);
     }
@@ -1149,18 +1256,13 @@ mod tests {
     fn grouping_keeps_only_the_exact_selector() {
         let mut a = live();
         let mut foreign_sa = a.service_accounts[0].clone();
-        foreign_sa.metadata.name = Some("foreign".to_owned());
-        foreign_sa
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("np-test/reaper".to_owned(), "other-value".to_owned());
+        foreign_sa.meta.name = "foreign".to_owned();
+        foreign_sa.meta.labels.insert("np-test/reaper", "other-value");
         let mut unlabelled_ns = a.namespace.clone().unwrap();
-        unlabelled_ns.metadata.name = Some("np-unlabelled".to_owned());
-        unlabelled_ns.metadata.labels = Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), "1".to_owned())]));
+        unlabelled_ns.name = "np-unlabelled".to_owned();
+        unlabelled_ns.labels = Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), "1".to_owned())])).into();
         let mut elsewhere = a.role_bindings[0].clone();
-        elsewhere.metadata.namespace = Some("kube-system".to_owned());
+        elsewhere.meta.namespace = Some("kube-system".to_owned());
         let sets = group(
             &selector(),
             vec![a.namespace.take().unwrap(), unlabelled_ns],
@@ -1178,6 +1280,59 @@ mod tests {
             plan(&sets, NOW, &config(false)).sets[0].action.name(),
             "reportOrphan"
         );
+    }
+
+    #[test]
+    fn pairs_stay_sorted_and_behave_like_a_map() {
+        let mut p: Pairs = Some(BTreeMap::from([
+            ("b".to_owned(), "2".to_owned()),
+            ("a".to_owned(), "1".to_owned()),
+        ]))
+        .into();
+        assert_eq!((p.get("a"), p.get("b"), p.get("c")), (Some("1"), Some("2"), None));
+        p.insert("c", "3");
+        p.insert("0", "0");
+        p.insert("a", "one");
+        assert_eq!(
+            p.0.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["0", "a", "b", "c"]
+        );
+        assert_eq!(p.get("a"), Some("one"));
+        p.remove("b");
+        assert_eq!(p.get("b"), None);
+        assert!(p.contains_all(Some(&BTreeMap::from([("c".to_owned(), "3".to_owned())]))));
+        assert!(!p.contains_all(Some(&BTreeMap::from([("c".to_owned(), "4".to_owned())]))));
+        assert!(p.contains_all(None));
+    }
+
+    #[test]
+    fn observations_keep_what_the_plan_reads_and_nothing_else() {
+        let set = desired_set("np-x", &tenant(), Expiry::from_unix(NOW), &config(true).set);
+        let mut ns = set.namespace.clone();
+        ns.metadata.uid = Some("u".to_owned());
+        ns.metadata.resource_version = Some("9".to_owned());
+        ns.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+        ns.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+        ns.metadata.finalizers = Some(vec!["x".to_owned()]);
+        let seen = ObservedNamespace::from(ns);
+        assert_eq!(seen.name, "np-x");
+        assert_eq!(
+            (seen.uid.as_deref(), seen.resource_version.as_deref()),
+            (Some("u"), Some("9"))
+        );
+        assert_eq!((seen.created, seen.deleting), (Some(NOW), true));
+        assert_eq!(seen.labels.get(TENANT_LABEL), Some("ci"));
+        assert!(carries(&selector(), &seen.labels));
+        let mut rb = set.role_binding.clone();
+        rb.metadata.uid = Some("rb".to_owned());
+        let seen = ObservedRoleBinding::from(rb);
+        assert_eq!(seen.meta.uid.as_deref(), Some("rb"));
+        assert_eq!(seen.role_ref, set.role_binding.role_ref);
+        let mut sa = set.service_account.clone();
+        sa.metadata.uid = Some("sa".to_owned());
+        assert_eq!(ObservedServiceAccount::from(sa).meta.uid, None);
+        let role = set.role.unwrap().role;
+        assert_eq!(ObservedRole::from(role.clone()).rules, role.rules);
     }
 
     #[test]
