@@ -27,33 +27,59 @@ pub struct PlanConfig {
     pub max_deletions: Option<u32>,
 }
 
-/// Labels or annotations as sorted pairs. A sweep holds tens of thousands of
-/// these, and a `BTreeMap` costs half a kilobyte even for one entry.
+/// Labels or annotations, sorted by key, packed into one string with the
+/// offsets beside it: two allocations however many pairs. A sweep holds tens
+/// of thousands of these; a `BTreeMap` of `String`s costs about a kilobyte.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pairs(Vec<(String, String)>);
+pub struct Pairs {
+    /// Every key then its value, back to back.
+    text: String,
+    /// For each pair, where its key ends and where its value ends in `text`.
+    ends: Vec<(u32, u32)>,
+}
 
 impl Pairs {
+    fn pair(&self, i: usize) -> Option<(&str, &str)> {
+        let start = match i.checked_sub(1) {
+            None => 0,
+            Some(before) => self.ends.get(before)?.1,
+        };
+        let (key_end, value_end) = *self.ends.get(i)?;
+        let at = |a: u32, b: u32| self.text.get(usize::try_from(a).ok()?..usize::try_from(b).ok()?);
+        Some((at(start, key_end)?, at(key_end, value_end)?))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        (0..self.ends.len()).filter_map(|i| self.pair(i))
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .binary_search_by(|(k, _)| k.as_str().cmp(key))
-            .ok()
-            .and_then(|i| self.0.get(i))
-            .map(|(_, v)| v.as_str())
+        let mut low = 0;
+        let mut high = self.ends.len();
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let (k, v) = self.pair(mid)?;
+            match k.cmp(key) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Some(v),
+            }
+        }
+        None
     }
 
     pub fn insert(&mut self, key: &str, value: &str) {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
-            Ok(i) => {
-                if let Some(entry) = self.0.get_mut(i) {
-                    entry.1 = value.to_owned();
-                }
-            }
-            Err(i) => self.0.insert(i, (key.to_owned(), value.to_owned())),
-        }
+        let mut all: BTreeMap<String, String> =
+            self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        all.insert(key.to_owned(), value.to_owned());
+        *self = Some(all).into();
     }
 
     pub fn remove(&mut self, key: &str) {
-        self.0.retain(|(k, _)| k != key);
+        let mut all: BTreeMap<String, String> =
+            self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        all.remove(key);
+        *self = Some(all).into();
     }
 
     /// Whether every entry of `want` is here with the same value.
@@ -67,9 +93,17 @@ impl Pairs {
 impl From<Option<BTreeMap<String, String>>> for Pairs {
     fn from(map: Option<BTreeMap<String, String>>) -> Self {
         // A BTreeMap iterates in key order: already sorted.
-        let mut pairs: Vec<_> = map.into_iter().flatten().collect();
-        pairs.shrink_to_fit();
-        Self(pairs)
+        let map = map.unwrap_or_default();
+        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len()).sum());
+        let mut ends = Vec::with_capacity(map.len());
+        let offset = |text: &String| u32::try_from(text.len()).unwrap_or(u32::MAX);
+        for (k, v) in &map {
+            text.push_str(k);
+            let key_end = offset(&text);
+            text.push_str(v);
+            ends.push((key_end, offset(&text)));
+        }
+        Self { text, ends }
     }
 }
 
@@ -178,16 +212,26 @@ impl From<RoleBinding> for ObservedRoleBinding {
     }
 }
 
-/// Everything carrying the selector that was found for one namespace name.
+/// Everything observed: each kind filtered to the selector and sorted by
+/// namespace, so that the sets are views into it rather than copies.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservedSet {
-    /// The namespace's name.
-    pub name: String,
-    /// The Namespace itself, if it carries the selector (is managed).
-    pub namespace: Option<ObservedNamespace>,
+pub struct Observed {
+    pub namespaces: Vec<ObservedNamespace>,
     pub service_accounts: Vec<ObservedServiceAccount>,
     pub roles: Vec<ObservedRole>,
     pub role_bindings: Vec<ObservedRoleBinding>,
+}
+
+/// One namespace's share of [`Observed`]: everything carrying the selector
+/// found under one namespace name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObservedSet<'a> {
+    pub name: &'a str,
+    /// The Namespace itself, if it carries the selector (is managed).
+    pub namespace: Option<&'a ObservedNamespace>,
+    pub service_accounts: &'a [ObservedServiceAccount],
+    pub roles: &'a [ObservedRole],
+    pub role_bindings: &'a [ObservedRoleBinding],
 }
 
 /// Whether `labels` hold exactly `selector`'s key=value.
@@ -195,45 +239,85 @@ pub fn carries(selector: &Selector, labels: &Pairs) -> bool {
     labels.get(selector.key()) == Some(selector.value())
 }
 
-/// Group observed objects by namespace. Objects that do not carry the
-/// selector are dropped here, whatever the server returned: nothing without
-/// it is ever planned for. Sets come out sorted by namespace name.
-pub fn group(
-    selector: &Selector,
-    namespaces: Vec<ObservedNamespace>,
-    service_accounts: Vec<ObservedServiceAccount>,
-    roles: Vec<ObservedRole>,
-    role_bindings: Vec<ObservedRoleBinding>,
-) -> Vec<ObservedSet> {
-    fn entry<'a>(sets: &'a mut BTreeMap<String, ObservedSet>, name: &str) -> &'a mut ObservedSet {
-        sets.entry(name.to_owned()).or_insert_with(|| ObservedSet {
-            name: name.to_owned(),
-            ..ObservedSet::default()
-        })
+impl Observed {
+    /// Objects that do not carry the selector are dropped here, whatever the
+    /// server returned: nothing without it is ever planned for. In place: no copies.
+    pub fn new(
+        selector: &Selector,
+        namespaces: Vec<ObservedNamespace>,
+        service_accounts: Vec<ObservedServiceAccount>,
+        roles: Vec<ObservedRole>,
+        role_bindings: Vec<ObservedRoleBinding>,
+    ) -> Self {
+        let mut o = Self {
+            namespaces,
+            service_accounts,
+            roles,
+            role_bindings,
+        };
+        let keep = |meta: &ObservedMeta| carries(selector, &meta.labels) && meta.namespace.is_some();
+        o.namespaces.retain(|ns| carries(selector, &ns.labels));
+        o.service_accounts.retain(|x| keep(&x.meta));
+        o.roles.retain(|x| keep(&x.meta));
+        o.role_bindings.retain(|x| keep(&x.meta));
+        o.namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        o.service_accounts
+            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
+        o.roles
+            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
+        o.role_bindings
+            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
+        o
     }
-    let mut sets: BTreeMap<String, ObservedSet> = BTreeMap::new();
-    for ns in namespaces {
-        if carries(selector, &ns.labels) {
-            let name = ns.name.clone();
-            entry(&mut sets, &name).namespace = Some(ns);
+
+    /// The sets, sorted by namespace name.
+    pub fn sets(&self) -> Vec<ObservedSet<'_>> {
+        /// The run of `items` from `*at` that belong to namespace `name`.
+        fn run<'a, T>(
+            items: &'a [T],
+            at: &mut usize,
+            name: &str,
+            ns: impl Fn(&T) -> Option<&str>,
+        ) -> &'a [T] {
+            let start = *at;
+            let len = items
+                .get(start..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|x| ns(x) == Some(name))
+                .count();
+            *at = start + len;
+            items.get(start..start + len).unwrap_or_default()
+        }
+        let mut sets = Vec::new();
+        let (mut n, mut s, mut r, mut b) = (0, 0, 0, 0);
+        loop {
+            let heads = [
+                self.namespaces.get(n).map(|x| x.name.as_str()),
+                self.service_accounts
+                    .get(s)
+                    .and_then(|x| x.meta.namespace.as_deref()),
+                self.roles.get(r).and_then(|x| x.meta.namespace.as_deref()),
+                self.role_bindings
+                    .get(b)
+                    .and_then(|x| x.meta.namespace.as_deref()),
+            ];
+            let Some(name) = heads.into_iter().flatten().min() else {
+                return sets;
+            };
+            let namespace = self.namespaces.get(n).filter(|x| x.name == name);
+            n += usize::from(namespace.is_some());
+            sets.push(ObservedSet {
+                name,
+                namespace,
+                service_accounts: run(&self.service_accounts, &mut s, name, |x| {
+                    x.meta.namespace.as_deref()
+                }),
+                roles: run(&self.roles, &mut r, name, |x| x.meta.namespace.as_deref()),
+                role_bindings: run(&self.role_bindings, &mut b, name, |x| x.meta.namespace.as_deref()),
+            });
         }
     }
-    for sa in service_accounts {
-        if let (true, Some(ns)) = (carries(selector, &sa.meta.labels), sa.meta.namespace.clone()) {
-            entry(&mut sets, &ns).service_accounts.push(sa);
-        }
-    }
-    for role in roles {
-        if let (true, Some(ns)) = (carries(selector, &role.meta.labels), role.meta.namespace.clone()) {
-            entry(&mut sets, &ns).roles.push(role);
-        }
-    }
-    for rb in role_bindings {
-        if let (true, Some(ns)) = (carries(selector, &rb.meta.labels), rb.meta.namespace.clone()) {
-            entry(&mut sets, &ns).role_bindings.push(rb);
-        }
-    }
-    sets.into_values().collect()
 }
 
 /// A kind and name, for reporting objects.
@@ -418,7 +502,7 @@ pub struct Plan {
 }
 
 /// Decide for every set; apply the deletion cap (oldest expiry first, then name).
-pub fn plan(sets: &[ObservedSet], now: i64, config: &PlanConfig) -> Plan {
+pub fn plan(sets: &[ObservedSet<'_>], now: i64, config: &PlanConfig) -> Plan {
     let mut sets: Vec<SetPlan> = sets.iter().map(|s| plan_set(s, now, config)).collect();
     if let Some(cap) = config.max_deletions {
         let mut due: Vec<(Expiry, String, usize)> = sets
@@ -441,9 +525,9 @@ pub fn plan(sets: &[ObservedSet], now: i64, config: &PlanConfig) -> Plan {
 }
 
 /// Decide for one set (no deletion cap: that is a property of a whole run).
-pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPlan {
-    let name = observed.name.clone();
-    let Some(ns) = &observed.namespace else {
+pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> SetPlan {
+    let name = observed.name.to_owned();
+    let Some(ns) = observed.namespace else {
         return SetPlan {
             namespace: name,
             action: Action::ReportOrphan {
@@ -542,7 +626,7 @@ fn expiry_only(name: &str, expiry: Expiry) -> Write {
     }
 }
 
-fn contents(observed: &ObservedSet) -> Vec<ObjectId> {
+fn contents(observed: &ObservedSet<'_>) -> Vec<ObjectId> {
     let mut ids: Vec<ObjectId> = observed
         .service_accounts
         .iter()
@@ -560,7 +644,7 @@ fn contents(observed: &ObservedSet) -> Vec<ObjectId> {
 }
 
 /// Observed objects the desired set does not name.
-fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
+fn strays(desired: &DesiredSet, observed: &ObservedSet<'_>) -> Vec<ObjectId> {
     let DesiredSet {
         namespace: _,
         service_account,
@@ -600,7 +684,7 @@ fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
 
 /// The writes that bring `observed` to `desired`, Namespace first. The
 /// desired set is destructured without `..` so a new part cannot be missed.
-fn diff(desired: &DesiredSet, ns: &ObservedNamespace, observed: &ObservedSet) -> Vec<Write> {
+fn diff(desired: &DesiredSet, ns: &ObservedNamespace, observed: &ObservedSet<'_>) -> Vec<Write> {
     let DesiredSet {
         namespace,
         service_account,
@@ -631,7 +715,7 @@ fn diff(desired: &DesiredSet, ns: &ObservedNamespace, observed: &ObservedSet) ->
             recreate_uid: None,
         });
     }
-    writes.extend(binding_write(role_binding, &observed.role_bindings));
+    writes.extend(binding_write(role_binding, observed.role_bindings));
     if let Some(NamespacedRole { role, binding }) = role {
         let reasons = match observed.roles.iter().find(|o| o.meta.name == role.name_any()) {
             None => vec![Drift::Missing],
@@ -650,7 +734,7 @@ fn diff(desired: &DesiredSet, ns: &ObservedNamespace, observed: &ObservedSet) ->
                 recreate_uid: None,
             });
         }
-        writes.extend(binding_write(binding, &observed.role_bindings));
+        writes.extend(binding_write(binding, observed.role_bindings));
     }
     writes
 }
@@ -775,7 +859,7 @@ mod tests {
     }
 
     /// The set as the provisioner made it, as the API server returns it.
-    fn observed(name: &str, expiry: i64, role: bool) -> ObservedSet {
+    fn observed(name: &str, expiry: i64, role: bool) -> Observed {
         let DesiredSet {
             mut namespace,
             mut service_account,
@@ -798,21 +882,27 @@ mod tests {
             None => (vec![], vec![]),
         };
         bindings.insert(0, role_binding.into());
-        ObservedSet {
-            name: name.to_owned(),
-            namespace: Some(namespace.into()),
+        Observed {
+            namespaces: vec![namespace.into()],
             service_accounts: vec![service_account.into()],
             roles,
             role_bindings: bindings,
         }
     }
 
-    fn live() -> ObservedSet {
+    fn live() -> Observed {
         observed("np-live", NOW + HOUR, false)
     }
 
-    fn ns_labels(set: &mut ObservedSet) -> &mut Pairs {
-        &mut set.namespace.as_mut().unwrap().labels
+    fn ns_labels(set: &mut Observed) -> &mut Pairs {
+        &mut set.namespaces[0].labels
+    }
+
+    /// The plan for the one set of `o`.
+    fn plan_one(o: &Observed, now: i64, config: &PlanConfig) -> SetPlan {
+        let sets = o.sets();
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        plan_set(&sets[0], now, config)
     }
 
     /// (kind, name, reasons, recreate) of each write, for compact expectations.
@@ -836,7 +926,7 @@ mod tests {
         use Drift::*;
         type Case = (
             &'static str,
-            ObservedSet,
+            Observed,
             bool,
             &'static str,
             Vec<(&'static str, &'static str, Vec<Drift>, bool)>,
@@ -869,11 +959,11 @@ mod tests {
         ));
 
         let mut terminating = observed("np-term", NOW - 1, false);
-        terminating.namespace.as_mut().unwrap().deleting = true;
+        terminating.namespaces[0].deleting = true;
         cases.push(("terminating", terminating, false, "skipTerminating", vec![]));
         let mut terminating_live = live();
         terminating_live.service_accounts.clear();
-        terminating_live.namespace.as_mut().unwrap().deleting = true;
+        terminating_live.namespaces[0].deleting = true;
         cases.push((
             "terminating, not expired, incomplete",
             terminating_live,
@@ -967,7 +1057,7 @@ mod tests {
         ));
 
         let mut s = live();
-        s.namespace.as_mut().unwrap().annotations = Pairs::default();
+        s.namespaces[0].annotations = Pairs::default();
         cases.push((
             "namespace annotation missing",
             s,
@@ -1071,11 +1161,11 @@ mod tests {
         cases.push(("invalid tenant is no tenant", s, false, "inSync", vec![]));
 
         let mut s = live();
-        s.namespace = None;
+        s.namespaces.clear();
         cases.push(("orphan", s, false, "reportOrphan", vec![]));
 
         for (what, set, role, want_action, want_writes) in cases {
-            let got = plan_set(&set, NOW, &config(role));
+            let got = plan_one(&set, NOW, &config(role));
             assert_eq!(got.action.name(), want_action, "{what}: {got:#?}");
             let want: Vec<_> = want_writes
                 .into_iter()
@@ -1087,7 +1177,7 @@ mod tests {
 
     #[test]
     fn delete_carries_uid_and_resource_version() {
-        let got = plan_set(&observed("np-old", NOW - 1, false), NOW, &config(false));
+        let got = plan_one(&observed("np-old", NOW - 1, false), NOW, &config(false));
         assert_eq!(
             got.action,
             Action::Delete {
@@ -1103,7 +1193,7 @@ mod tests {
         let mut s = live();
         s.role_bindings[0].role_ref.name = "cluster-admin".to_owned();
         s.service_accounts.clear();
-        let got = plan_set(&s, NOW, &config(false));
+        let got = plan_one(&s, NOW, &config(false));
         let desired = desired_set(
             "np-live",
             &tenant(),
@@ -1132,7 +1222,7 @@ mod tests {
                 None => ns_labels(&mut s).remove(EXPIRY_LABEL),
                 Some(v) => ns_labels(&mut s).insert(EXPIRY_LABEL, v),
             };
-            let got = plan_set(&s, NOW, &config(false));
+            let got = plan_one(&s, NOW, &config(false));
             let Action::SetExpiry {
                 expiry,
                 previous: got_previous,
@@ -1156,12 +1246,12 @@ mod tests {
         let mut s = live();
         ns_labels(&mut s).remove(EXPIRY_LABEL);
         let much_later = NOW + 10 * HOUR;
-        let got = plan_set(&s, much_later, &config(false));
+        let got = plan_one(&s, much_later, &config(false));
         assert_eq!(got.action.name(), "setExpiry");
         assert_eq!(got.action.expiry(), Some(Expiry::from_unix(NOW + 2 * HOUR)));
         // Once set, the next look deletes it.
         ns_labels(&mut s).insert(EXPIRY_LABEL, &(NOW + 2 * HOUR).to_string());
-        assert_eq!(plan_set(&s, much_later, &config(false)).action.name(), "delete");
+        assert_eq!(plan_one(&s, much_later, &config(false)).action.name(), "delete");
     }
 
     #[test]
@@ -1169,7 +1259,7 @@ mod tests {
         let mut s = live();
         ns_labels(&mut s).remove(TENANT_LABEL);
         ns_labels(&mut s).remove(EXPIRY_LABEL);
-        let got = plan_set(&s, NOW, &config(false));
+        let got = plan_one(&s, NOW, &config(false));
         assert!(got.untenanted);
         let [write] = got.action.writes() else {
             panic!("{got:?}")
@@ -1190,8 +1280,8 @@ mod tests {
     #[test]
     fn orphans_list_what_was_found() {
         let mut s = live();
-        s.namespace = None;
-        let got = plan_set(&s, NOW, &config(false));
+        s.namespaces.clear();
+        let got = plan_one(&s, NOW, &config(false));
         let Action::ReportOrphan { objects } = got.action else {
             panic!()
         };
@@ -1206,7 +1296,7 @@ mod tests {
     fn strays_are_reported_beside_the_action() {
         // A Role left over from an earlier --role-rules-file.
         let mut s = observed("np-r", NOW + HOUR, true);
-        let got = plan_set(&s, NOW, &config(false));
+        let got = plan_one(&s, NOW, &config(false));
         assert_eq!(got.action.name(), "inSync");
         assert_eq!(
             got.strays
@@ -1225,18 +1315,38 @@ mod tests {
                 ..ObservedMeta::default()
             },
         });
-        assert_eq!(plan_set(&s, NOW, &config(true)).strays.len(), 1);
+        assert_eq!(plan_one(&s, NOW, &config(true)).strays.len(), 1);
+    }
+
+    /// Several single-set observations as one, in arbitrary order.
+    fn merged(parts: Vec<Observed>) -> Observed {
+        let mut all = Observed::default();
+        for p in parts.into_iter().rev() {
+            all.namespaces.extend(p.namespaces);
+            all.service_accounts.extend(p.service_accounts);
+            all.roles.extend(p.roles);
+            all.role_bindings.extend(p.role_bindings);
+        }
+        Observed::new(
+            &selector(),
+            all.namespaces,
+            all.service_accounts,
+            all.roles,
+            all.role_bindings,
+        )
     }
 
     #[test]
     fn deletion_cap_keeps_the_oldest_and_defers_the_rest() {
-        let sets: Vec<ObservedSet> = [("np-a", 30), ("np-b", 10), ("np-c", 20), ("np-d", -HOUR)]
-            .iter()
-            .map(|(n, ago)| observed(n, NOW - ago, false))
-            .collect();
+        let all = merged(
+            [("np-a", 30), ("np-b", 10), ("np-c", 20), ("np-d", -HOUR)]
+                .iter()
+                .map(|(n, ago)| observed(n, NOW - ago, false))
+                .collect(),
+        );
         let mut cfg = config(false);
         let actions = |cfg: &PlanConfig| -> Vec<&'static str> {
-            plan(&sets, NOW, cfg)
+            plan(&all.sets(), NOW, cfg)
                 .sets
                 .iter()
                 .map(|s| s.action.name())
@@ -1253,33 +1363,64 @@ mod tests {
     }
 
     #[test]
-    fn grouping_keeps_only_the_exact_selector() {
-        let mut a = live();
+    fn grouping_keeps_only_the_exact_selector_and_slices_by_namespace() {
+        let a = live();
         let mut foreign_sa = a.service_accounts[0].clone();
         foreign_sa.meta.name = "foreign".to_owned();
         foreign_sa.meta.labels.insert("np-test/reaper", "other-value");
-        let mut unlabelled_ns = a.namespace.clone().unwrap();
+        let mut unlabelled_ns = a.namespaces[0].clone();
         unlabelled_ns.name = "np-unlabelled".to_owned();
         unlabelled_ns.labels = Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), "1".to_owned())])).into();
         let mut elsewhere = a.role_bindings[0].clone();
         elsewhere.meta.namespace = Some("kube-system".to_owned());
-        let sets = group(
+        let mut no_namespace = a.role_bindings[0].clone();
+        no_namespace.meta.namespace = None;
+        let b = observed("np-b", NOW + HOUR, true);
+        let all = Observed::new(
             &selector(),
-            vec![a.namespace.take().unwrap(), unlabelled_ns],
-            vec![a.service_accounts[0].clone(), foreign_sa],
-            vec![],
-            vec![a.role_bindings[0].clone(), elsewhere],
+            vec![b.namespaces[0].clone(), a.namespaces[0].clone(), unlabelled_ns],
+            vec![
+                a.service_accounts[0].clone(),
+                foreign_sa,
+                b.service_accounts[0].clone(),
+            ],
+            b.roles.clone(),
+            vec![
+                a.role_bindings[0].clone(),
+                elsewhere,
+                b.role_bindings[1].clone(),
+                no_namespace,
+                b.role_bindings[0].clone(),
+            ],
         );
+        let sets = all.sets();
         assert_eq!(
-            sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-            vec!["kube-system", "np-live"]
+            sets.iter().map(|s| s.name).collect::<Vec<_>>(),
+            vec!["kube-system", "np-b", "np-live"]
         );
         assert!(sets[0].namespace.is_none());
-        assert_eq!(sets[1].service_accounts.len(), 1);
+        assert_eq!(sets[0].role_bindings.len(), 1);
+        assert_eq!(sets[1].namespace.map(|n| n.name.as_str()), Some("np-b"));
         assert_eq!(
-            plan(&sets, NOW, &config(false)).sets[0].action.name(),
-            "reportOrphan"
+            (
+                sets[1].service_accounts.len(),
+                sets[1].roles.len(),
+                sets[1].role_bindings.len()
+            ),
+            (1, 1, 2)
         );
+        assert_eq!(
+            (
+                sets[2].service_accounts.len(),
+                sets[2].roles.len(),
+                sets[2].role_bindings.len()
+            ),
+            (1, 0, 1)
+        );
+        let planned = plan(&sets, NOW, &config(false));
+        assert_eq!(planned.sets[0].action.name(), "reportOrphan");
+        assert_eq!(planned.sets[2].action.name(), "inSync");
+        assert!(Observed::default().sets().is_empty());
     }
 
     #[test]
@@ -1293,10 +1434,8 @@ mod tests {
         p.insert("c", "3");
         p.insert("0", "0");
         p.insert("a", "one");
-        assert_eq!(
-            p.0.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-            ["0", "a", "b", "c"]
-        );
+        assert_eq!(p.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["0", "a", "b", "c"]);
+        assert_eq!(Pairs::default().get("a"), None);
         assert_eq!(p.get("a"), Some("one"));
         p.remove("b");
         assert_eq!(p.get("b"), None);
@@ -1338,10 +1477,10 @@ mod tests {
     #[test]
     fn next_look_is_the_expiry_unless_on_the_way_out() {
         assert_eq!(
-            plan_set(&live(), NOW, &config(false)).action.next_look(),
+            plan_one(&live(), NOW, &config(false)).action.next_look(),
             Some(Expiry::from_unix(NOW + HOUR))
         );
         let old = observed("np-old", NOW - 1, false);
-        assert_eq!(plan_set(&old, NOW, &config(false)).action.next_look(), None);
+        assert_eq!(plan_one(&old, NOW, &config(false)).action.next_look(), None);
     }
 }
