@@ -13,14 +13,27 @@ use tracing::error;
 const SET_FAILED: u8 = 1;
 const COULD_NOT_RUN: u8 = 2;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = ReaperArgs::parse();
     if let Err(e) = args.log.init() {
         eprintln!("reaper: {e}");
         return ExitCode::from(COULD_NOT_RUN);
     }
-    match run(args).await {
+    // A sweep waits on the API server, one thread is plenty and keeps memory
+    // in one allocator arena; watch mode serves HTTP beside the controller.
+    let runtime = if args.watch {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("reaper: start the async runtime: {e}");
+            return ExitCode::from(COULD_NOT_RUN);
+        }
+    };
+    match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
             error!(error = format!("{e:#}"), "reaper could not run");

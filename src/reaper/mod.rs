@@ -35,7 +35,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use self::execute::Executor;
-use self::plan::{ObservedSet, PlanConfig};
+use self::plan::{Observed, PlanConfig};
 use self::report::{Durations, Report};
 use crate::k8s;
 use crate::params::Selector;
@@ -74,23 +74,22 @@ impl ReaperError {
     }
 }
 
-/// Every object of kind `K` carrying `selector`, paginated, without
-/// `managedFields` (the bulk of a listed object, never needed here).
-async fn list_kind<K>(api: Api<K>, selector: &Selector, page_size: u32) -> Result<Vec<K>, ReaperError>
+/// Every object of kind `K` carrying `selector`, paginated, each turned into
+/// what the plan reads of it (`T`) as its page arrives: a sweep never holds
+/// more than one page of full objects per kind.
+async fn list_kind<K, T>(api: Api<K>, selector: &Selector, page_size: u32) -> Result<Vec<T>, ReaperError>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    T: From<K>,
 {
     let label_selector = selector.to_label_selector();
-    k8s::list_all_map(&api, &label_selector, page_size, |mut object: K| {
-        object.meta_mut().managed_fields = None;
-        object
-    })
-    .await
-    .map_err(|source| ReaperError::List {
-        kind: kind_name::<K>(),
-        selector: label_selector,
-        source,
-    })
+    k8s::list_all_map(&api, &label_selector, page_size, T::from)
+        .await
+        .map_err(|source| ReaperError::List {
+            kind: kind_name::<K>(),
+            selector: label_selector,
+            source,
+        })
 }
 
 fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -103,18 +102,14 @@ fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
 
 /// LIST the four managed kinds cluster-wide (concurrently, paginated) and
 /// group them by namespace.
-pub async fn observe(
-    client: &Client,
-    selector: &Selector,
-    page_size: u32,
-) -> Result<Vec<ObservedSet>, ReaperError> {
+pub async fn observe(client: &Client, selector: &Selector, page_size: u32) -> Result<Observed, ReaperError> {
     let (namespaces, service_accounts, roles, role_bindings) = tokio::try_join!(
         list_kind(Api::<Namespace>::all(client.clone()), selector, page_size),
         list_kind(Api::<ServiceAccount>::all(client.clone()), selector, page_size),
         list_kind(Api::<Role>::all(client.clone()), selector, page_size),
         list_kind(Api::<RoleBinding>::all(client.clone()), selector, page_size),
     )?;
-    Ok(plan::group(
+    Ok(Observed::new(
         selector,
         namespaces,
         service_accounts,
@@ -130,7 +125,7 @@ pub async fn observe_namespace(
     namespace: Namespace,
     selector: &Selector,
     page_size: u32,
-) -> Result<ObservedSet, ReaperError> {
+) -> Result<Observed, ReaperError> {
     let name = namespace.metadata.name.clone().unwrap_or_default();
     let (service_accounts, roles, role_bindings) = tokio::try_join!(
         list_kind(
@@ -149,11 +144,13 @@ pub async fn observe_namespace(
             page_size
         ),
     )?;
-    let mut sets = plan::group(selector, vec![namespace], service_accounts, roles, role_bindings);
-    Ok(sets.pop().unwrap_or(ObservedSet {
-        name,
-        ..ObservedSet::default()
-    }))
+    Ok(Observed::new(
+        selector,
+        vec![namespace.into()],
+        service_accounts,
+        roles,
+        role_bindings,
+    ))
 }
 
 /// One sweep at `now` (Unix seconds): list, plan, execute (unless dry run), report.
@@ -161,10 +158,10 @@ pub async fn observe_namespace(
 /// Only a failed LIST is an error; failures of single sets are in the report.
 pub async fn sweep(client: &Client, config: &SweepConfig, now: i64) -> Result<Report, ReaperError> {
     let started = Instant::now();
-    let sets = observe(client, &config.plan.set.selector, config.page_size).await?;
+    let observed = observe(client, &config.plan.set.selector, config.page_size).await?;
     let listed = Instant::now();
-    let plan = plan::plan(&sets, now, &config.plan);
-    drop(sets);
+    let plan = plan::plan(&observed.sets(), now, &config.plan);
+    drop(observed);
     let planned = Instant::now();
     let outcomes = if config.dry_run {
         None

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::ResourceExt;
 use kube::api::ObjectMeta;
-use kube::{Resource, ResourceExt};
 
 use crate::desired::{DesiredSet, NamespacedRole, SetConfig, desired_set, set_annotations};
 use crate::labels::{EXPIRY_LABEL, TENANT_LABEL};
@@ -27,65 +27,297 @@ pub struct PlanConfig {
     pub max_deletions: Option<u32>,
 }
 
-/// Everything carrying the selector that was found for one namespace name.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservedSet {
-    /// The namespace's name.
+/// Labels or annotations, sorted by key, packed into one string with the
+/// offsets beside it: two allocations however many pairs. A sweep holds tens
+/// of thousands of these; a `BTreeMap` of `String`s costs about a kilobyte.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pairs {
+    /// Every key then its value, back to back.
+    text: String,
+    /// For each pair, where its key ends and where its value ends in `text`.
+    ends: Vec<(u32, u32)>,
+}
+
+impl Pairs {
+    fn pair(&self, i: usize) -> Option<(&str, &str)> {
+        let start = match i.checked_sub(1) {
+            None => 0,
+            Some(before) => self.ends.get(before)?.1,
+        };
+        let (key_end, value_end) = *self.ends.get(i)?;
+        let at = |a: u32, b: u32| self.text.get(usize::try_from(a).ok()?..usize::try_from(b).ok()?);
+        Some((at(start, key_end)?, at(key_end, value_end)?))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        (0..self.ends.len()).filter_map(|i| self.pair(i))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        let mut low = 0;
+        let mut high = self.ends.len();
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let (k, v) = self.pair(mid)?;
+            match k.cmp(key) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Some(v),
+            }
+        }
+        None
+    }
+
+    pub fn insert(&mut self, key: &str, value: &str) {
+        let mut all: BTreeMap<String, String> =
+            self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        all.insert(key.to_owned(), value.to_owned());
+        *self = Some(all).into();
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        let mut all: BTreeMap<String, String> =
+            self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        all.remove(key);
+        *self = Some(all).into();
+    }
+
+    /// Whether every entry of `want` is here with the same value.
+    fn contains_all(&self, want: Option<&BTreeMap<String, String>>) -> bool {
+        want.into_iter()
+            .flatten()
+            .all(|(k, v)| self.get(k) == Some(v.as_str()))
+    }
+}
+
+impl From<Option<BTreeMap<String, String>>> for Pairs {
+    fn from(map: Option<BTreeMap<String, String>>) -> Self {
+        // A BTreeMap iterates in key order: already sorted.
+        let map = map.unwrap_or_default();
+        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len()).sum());
+        let mut ends = Vec::with_capacity(map.len());
+        let offset = |text: &String| u32::try_from(text.len()).unwrap_or(u32::MAX);
+        for (k, v) in &map {
+            text.push_str(k);
+            let key_end = offset(&text);
+            text.push_str(v);
+            ends.push((key_end, offset(&text)));
+        }
+        Self { text, ends }
+    }
+}
+
+/// What the plan reads of an object's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedMeta {
     pub name: String,
-    /// The Namespace itself, if it carries the selector (is managed).
-    pub namespace: Option<Namespace>,
-    pub service_accounts: Vec<ServiceAccount>,
-    pub roles: Vec<Role>,
-    pub role_bindings: Vec<RoleBinding>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub labels: Pairs,
+    pub annotations: Pairs,
+    /// creationTimestamp, Unix seconds.
+    pub created: Option<i64>,
+    /// deletionTimestamp is set.
+    pub deleting: bool,
 }
 
-/// Whether `meta` carries exactly `selector`'s key=value.
-pub fn carries(selector: &Selector, meta: &ObjectMeta) -> bool {
-    meta.labels
-        .as_ref()
-        .and_then(|labels| labels.get(selector.key()))
-        .is_some_and(|v| v == selector.value())
-}
-
-/// Group listed objects by namespace. Objects that do not carry the selector
-/// are dropped here, whatever the server returned: nothing without it is
-/// ever planned for. Sets come out sorted by namespace name.
-pub fn group(
-    selector: &Selector,
-    namespaces: Vec<Namespace>,
-    service_accounts: Vec<ServiceAccount>,
-    roles: Vec<Role>,
-    role_bindings: Vec<RoleBinding>,
-) -> Vec<ObservedSet> {
-    fn entry(sets: &mut BTreeMap<String, ObservedSet>, name: String) -> &mut ObservedSet {
-        sets.entry(name.clone()).or_insert_with(|| ObservedSet {
+impl From<ObjectMeta> for ObservedMeta {
+    fn from(meta: ObjectMeta) -> Self {
+        let ObjectMeta {
             name,
-            ..ObservedSet::default()
-        })
-    }
-    let mut sets: BTreeMap<String, ObservedSet> = BTreeMap::new();
-    for ns in namespaces {
-        if carries(selector, &ns.metadata) {
-            let name = ns.name_any();
-            entry(&mut sets, name).namespace = Some(ns);
+            namespace,
+            uid,
+            resource_version,
+            labels,
+            annotations,
+            creation_timestamp,
+            deletion_timestamp,
+            ..
+        } = meta;
+        Self {
+            name: name.unwrap_or_default(),
+            namespace,
+            uid,
+            resource_version,
+            labels: labels.into(),
+            annotations: annotations.into(),
+            created: creation_timestamp.map(|t| t.0.as_second()),
+            deleting: deletion_timestamp.is_some(),
         }
     }
-    for sa in service_accounts {
-        if let (true, Some(ns)) = (carries(selector, &sa.metadata), sa.namespace()) {
-            entry(&mut sets, ns).service_accounts.push(sa);
+}
+
+/// A Namespace as the plan sees it.
+pub type ObservedNamespace = ObservedMeta;
+
+impl From<Namespace> for ObservedMeta {
+    fn from(ns: Namespace) -> Self {
+        ns.metadata.into()
+    }
+}
+
+/// A ServiceAccount as the plan sees it (its uid is never needed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedServiceAccount {
+    pub meta: ObservedMeta,
+}
+
+impl From<ServiceAccount> for ObservedServiceAccount {
+    fn from(sa: ServiceAccount) -> Self {
+        let mut meta = ObservedMeta::from(sa.metadata);
+        meta.uid = None;
+        meta.resource_version = None;
+        Self { meta }
+    }
+}
+
+/// A Role as the plan sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedRole {
+    pub meta: ObservedMeta,
+    pub rules: Option<Vec<PolicyRule>>,
+}
+
+impl From<Role> for ObservedRole {
+    fn from(role: Role) -> Self {
+        let mut meta = ObservedMeta::from(role.metadata);
+        meta.uid = None;
+        meta.resource_version = None;
+        Self {
+            meta,
+            rules: role.rules,
         }
     }
-    for role in roles {
-        if let (true, Some(ns)) = (carries(selector, &role.metadata), role.namespace()) {
-            entry(&mut sets, ns).roles.push(role);
+}
+
+/// A RoleBinding as the plan sees it (uid kept: a drifted roleRef means
+/// deleting exactly this one).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservedRoleBinding {
+    pub meta: ObservedMeta,
+    pub role_ref: RoleRef,
+    pub subjects: Option<Vec<Subject>>,
+}
+
+impl From<RoleBinding> for ObservedRoleBinding {
+    fn from(rb: RoleBinding) -> Self {
+        let mut meta = ObservedMeta::from(rb.metadata);
+        meta.resource_version = None;
+        Self {
+            meta,
+            role_ref: rb.role_ref,
+            subjects: rb.subjects,
         }
     }
-    for rb in role_bindings {
-        if let (true, Some(ns)) = (carries(selector, &rb.metadata), rb.namespace()) {
-            entry(&mut sets, ns).role_bindings.push(rb);
+}
+
+/// Everything observed: each kind filtered to the selector and sorted by
+/// namespace, so that the sets are views into it rather than copies.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub namespaces: Vec<ObservedNamespace>,
+    pub service_accounts: Vec<ObservedServiceAccount>,
+    pub roles: Vec<ObservedRole>,
+    pub role_bindings: Vec<ObservedRoleBinding>,
+}
+
+/// One namespace's share of [`Observed`]: everything carrying the selector
+/// found under one namespace name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObservedSet<'a> {
+    pub name: &'a str,
+    /// The Namespace itself, if it carries the selector (is managed).
+    pub namespace: Option<&'a ObservedNamespace>,
+    pub service_accounts: &'a [ObservedServiceAccount],
+    pub roles: &'a [ObservedRole],
+    pub role_bindings: &'a [ObservedRoleBinding],
+}
+
+/// Whether `labels` hold exactly `selector`'s key=value.
+pub fn carries(selector: &Selector, labels: &Pairs) -> bool {
+    labels.get(selector.key()) == Some(selector.value())
+}
+
+impl Observed {
+    /// Objects that do not carry the selector are dropped here, whatever the
+    /// server returned: nothing without it is ever planned for. In place: no copies.
+    pub fn new(
+        selector: &Selector,
+        namespaces: Vec<ObservedNamespace>,
+        service_accounts: Vec<ObservedServiceAccount>,
+        roles: Vec<ObservedRole>,
+        role_bindings: Vec<ObservedRoleBinding>,
+    ) -> Self {
+        let mut o = Self {
+            namespaces,
+            service_accounts,
+            roles,
+            role_bindings,
+        };
+        let keep = |meta: &ObservedMeta| carries(selector, &meta.labels) && meta.namespace.is_some();
+        o.namespaces.retain(|ns| carries(selector, &ns.labels));
+        o.service_accounts.retain(|x| keep(&x.meta));
+        o.roles.retain(|x| keep(&x.meta));
+        o.role_bindings.retain(|x| keep(&x.meta));
+        o.namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        o.service_accounts
+            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
+        o.roles
+            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
+        o.role_bindings
+            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
+        o
+    }
+
+    /// The sets, sorted by namespace name.
+    pub fn sets(&self) -> Vec<ObservedSet<'_>> {
+        /// The run of `items` from `*at` that belong to namespace `name`.
+        fn run<'a, T>(
+            items: &'a [T],
+            at: &mut usize,
+            name: &str,
+            ns: impl Fn(&T) -> Option<&str>,
+        ) -> &'a [T] {
+            let start = *at;
+            let len = items
+                .get(start..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|x| ns(x) == Some(name))
+                .count();
+            *at = start + len;
+            items.get(start..start + len).unwrap_or_default()
+        }
+        let mut sets = Vec::new();
+        let (mut n, mut s, mut r, mut b) = (0, 0, 0, 0);
+        loop {
+            let heads = [
+                self.namespaces.get(n).map(|x| x.name.as_str()),
+                self.service_accounts
+                    .get(s)
+                    .and_then(|x| x.meta.namespace.as_deref()),
+                self.roles.get(r).and_then(|x| x.meta.namespace.as_deref()),
+                self.role_bindings
+                    .get(b)
+                    .and_then(|x| x.meta.namespace.as_deref()),
+            ];
+            let Some(name) = heads.into_iter().flatten().min() else {
+                return sets;
+            };
+            let namespace = self.namespaces.get(n).filter(|x| x.name == name);
+            n += usize::from(namespace.is_some());
+            sets.push(ObservedSet {
+                name,
+                namespace,
+                service_accounts: run(&self.service_accounts, &mut s, name, |x| {
+                    x.meta.namespace.as_deref()
+                }),
+                roles: run(&self.roles, &mut r, name, |x| x.meta.namespace.as_deref()),
+                role_bindings: run(&self.role_bindings, &mut b, name, |x| x.meta.namespace.as_deref()),
+            });
         }
     }
-    sets.into_values().collect()
 }
 
 /// A kind and name, for reporting objects.
@@ -97,23 +329,12 @@ pub struct ObjectId {
 }
 
 impl ObjectId {
-    fn of<K: Resource<DynamicType = ()>>(object: &K) -> Self {
+    fn of(kind: &'static str, meta: &ObservedMeta) -> Self {
         Self {
-            kind: kind_of::<K>(),
-            namespace: object.meta().namespace.clone(),
-            name: object.meta().name.clone().unwrap_or_default(),
+            kind,
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
         }
-    }
-}
-
-fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
-    // The four kinds we handle; anything else is not ours to name.
-    match K::kind(&()).as_ref() {
-        "Namespace" => "Namespace",
-        "ServiceAccount" => "ServiceAccount",
-        "Role" => "Role",
-        "RoleBinding" => "RoleBinding",
-        _ => "Object",
     }
 }
 
@@ -281,7 +502,7 @@ pub struct Plan {
 }
 
 /// Decide for every set; apply the deletion cap (oldest expiry first, then name).
-pub fn plan(sets: &[ObservedSet], now: i64, config: &PlanConfig) -> Plan {
+pub fn plan(sets: &[ObservedSet<'_>], now: i64, config: &PlanConfig) -> Plan {
     let mut sets: Vec<SetPlan> = sets.iter().map(|s| plan_set(s, now, config)).collect();
     if let Some(cap) = config.max_deletions {
         let mut due: Vec<(Expiry, String, usize)> = sets
@@ -304,9 +525,9 @@ pub fn plan(sets: &[ObservedSet], now: i64, config: &PlanConfig) -> Plan {
 }
 
 /// Decide for one set (no deletion cap: that is a property of a whole run).
-pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPlan {
-    let name = observed.name.clone();
-    let Some(ns) = &observed.namespace else {
+pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> SetPlan {
+    let name = observed.name.to_owned();
+    let Some(ns) = observed.namespace else {
         return SetPlan {
             namespace: name,
             action: Action::ReportOrphan {
@@ -316,8 +537,8 @@ pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPla
             untenanted: false,
         };
     };
-    let labels = ns.labels();
-    let tenant = labels
+    let tenant = ns
+        .labels
         .get(TENANT_LABEL)
         .and_then(|t| t.parse::<TenantName>().ok());
     let untenanted = tenant.is_none();
@@ -327,16 +548,16 @@ pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPla
         strays,
         untenanted,
     };
-    if ns.metadata.deletion_timestamp.is_some() {
+    if ns.deleting {
         return done(Action::SkipTerminating, Vec::new());
     }
-    let label = labels.get(EXPIRY_LABEL);
+    let label = ns.labels.get(EXPIRY_LABEL);
     match label.and_then(|v| v.parse::<Expiry>().ok()) {
         Some(expiry) if expiry.is_due(now) => done(
             Action::Delete {
                 expiry,
-                uid: ns.metadata.uid.clone().unwrap_or_default(),
-                resource_version: ns.metadata.resource_version.clone().unwrap_or_default(),
+                uid: ns.uid.clone().unwrap_or_default(),
+                resource_version: ns.resource_version.clone().unwrap_or_default(),
             },
             Vec::new(),
         ),
@@ -356,13 +577,9 @@ pub fn plan_set(observed: &ObservedSet, now: i64, config: &PlanConfig) -> SetPla
         None => {
             // Fail safe: never immortal, never deleted on the spot. If this is
             // already past, the next look deletes it.
-            let created = ns
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(now, |t| t.0.as_second());
+            let created = ns.created.unwrap_or(now);
             let expiry = Expiry::after(created, config.max_ttl.as_secs());
-            let previous = label.cloned();
+            let previous = label.map(str::to_owned);
             match &tenant {
                 Some(tenant) => {
                     let desired = desired_set(&name, tenant, expiry, &config.set);
@@ -409,20 +626,25 @@ fn expiry_only(name: &str, expiry: Expiry) -> Write {
     }
 }
 
-fn contents(observed: &ObservedSet) -> Vec<ObjectId> {
+fn contents(observed: &ObservedSet<'_>) -> Vec<ObjectId> {
     let mut ids: Vec<ObjectId> = observed
         .service_accounts
         .iter()
-        .map(ObjectId::of)
-        .chain(observed.roles.iter().map(ObjectId::of))
-        .chain(observed.role_bindings.iter().map(ObjectId::of))
+        .map(|o| ObjectId::of("ServiceAccount", &o.meta))
+        .chain(observed.roles.iter().map(|o| ObjectId::of("Role", &o.meta)))
+        .chain(
+            observed
+                .role_bindings
+                .iter()
+                .map(|o| ObjectId::of("RoleBinding", &o.meta)),
+        )
         .collect();
     ids.sort();
     ids
 }
 
 /// Observed objects the desired set does not name.
-fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
+fn strays(desired: &DesiredSet, observed: &ObservedSet<'_>) -> Vec<ObjectId> {
     let DesiredSet {
         namespace: _,
         service_account,
@@ -439,21 +661,21 @@ fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
     let mut ids: Vec<ObjectId> = observed
         .service_accounts
         .iter()
-        .filter(|o| !sa_names.contains(&o.name_any()))
-        .map(ObjectId::of)
+        .filter(|o| !sa_names.contains(&o.meta.name))
+        .map(|o| ObjectId::of("ServiceAccount", &o.meta))
         .chain(
             observed
                 .roles
                 .iter()
-                .filter(|o| !role_names.contains(&o.name_any()))
-                .map(ObjectId::of),
+                .filter(|o| !role_names.contains(&o.meta.name))
+                .map(|o| ObjectId::of("Role", &o.meta)),
         )
         .chain(
             observed
                 .role_bindings
                 .iter()
-                .filter(|o| !rb_names.contains(&o.name_any()))
-                .map(ObjectId::of),
+                .filter(|o| !rb_names.contains(&o.meta.name))
+                .map(|o| ObjectId::of("RoleBinding", &o.meta)),
         )
         .collect();
     ids.sort();
@@ -462,7 +684,7 @@ fn strays(desired: &DesiredSet, observed: &ObservedSet) -> Vec<ObjectId> {
 
 /// The writes that bring `observed` to `desired`, Namespace first. The
 /// desired set is destructured without `..` so a new part cannot be missed.
-fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Write> {
+fn diff(desired: &DesiredSet, ns: &ObservedNamespace, observed: &ObservedSet<'_>) -> Vec<Write> {
     let DesiredSet {
         namespace,
         service_account,
@@ -470,7 +692,7 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
         role,
     } = desired;
     let mut writes = Vec::new();
-    let reasons = meta_drift(&namespace.metadata, &ns.metadata);
+    let reasons = meta_drift(&namespace.metadata, ns);
     if !reasons.is_empty() {
         writes.push(Write {
             object: Desired::Namespace(Box::new(namespace.clone())),
@@ -478,10 +700,13 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
             recreate_uid: None,
         });
     }
-    let found = named(&observed.service_accounts, &service_account.name_any());
+    let found = observed
+        .service_accounts
+        .iter()
+        .find(|o| o.meta.name == service_account.name_any());
     let reasons = match found {
         None => vec![Drift::Missing],
-        Some(sa) => meta_drift(&service_account.metadata, &sa.metadata),
+        Some(sa) => meta_drift(&service_account.metadata, &sa.meta),
     };
     if !reasons.is_empty() {
         writes.push(Write {
@@ -490,12 +715,12 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
             recreate_uid: None,
         });
     }
-    writes.extend(binding_write(role_binding, &observed.role_bindings));
+    writes.extend(binding_write(role_binding, observed.role_bindings));
     if let Some(NamespacedRole { role, binding }) = role {
-        let reasons = match named(&observed.roles, &role.name_any()) {
+        let reasons = match observed.roles.iter().find(|o| o.meta.name == role.name_any()) {
             None => vec![Drift::Missing],
             Some(found) => {
-                let mut reasons = meta_drift(&role.metadata, &found.metadata);
+                let mut reasons = meta_drift(&role.metadata, &found.meta);
                 if !same_rules(role.rules.as_deref(), found.rules.as_deref()) {
                     reasons.push(Drift::Rules);
                 }
@@ -509,16 +734,17 @@ fn diff(desired: &DesiredSet, ns: &Namespace, observed: &ObservedSet) -> Vec<Wri
                 recreate_uid: None,
             });
         }
-        writes.extend(binding_write(binding, &observed.role_bindings));
+        writes.extend(binding_write(binding, observed.role_bindings));
     }
     writes
 }
 
-fn binding_write(desired: &RoleBinding, observed: &[RoleBinding]) -> Option<Write> {
-    let (reasons, recreate_uid) = match named(observed, &desired.name_any()) {
+fn binding_write(desired: &RoleBinding, observed: &[ObservedRoleBinding]) -> Option<Write> {
+    let found = observed.iter().find(|o| o.meta.name == desired.name_any());
+    let (reasons, recreate_uid) = match found {
         None => (vec![Drift::Missing], None),
         Some(found) => {
-            let mut reasons = meta_drift(&desired.metadata, &found.metadata);
+            let mut reasons = meta_drift(&desired.metadata, &found.meta);
             if !same_subjects(desired.subjects.as_deref(), found.subjects.as_deref()) {
                 reasons.push(Drift::Subjects);
             }
@@ -526,7 +752,7 @@ fn binding_write(desired: &RoleBinding, observed: &[RoleBinding]) -> Option<Writ
                 (reasons, None)
             } else {
                 reasons.push(Drift::RoleRef);
-                (reasons, Some(found.metadata.uid.clone().unwrap_or_default()))
+                (reasons, Some(found.meta.uid.clone().unwrap_or_default()))
             }
         }
     };
@@ -537,23 +763,14 @@ fn binding_write(desired: &RoleBinding, observed: &[RoleBinding]) -> Option<Writ
     })
 }
 
-fn named<'a, K: Resource>(objects: &'a [K], name: &str) -> Option<&'a K> {
-    objects.iter().find(|o| o.meta().name.as_deref() == Some(name))
-}
-
 /// Desired labels and annotations must be present with their values; others
 /// (added by people or Kubernetes) are fine.
-fn meta_drift(desired: &ObjectMeta, observed: &ObjectMeta) -> Vec<Drift> {
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
-        want.iter()
-            .flatten()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
+fn meta_drift(desired: &ObjectMeta, observed: &ObservedMeta) -> Vec<Drift> {
     let mut reasons = Vec::new();
-    if !subset(&desired.labels, &observed.labels) {
+    if !observed.labels.contains_all(desired.labels.as_ref()) {
         reasons.push(Drift::Labels);
     }
-    if !subset(&desired.annotations, &observed.annotations) {
+    if !observed.annotations.contains_all(desired.annotations.as_ref()) {
         reasons.push(Drift::Annotations);
     }
     reasons
@@ -642,7 +859,7 @@ mod tests {
     }
 
     /// The set as the provisioner made it, as the API server returns it.
-    fn observed(name: &str, expiry: i64, role: bool) -> ObservedSet {
+    fn observed(name: &str, expiry: i64, role: bool) -> Observed {
         let DesiredSet {
             mut namespace,
             mut service_account,
@@ -661,25 +878,31 @@ mod tests {
         service_account.metadata.uid = Some("uid-sa".to_owned());
         role_binding.metadata.uid = Some("uid-rb".to_owned());
         let (roles, mut bindings) = match nsrole {
-            Some(NamespacedRole { role, binding }) => (vec![role], vec![binding]),
+            Some(NamespacedRole { role, binding }) => (vec![role.into()], vec![binding.into()]),
             None => (vec![], vec![]),
         };
-        bindings.insert(0, role_binding);
-        ObservedSet {
-            name: name.to_owned(),
-            namespace: Some(namespace),
-            service_accounts: vec![service_account],
+        bindings.insert(0, role_binding.into());
+        Observed {
+            namespaces: vec![namespace.into()],
+            service_accounts: vec![service_account.into()],
             roles,
             role_bindings: bindings,
         }
     }
 
-    fn live() -> ObservedSet {
+    fn live() -> Observed {
         observed("np-live", NOW + HOUR, false)
     }
 
-    fn ns_labels(set: &mut ObservedSet) -> &mut BTreeMap<String, String> {
-        set.namespace.as_mut().unwrap().metadata.labels.as_mut().unwrap()
+    fn ns_labels(set: &mut Observed) -> &mut Pairs {
+        &mut set.namespaces[0].labels
+    }
+
+    /// The plan for the one set of `o`.
+    fn plan_one(o: &Observed, now: i64, config: &PlanConfig) -> SetPlan {
+        let sets = o.sets();
+        assert_eq!(sets.len(), 1, "{sets:?}");
+        plan_set(&sets[0], now, config)
     }
 
     /// (kind, name, reasons, recreate) of each write, for compact expectations.
@@ -703,7 +926,7 @@ mod tests {
         use Drift::*;
         type Case = (
             &'static str,
-            ObservedSet,
+            Observed,
             bool,
             &'static str,
             Vec<(&'static str, &'static str, Vec<Drift>, bool)>,
@@ -736,21 +959,11 @@ mod tests {
         ));
 
         let mut terminating = observed("np-term", NOW - 1, false);
-        terminating
-            .namespace
-            .as_mut()
-            .unwrap()
-            .metadata
-            .deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW - 1).unwrap()));
+        terminating.namespaces[0].deleting = true;
         cases.push(("terminating", terminating, false, "skipTerminating", vec![]));
         let mut terminating_live = live();
         terminating_live.service_accounts.clear();
-        terminating_live
-            .namespace
-            .as_mut()
-            .unwrap()
-            .metadata
-            .deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+        terminating_live.namespaces[0].deleting = true;
         cases.push((
             "terminating, not expired, incomplete",
             terminating_live,
@@ -818,12 +1031,7 @@ mod tests {
         cases.push(("empty apiGroup is no drift", s, false, "inSync", vec![]));
 
         let mut s = live();
-        s.service_accounts[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .remove(TENANT_LABEL);
+        s.service_accounts[0].meta.labels.remove(TENANT_LABEL);
         cases.push((
             "label removed from service account",
             s,
@@ -833,13 +1041,8 @@ mod tests {
         ));
 
         let mut s = live();
-        s.role_bindings[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(EXPIRY_LABEL.to_owned(), "1".to_owned());
-        s.role_bindings[0].metadata.annotations = None;
+        s.role_bindings[0].meta.labels.insert(EXPIRY_LABEL, "1");
+        s.role_bindings[0].meta.annotations = Pairs::default();
         cases.push((
             "binding label changed, annotation gone",
             s,
@@ -854,7 +1057,7 @@ mod tests {
         ));
 
         let mut s = live();
-        s.namespace.as_mut().unwrap().metadata.annotations = None;
+        s.namespaces[0].annotations = Pairs::default();
         cases.push((
             "namespace annotation missing",
             s,
@@ -864,12 +1067,7 @@ mod tests {
         ));
 
         let mut s = live();
-        s.service_accounts[0]
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("team".to_owned(), "x".to_owned());
+        s.service_accounts[0].meta.labels.insert("team", "x");
         cases.push(("extra labels are fine", s, false, "inSync", vec![]));
 
         cases.push((
@@ -959,15 +1157,15 @@ mod tests {
         cases.push(("no tenant, expired", s, false, "delete", vec![]));
 
         let mut s = live();
-        ns_labels(&mut s).insert(TENANT_LABEL.to_owned(), "Not A Label!".to_owned());
+        ns_labels(&mut s).insert(TENANT_LABEL, "Not A Label!");
         cases.push(("invalid tenant is no tenant", s, false, "inSync", vec![]));
 
         let mut s = live();
-        s.namespace = None;
+        s.namespaces.clear();
         cases.push(("orphan", s, false, "reportOrphan", vec![]));
 
         for (what, set, role, want_action, want_writes) in cases {
-            let got = plan_set(&set, NOW, &config(role));
+            let got = plan_one(&set, NOW, &config(role));
             assert_eq!(got.action.name(), want_action, "{what}: {got:#?}");
             let want: Vec<_> = want_writes
                 .into_iter()
@@ -979,7 +1177,7 @@ mod tests {
 
     #[test]
     fn delete_carries_uid_and_resource_version() {
-        let got = plan_set(&observed("np-old", NOW - 1, false), NOW, &config(false));
+        let got = plan_one(&observed("np-old", NOW - 1, false), NOW, &config(false));
         assert_eq!(
             got.action,
             Action::Delete {
@@ -995,7 +1193,7 @@ mod tests {
         let mut s = live();
         s.role_bindings[0].role_ref.name = "cluster-admin".to_owned();
         s.service_accounts.clear();
-        let got = plan_set(&s, NOW, &config(false));
+        let got = plan_one(&s, NOW, &config(false));
         let desired = desired_set(
             "np-live",
             &tenant(),
@@ -1022,9 +1220,9 @@ mod tests {
             let mut s = live();
             match previous {
                 None => ns_labels(&mut s).remove(EXPIRY_LABEL),
-                Some(v) => ns_labels(&mut s).insert(EXPIRY_LABEL.to_owned(), v.to_owned()),
+                Some(v) => ns_labels(&mut s).insert(EXPIRY_LABEL, v),
             };
-            let got = plan_set(&s, NOW, &config(false));
+            let got = plan_one(&s, NOW, &config(false));
             let Action::SetExpiry {
                 expiry,
                 previous: got_previous,
@@ -1048,12 +1246,12 @@ mod tests {
         let mut s = live();
         ns_labels(&mut s).remove(EXPIRY_LABEL);
         let much_later = NOW + 10 * HOUR;
-        let got = plan_set(&s, much_later, &config(false));
+        let got = plan_one(&s, much_later, &config(false));
         assert_eq!(got.action.name(), "setExpiry");
         assert_eq!(got.action.expiry(), Some(Expiry::from_unix(NOW + 2 * HOUR)));
         // Once set, the next look deletes it.
-        ns_labels(&mut s).insert(EXPIRY_LABEL.to_owned(), (NOW + 2 * HOUR).to_string());
-        assert_eq!(plan_set(&s, much_later, &config(false)).action.name(), "delete");
+        ns_labels(&mut s).insert(EXPIRY_LABEL, &(NOW + 2 * HOUR).to_string());
+        assert_eq!(plan_one(&s, much_later, &config(false)).action.name(), "delete");
     }
 
     #[test]
@@ -1061,7 +1259,7 @@ mod tests {
         let mut s = live();
         ns_labels(&mut s).remove(TENANT_LABEL);
         ns_labels(&mut s).remove(EXPIRY_LABEL);
-        let got = plan_set(&s, NOW, &config(false));
+        let got = plan_one(&s, NOW, &config(false));
         assert!(got.untenanted);
         let [write] = got.action.writes() else {
             panic!("{got:?}")
@@ -1082,8 +1280,8 @@ mod tests {
     #[test]
     fn orphans_list_what_was_found() {
         let mut s = live();
-        s.namespace = None;
-        let got = plan_set(&s, NOW, &config(false));
+        s.namespaces.clear();
+        let got = plan_one(&s, NOW, &config(false));
         let Action::ReportOrphan { objects } = got.action else {
             panic!()
         };
@@ -1098,7 +1296,7 @@ mod tests {
     fn strays_are_reported_beside_the_action() {
         // A Role left over from an earlier --role-rules-file.
         let mut s = observed("np-r", NOW + HOUR, true);
-        let got = plan_set(&s, NOW, &config(false));
+        let got = plan_one(&s, NOW, &config(false));
         assert_eq!(got.action.name(), "inSync");
         assert_eq!(
             got.strays
@@ -1110,26 +1308,45 @@ mod tests {
                 ("RoleBinding", "namespace-provisioner-role")
             ]
         );
-        s.service_accounts.push(ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("other".to_owned()),
+        s.service_accounts.push(ObservedServiceAccount {
+            meta: ObservedMeta {
+                name: "other".to_owned(),
                 namespace: Some("np-r".to_owned()),
-                ..ObjectMeta::default()
+                ..ObservedMeta::default()
             },
-            ..ServiceAccount::default()
         });
-        assert_eq!(plan_set(&s, NOW, &config(true)).strays.len(), 1);
+        assert_eq!(plan_one(&s, NOW, &config(true)).strays.len(), 1);
+    }
+
+    /// Several single-set observations as one, in arbitrary order.
+    fn merged(parts: Vec<Observed>) -> Observed {
+        let mut all = Observed::default();
+        for p in parts.into_iter().rev() {
+            all.namespaces.extend(p.namespaces);
+            all.service_accounts.extend(p.service_accounts);
+            all.roles.extend(p.roles);
+            all.role_bindings.extend(p.role_bindings);
+        }
+        Observed::new(
+            &selector(),
+            all.namespaces,
+            all.service_accounts,
+            all.roles,
+            all.role_bindings,
+        )
     }
 
     #[test]
     fn deletion_cap_keeps_the_oldest_and_defers_the_rest() {
-        let sets: Vec<ObservedSet> = [("np-a", 30), ("np-b", 10), ("np-c", 20), ("np-d", -HOUR)]
-            .iter()
-            .map(|(n, ago)| observed(n, NOW - ago, false))
-            .collect();
+        let all = merged(
+            [("np-a", 30), ("np-b", 10), ("np-c", 20), ("np-d", -HOUR)]
+                .iter()
+                .map(|(n, ago)| observed(n, NOW - ago, false))
+                .collect(),
+        );
         let mut cfg = config(false);
         let actions = |cfg: &PlanConfig| -> Vec<&'static str> {
-            plan(&sets, NOW, cfg)
+            plan(&all.sets(), NOW, cfg)
                 .sets
                 .iter()
                 .map(|s| s.action.name())
@@ -1146,47 +1363,124 @@ mod tests {
     }
 
     #[test]
-    fn grouping_keeps_only_the_exact_selector() {
-        let mut a = live();
+    fn grouping_keeps_only_the_exact_selector_and_slices_by_namespace() {
+        let a = live();
         let mut foreign_sa = a.service_accounts[0].clone();
-        foreign_sa.metadata.name = Some("foreign".to_owned());
-        foreign_sa
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("np-test/reaper".to_owned(), "other-value".to_owned());
-        let mut unlabelled_ns = a.namespace.clone().unwrap();
-        unlabelled_ns.metadata.name = Some("np-unlabelled".to_owned());
-        unlabelled_ns.metadata.labels = Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), "1".to_owned())]));
+        foreign_sa.meta.name = "foreign".to_owned();
+        foreign_sa.meta.labels.insert("np-test/reaper", "other-value");
+        let mut unlabelled_ns = a.namespaces[0].clone();
+        unlabelled_ns.name = "np-unlabelled".to_owned();
+        unlabelled_ns.labels = Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), "1".to_owned())])).into();
         let mut elsewhere = a.role_bindings[0].clone();
-        elsewhere.metadata.namespace = Some("kube-system".to_owned());
-        let sets = group(
+        elsewhere.meta.namespace = Some("kube-system".to_owned());
+        let mut no_namespace = a.role_bindings[0].clone();
+        no_namespace.meta.namespace = None;
+        let b = observed("np-b", NOW + HOUR, true);
+        let all = Observed::new(
             &selector(),
-            vec![a.namespace.take().unwrap(), unlabelled_ns],
-            vec![a.service_accounts[0].clone(), foreign_sa],
-            vec![],
-            vec![a.role_bindings[0].clone(), elsewhere],
+            vec![b.namespaces[0].clone(), a.namespaces[0].clone(), unlabelled_ns],
+            vec![
+                a.service_accounts[0].clone(),
+                foreign_sa,
+                b.service_accounts[0].clone(),
+            ],
+            b.roles.clone(),
+            vec![
+                a.role_bindings[0].clone(),
+                elsewhere,
+                b.role_bindings[1].clone(),
+                no_namespace,
+                b.role_bindings[0].clone(),
+            ],
         );
+        let sets = all.sets();
         assert_eq!(
-            sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-            vec!["kube-system", "np-live"]
+            sets.iter().map(|s| s.name).collect::<Vec<_>>(),
+            vec!["kube-system", "np-b", "np-live"]
         );
         assert!(sets[0].namespace.is_none());
-        assert_eq!(sets[1].service_accounts.len(), 1);
+        assert_eq!(sets[0].role_bindings.len(), 1);
+        assert_eq!(sets[1].namespace.map(|n| n.name.as_str()), Some("np-b"));
         assert_eq!(
-            plan(&sets, NOW, &config(false)).sets[0].action.name(),
-            "reportOrphan"
+            (
+                sets[1].service_accounts.len(),
+                sets[1].roles.len(),
+                sets[1].role_bindings.len()
+            ),
+            (1, 1, 2)
         );
+        assert_eq!(
+            (
+                sets[2].service_accounts.len(),
+                sets[2].roles.len(),
+                sets[2].role_bindings.len()
+            ),
+            (1, 0, 1)
+        );
+        let planned = plan(&sets, NOW, &config(false));
+        assert_eq!(planned.sets[0].action.name(), "reportOrphan");
+        assert_eq!(planned.sets[2].action.name(), "inSync");
+        assert!(Observed::default().sets().is_empty());
+    }
+
+    #[test]
+    fn pairs_stay_sorted_and_behave_like_a_map() {
+        let mut p: Pairs = Some(BTreeMap::from([
+            ("b".to_owned(), "2".to_owned()),
+            ("a".to_owned(), "1".to_owned()),
+        ]))
+        .into();
+        assert_eq!((p.get("a"), p.get("b"), p.get("c")), (Some("1"), Some("2"), None));
+        p.insert("c", "3");
+        p.insert("0", "0");
+        p.insert("a", "one");
+        assert_eq!(p.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["0", "a", "b", "c"]);
+        assert_eq!(Pairs::default().get("a"), None);
+        assert_eq!(p.get("a"), Some("one"));
+        p.remove("b");
+        assert_eq!(p.get("b"), None);
+        assert!(p.contains_all(Some(&BTreeMap::from([("c".to_owned(), "3".to_owned())]))));
+        assert!(!p.contains_all(Some(&BTreeMap::from([("c".to_owned(), "4".to_owned())]))));
+        assert!(p.contains_all(None));
+    }
+
+    #[test]
+    fn observations_keep_what_the_plan_reads_and_nothing_else() {
+        let set = desired_set("np-x", &tenant(), Expiry::from_unix(NOW), &config(true).set);
+        let mut ns = set.namespace.clone();
+        ns.metadata.uid = Some("u".to_owned());
+        ns.metadata.resource_version = Some("9".to_owned());
+        ns.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+        ns.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
+        ns.metadata.finalizers = Some(vec!["x".to_owned()]);
+        let seen = ObservedNamespace::from(ns);
+        assert_eq!(seen.name, "np-x");
+        assert_eq!(
+            (seen.uid.as_deref(), seen.resource_version.as_deref()),
+            (Some("u"), Some("9"))
+        );
+        assert_eq!((seen.created, seen.deleting), (Some(NOW), true));
+        assert_eq!(seen.labels.get(TENANT_LABEL), Some("ci"));
+        assert!(carries(&selector(), &seen.labels));
+        let mut rb = set.role_binding.clone();
+        rb.metadata.uid = Some("rb".to_owned());
+        let seen = ObservedRoleBinding::from(rb);
+        assert_eq!(seen.meta.uid.as_deref(), Some("rb"));
+        assert_eq!(seen.role_ref, set.role_binding.role_ref);
+        let mut sa = set.service_account.clone();
+        sa.metadata.uid = Some("sa".to_owned());
+        assert_eq!(ObservedServiceAccount::from(sa).meta.uid, None);
+        let role = set.role.unwrap().role;
+        assert_eq!(ObservedRole::from(role.clone()).rules, role.rules);
     }
 
     #[test]
     fn next_look_is_the_expiry_unless_on_the_way_out() {
         assert_eq!(
-            plan_set(&live(), NOW, &config(false)).action.next_look(),
+            plan_one(&live(), NOW, &config(false)).action.next_look(),
             Some(Expiry::from_unix(NOW + HOUR))
         );
         let old = observed("np-old", NOW - 1, false);
-        assert_eq!(plan_set(&old, NOW, &config(false)).action.next_look(), None);
+        assert_eq!(plan_one(&old, NOW, &config(false)).action.next_look(), None);
     }
 }

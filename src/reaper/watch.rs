@@ -373,6 +373,10 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     )
     .await?;
     let (now, now_f) = unix_now();
+    // Nothing carries the selector any more (the labels were changed): not ours.
+    let Some(observed) = observed.sets().first().copied() else {
+        return Ok(Requeue::await_change());
+    };
     let set = plan::plan_set(&observed, now, &context.plan);
     debug!(namespace = %name, action = set.action.name(), "reconcile");
     let outcome = context.executor.execute_set(&set).await;
