@@ -83,3 +83,39 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use namespace_provisioner::cli::ReaperArgs;
+
+    /// docs/cli/reaper.txt is generated: `NP_UPDATE_DOCS=1 cargo test --bin reaper`.
+    #[test]
+    fn help_is_documented() {
+        // Env values hidden: the document must not depend on the shell it is made in.
+        let help = ReaperArgs::command()
+            .term_width(100)
+            .mut_args(|a| a.hide_env_values(true))
+            .render_long_help()
+            .to_string();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli/reaper.txt");
+        if std::env::var_os("NP_UPDATE_DOCS").is_some() {
+            std::fs::write(path, &help).unwrap();
+        }
+        let documented = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            documented == help,
+            "docs/cli/reaper.txt is stale: NP_UPDATE_DOCS=1 cargo test --bin reaper"
+        );
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        for arg in ReaperArgs::command().get_arguments() {
+            if ["help", "version"].contains(&arg.get_id().as_str()) {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
+        }
+    }
+}
