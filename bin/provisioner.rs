@@ -13,7 +13,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use namespace_provisioner::api::{self, AppState, Metrics};
 use namespace_provisioner::auth::{DEFAULT_TENANT, Tokens};
-use namespace_provisioner::cli::{KubeArgs, LogArgs, PolicyArgs};
+use namespace_provisioner::cli::{self, KubeArgs, LogArgs, PolicyArgs};
 use namespace_provisioner::k8s;
 use namespace_provisioner::params::{NamePrefix, ServerUrl};
 use namespace_provisioner::provision::{Provisioner, ProvisionerConfig};
@@ -206,6 +206,7 @@ async fn serve(args: Args, state: AppState) -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", args.internal_listen))?;
     info!(api = %public.local_addr()?, internal = %internal.local_addr()?, "provisioner listening");
 
+    let stop = cli::shutdown_signal().context("install signal handlers")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -219,7 +220,7 @@ async fn serve(args: Args, state: AppState) -> anyhow::Result<()> {
 
     tokio::select! {
         result = &mut servers => { result.context("serve HTTP")?; return Ok(()); }
-        () = shutdown_signal() => info!("shutting down; finishing in-flight requests"),
+        () = stop => info!("shutting down; finishing in-flight requests"),
     }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(args.shutdown_timeout, servers).await {
@@ -229,24 +230,6 @@ async fn serve(args: Args, state: AppState) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
 }
 
 #[cfg(test)]
@@ -261,15 +244,9 @@ mod tests {
     /// docs/cli/provisioner.txt is generated: `NP_UPDATE_DOCS=1 cargo test --bin provisioner`.
     #[test]
     fn help_is_documented() {
-        // Env values hidden: the document must not depend on the shell it is made in.
-        let help = Args::command()
-            .term_width(100)
-            .mut_args(|a| a.hide_env_values(true))
-            .render_long_help()
-            .to_string();
+        let help = cli::reference_help(Args::command());
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli/provisioner.txt");
         if std::env::var_os("NP_UPDATE_DOCS").is_some() {
-            std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli")).unwrap();
             std::fs::write(path, &help).unwrap();
         }
         let documented = std::fs::read_to_string(path).unwrap_or_default();
@@ -281,11 +258,6 @@ mod tests {
 
     #[test]
     fn every_flag_has_an_env_var() {
-        for arg in Args::command().get_arguments() {
-            if ["help", "version"].contains(&arg.get_id().as_str()) {
-                continue;
-            }
-            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
-        }
+        assert_eq!(cli::flags_without_env(&Args::command()), Vec::<String>::new());
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use namespace_provisioner::cli::{OutputFormat, ReaperArgs, ReaperMode};
+use namespace_provisioner::cli::{self, OutputFormat, ReaperArgs, ReaperMode};
 use namespace_provisioner::reaper::{self, watch};
 use tracing::error;
 
@@ -64,40 +64,22 @@ async fn run(args: ReaperArgs) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(metrics_addr)
                 .await
                 .with_context(|| format!("listen on --metrics-addr {metrics_addr}"))?;
-            let signals = shutdown_signal()?;
+            let signals = cli::shutdown_signal().context("install signal handlers")?;
             watch::watch(client, config, listener, signals).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
-    use namespace_provisioner::cli::ReaperArgs;
+    use namespace_provisioner::cli::{self, ReaperArgs};
 
     /// docs/cli/reaper.txt is generated: `NP_UPDATE_DOCS=1 cargo test --bin reaper`.
     #[test]
     fn help_is_documented() {
-        // Env values hidden: the document must not depend on the shell it is made in.
-        let help = ReaperArgs::command()
-            .term_width(100)
-            .mut_args(|a| a.hide_env_values(true))
-            .render_long_help()
-            .to_string();
+        let help = cli::reference_help(ReaperArgs::command());
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli/reaper.txt");
         if std::env::var_os("NP_UPDATE_DOCS").is_some() {
             std::fs::write(path, &help).unwrap();
@@ -111,11 +93,9 @@ mod tests {
 
     #[test]
     fn every_flag_has_an_env_var() {
-        for arg in ReaperArgs::command().get_arguments() {
-            if ["help", "version"].contains(&arg.get_id().as_str()) {
-                continue;
-            }
-            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
-        }
+        assert_eq!(
+            cli::flags_without_env(&ReaperArgs::command()),
+            Vec::<String>::new()
+        );
     }
 }

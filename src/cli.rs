@@ -413,6 +413,38 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// Resolves on the first SIGTERM or SIGINT: how both binaries learn to stop.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// A binary's `--help` as the generated reference in `docs/cli/` holds it:
+/// fixed width, env values hidden so it does not depend on the shell.
+pub fn reference_help(command: clap::Command) -> String {
+    command
+        .term_width(100)
+        .mut_args(|a| a.hide_env_values(true))
+        .render_long_help()
+        .to_string()
+}
+
+/// Flags that cannot be set from the environment (there should be none).
+pub fn flags_without_env(command: &clap::Command) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter(|a| !["help", "version"].contains(&a.get_id().as_str()) && a.get_env().is_none())
+        .map(|a| a.get_id().to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,16 +50,7 @@ pub async fn list_all<K>(api: &Api<K>, selector: &str, page_size: u32) -> Result
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let mut items = Vec::new();
-    let mut params = ListParams::default().labels(selector).limit(page_size);
-    loop {
-        let page = api.list(&params).await?;
-        items.extend(page.items);
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(items),
-        }
-    }
+    list_all_map(api, selector, page_size, |object| object).await
 }
 
 /// Like [`list_all`], but turns each object into `T` as its page arrives, so

@@ -81,6 +81,22 @@ pub fn cluster_bin() -> PathBuf {
             "`go build` of tests/cluster failed ({status}); see the output above"
         );
         std::fs::rename(&tmp, &out).expect("move the built harness into place");
+        // Binaries of older sources are never used again (160 MB each).
+        for entry in std::fs::read_dir(out.parent().unwrap())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name.starts_with("np-cluster-") && path != out && !name.contains(".tmp") {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         out
     })
     .clone()
