@@ -154,18 +154,7 @@ pub async fn apply_contents(client: &Client, set: &DesiredSet) -> Result<(), App
 /// Delete a Namespace, only if it is still the object with `uid` (a namespace
 /// recreated under the same name is left alone). Kubernetes deletes its contents.
 pub async fn delete_namespace(client: &Client, name: &str, uid: &str) -> Result<(), kube::Error> {
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        }),
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .delete(name, &params)
-        .await
-        .map(|_| ())
+    delete_namespace_if(client, name, uid, None).await
 }
 
 /// Delete a Namespace only if it is still exactly the object we looked at:
@@ -177,10 +166,19 @@ pub async fn delete_namespace_unchanged(
     uid: &str,
     resource_version: &str,
 ) -> Result<(), kube::Error> {
+    delete_namespace_if(client, name, uid, Some(resource_version)).await
+}
+
+async fn delete_namespace_if(
+    client: &Client,
+    name: &str,
+    uid: &str,
+    resource_version: Option<&str>,
+) -> Result<(), kube::Error> {
     let params = DeleteParams {
         preconditions: Some(Preconditions {
             uid: Some(uid.to_owned()),
-            resource_version: Some(resource_version.to_owned()),
+            resource_version: resource_version.map(str::to_owned),
         }),
         propagation_policy: Some(PropagationPolicy::Background),
         ..DeleteParams::default()

@@ -539,12 +539,7 @@ async fn forbidden_role_binding_rolls_back_the_namespace() {
         )
         .await
         .unwrap();
-    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
-        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        verbs: verbs.iter().map(|s| s.to_string()).collect(),
-        ..PolicyRule::default()
-    };
+    let rule = support::rule;
     let role = unique("np-limited");
     Api::<ClusterRole>::all(admin.clone())
         .create(

@@ -1012,12 +1012,7 @@ async fn a_failing_set_does_not_stop_the_others_and_the_exit_status_says_so() {
         )
         .await
         .unwrap();
-    let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
-        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        verbs: verbs.iter().map(|s| s.to_string()).collect(),
-        ..PolicyRule::default()
-    };
+    let rule = support::rule;
     let subject = Subject {
         kind: "ServiceAccount".to_owned(),
         name: "reaper".to_owned(),
