@@ -18,18 +18,7 @@ use kube::{Client, ResourceExt};
 use support::{admin, cluster, kubectl, service_account_kubeconfig, temp_file, unique};
 
 async fn create_namespace(client: &Client, name: &str) -> Namespace {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some([("np-test".to_owned(), "harness".to_owned())].into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap()
+    support::create_namespace(client, name, &[("np-test", "harness")]).await
 }
 
 #[tokio::test]

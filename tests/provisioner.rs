@@ -14,7 +14,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use futures::StreamExt;
-use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
@@ -61,20 +60,7 @@ impl World {
     ) -> World {
         let admin = admin().await;
         let grant = unique("np-grant");
-        Api::<ClusterRole>::all(admin.clone())
-            .create(
-                &PostParams::default(),
-                &ClusterRole {
-                    metadata: ObjectMeta {
-                        name: Some(grant.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    rules: Some(grant_rules),
-                    ..ClusterRole::default()
-                },
-            )
-            .await
-            .unwrap();
+        support::create_cluster_role(&admin, &grant, grant_rules).await;
         let selector_key = "np-test.example.com/provisioner".to_owned();
         let selector_value = unique("t");
         let config = ProvisionerConfig {
@@ -107,25 +93,8 @@ impl World {
     }
 
     async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> Answer {
-        let mut request = axum::http::Request::builder().method(method).uri(uri);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let request = request
-            .body(Body::from(body.unwrap_or_default().to_owned()))
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Answer {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        }
+        let request = support::request(method, uri, token, body).map(Body::from);
+        support::answer(self.app.clone().oneshot(request).await.unwrap()).await
     }
 
     /// Create through the compat call; returns (name, kubeconfig YAML).
@@ -324,27 +293,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let world = World::new(None).await;
     let (alices, _) = world.create(ALICE, "").await;
     let unmanaged = unique("np-unmanaged");
-    Api::<Namespace>::all(world.admin.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(unmanaged.clone()),
-                    // Looks expired, lacks the selector: not ours.
-                    labels: Some(
-                        [
-                            (EXPIRY.to_owned(), "1".to_owned()),
-                            (TENANT.to_owned(), "bob".to_owned()),
-                        ]
-                        .into(),
-                    ),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .unwrap();
+    // Looks expired, lacks the selector: not ours.
+    support::create_namespace(&world.admin, &unmanaged, &[(EXPIRY, "1"), (TENANT, "bob")]).await;
     let snapshot = |nss: Vec<Namespace>| {
         nss.iter()
             .map(|n| (n.name_any(), n.resource_version()))
@@ -513,19 +463,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
 async fn forbidden_role_binding_rolls_back_the_namespace() {
     let admin = admin().await;
     let home = unique("np-limited");
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(home.clone()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_namespace(&admin, &home, &[]).await;
     Api::<ServiceAccount>::namespaced(admin.clone(), &home)
         .create(
             &PostParams::default(),
@@ -541,33 +479,25 @@ async fn forbidden_role_binding_rolls_back_the_namespace() {
         .unwrap();
     let rule = support::rule;
     let role = unique("np-limited");
-    Api::<ClusterRole>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &ClusterRole {
-                metadata: ObjectMeta {
-                    name: Some(role.clone()),
-                    ..ObjectMeta::default()
-                },
-                rules: Some(vec![
-                    rule(
-                        &[""],
-                        &["namespaces"],
-                        &["create", "get", "list", "delete", "patch"],
-                    ),
-                    rule(&[""], &["serviceaccounts"], &["create", "get", "patch"]),
-                    rule(&[""], &["serviceaccounts/token"], &["create"]),
-                    rule(
-                        &["rbac.authorization.k8s.io"],
-                        &["rolebindings"],
-                        &["create", "get", "patch"],
-                    ),
-                ]),
-                ..ClusterRole::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_cluster_role(
+        &admin,
+        &role,
+        vec![
+            rule(
+                &[""],
+                &["namespaces"],
+                &["create", "get", "list", "delete", "patch"],
+            ),
+            rule(&[""], &["serviceaccounts"], &["create", "get", "patch"]),
+            rule(&[""], &["serviceaccounts/token"], &["create"]),
+            rule(
+                &["rbac.authorization.k8s.io"],
+                &["rolebindings"],
+                &["create", "get", "patch"],
+            ),
+        ],
+    )
+    .await;
     Api::<ClusterRoleBinding>::all(admin.clone())
         .create(
             &PostParams::default(),

@@ -175,19 +175,7 @@ async fn run() {
     let cluster = support::cluster();
     let admin = cluster.client().await;
     let grant = support::unique("np-bench-grant");
-    Api::<ClusterRole>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &ClusterRole {
-                metadata: ObjectMeta {
-                    name: Some(grant.clone()),
-                    ..ObjectMeta::default()
-                },
-                ..ClusterRole::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_cluster_role(&admin, &grant, Vec::new()).await;
     let prov_value = support::unique("prov");
     let bare_value = support::unique("bare");
     let port = support::free_port();

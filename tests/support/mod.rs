@@ -388,25 +388,25 @@ impl Answer {
     }
 }
 
-/// One HTTP/1.1 request over a real socket.
-pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client as HttpClient;
-    use hyper_util::rt::TokioExecutor;
-    let client: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
+/// A request as the API's callers send it: optional bearer token, JSON body.
+pub fn request(method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> http::Request<String> {
+    let mut request = http::Request::builder().method(method).uri(uri);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
     if body.is_some() {
         request = request.header("content-type", "application/json");
     }
-    let request = request
-        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default().to_owned())))
-        .unwrap();
-    let response = client.request(request).await.expect("HTTP request");
+    request.body(body.unwrap_or_default().to_owned()).unwrap()
+}
+
+/// Collect a response, whichever transport carried it.
+pub async fn answer<B>(response: http::Response<B>) -> Answer
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -415,6 +415,66 @@ pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, bod
         headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     }
+}
+
+/// One HTTP/1.1 request over a real socket.
+pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
+    let request = request(method, &format!("http://{addr}{path}"), token, body).map(|b| Full::new(b.into()));
+    answer(client.request(request).await.expect("HTTP request")).await
+}
+
+/// Create a Namespace named `name` with `labels`.
+pub async fn create_namespace(
+    client: &Client,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> k8s_openapi::api::core::v1::Namespace {
+    use k8s_openapi::api::core::v1::Namespace;
+    let labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Create a ClusterRole named `name` with `rules`.
+pub async fn create_cluster_role(
+    client: &Client,
+    name: &str,
+    rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+) {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    Api::<ClusterRole>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                },
+                rules: Some(rules),
+                ..ClusterRole::default()
+            },
+        )
+        .await
+        .unwrap();
 }
 
 /// A free loopback port (bound and released).
