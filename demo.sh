@@ -57,7 +57,7 @@ else
     need go "install Go >= 1.24 (the control plane is built from the k8s.io/kubernetes module)"
     say "building the local control plane (first time only, several minutes)"
     mkdir -p target/cluster
-    (cd tests/cluster && GOTOOLCHAIN=${GOTOOLCHAIN:-auto} go build -trimpath -ldflags=-s -w -o "$CLUSTER.tmp$$" .)
+    (cd tests/cluster && GOTOOLCHAIN=${GOTOOLCHAIN:-auto} go build -trimpath -ldflags='-s -w' -o "$CLUSTER.tmp$$" .)
     mv "$CLUSTER.tmp$$" "$CLUSTER"
   fi
 fi
