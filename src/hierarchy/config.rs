@@ -89,6 +89,8 @@ pub enum ConfigError {
         "resources[{index}] ({what}) sets mode {mode:?}, but Roles and RoleBindings are always Propagate; remove the entry"
     )]
     Enforced { index: usize, what: String, mode: Mode },
+    #[error("resources[{index}] gives apiVersion {api_version:?} and also group or version; give one form")]
+    ApiVersionAndGroup { index: usize, api_version: String },
     #[error("stripMetadata {field}[{index}] is empty; give a key or a prefix ending in '/'")]
     EmptyStripKey { field: &'static str, index: usize },
 }
@@ -105,12 +107,12 @@ struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {
-    #[serde(default)]
-    group: String,
-    /// Accepted for readability (`apps/v1`); discovery picks the preferred version.
-    #[serde(default)]
-    #[allow(dead_code)]
+    group: Option<String>,
+    /// Accepted for readability; discovery picks the served version.
     version: Option<String>,
+    /// `group/version` in one field (`networking.k8s.io/v1`, `v1`), instead of group + version.
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
     kind: Option<String>,
     resource: Option<String>,
     #[serde(default)]
@@ -311,8 +313,17 @@ fn rules(entries: Vec<Entry>) -> Result<Vec<Rule>, ConfigError> {
                 });
             }
         };
+        let group = match (entry.api_version, entry.group, entry.version) {
+            (Some(api_version), None, None) => api_version
+                .rsplit_once('/')
+                .map_or(String::new(), |(group, _)| group.to_string()),
+            (Some(api_version), _, _) => {
+                return Err(ConfigError::ApiVersionAndGroup { index, api_version });
+            }
+            (None, group, _) => group.unwrap_or_default(),
+        };
         let rule = Rule {
-            group: entry.group,
+            group,
             name,
             mode: entry.mode,
         };
@@ -430,6 +441,8 @@ mod tests {
              - resource: secrets\n\
              - group: networking.k8s.io\n  version: v1\n  kind: NetworkPolicy\n  mode: AllowPropagate\n\
              - kind: ConfigMap\n  mode: Remove\n\
+             - apiVersion: batch/v1\n  kind: CronJob\n  mode: AllowPropagate\n\
+             - apiVersion: v1\n  kind: ResourceQuota\n\
              - group: example.com\n  resource: widgets\n  mode: Ignore\n",
         );
         assert_eq!(
@@ -458,7 +471,15 @@ mod tests {
             Mode::Ignore,
             "group must match"
         );
-        assert_eq!(config.listed().count(), 4);
+        assert_eq!(
+            config.mode(&KindId::new("batch", "CronJob", "cronjobs")),
+            Mode::AllowPropagate
+        );
+        assert_eq!(
+            config.mode(&KindId::new("", "ResourceQuota", "resourcequotas")),
+            Mode::Propagate
+        );
+        assert_eq!(config.listed().count(), 6);
     }
 
     #[test]
@@ -514,6 +535,10 @@ mod tests {
             (
                 "stripMetadata:\n  labels: ['']\n",
                 "stripMetadata labels[0] is empty",
+            ),
+            (
+                "resources:\n- apiVersion: apps/v1\n  group: apps\n  kind: Deployment\n",
+                "resources[0] gives apiVersion \"apps/v1\" and also group or version",
             ),
             ("stripMetadata:\n  annotation: []\n", "unknown field `annotation`"),
         ];

@@ -354,30 +354,49 @@ pub struct Slot<'a> {
     pub existing: Option<&'a Value>,
 }
 
+/// Whether one source propagates to one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// It propagates there.
+    Propagate,
+    /// The mode or its exceptions leave this destination out (or the object is a copy).
+    NotSelected,
+    /// It never propagates anywhere.
+    Never(NeverReason),
+    /// Its exception annotations are invalid; it propagates nowhere until fixed.
+    Invalid(ExceptionError),
+}
+
+/// Decides one source for one destination: mode, built-in exclusions, then the exceptions.
+pub fn decide(source: &Value, mode: Mode, destination_labels: &BTreeMap<String, String>) -> Decision {
+    if !matches!(mode, Mode::Propagate | Mode::AllowPropagate) || is_copy(source) {
+        return Decision::NotSelected;
+    }
+    if let Some(reason) = never_propagated(source) {
+        return Decision::Never(reason);
+    }
+    match Exceptions::from_annotations(&annotations(source)).allows(mode, destination_labels) {
+        Ok(true) => Decision::Propagate,
+        Ok(false) => Decision::NotSelected,
+        Err(error) => Decision::Invalid(error),
+    }
+}
+
 /// The source that propagates to the destination: the top-most ancestor's, skipping sources
 /// that are copies, never propagated, or excluded by their exceptions (HNC's
 /// `getTopSourceToPropagate`).
 fn winner<'a>(slot: &Slot<'a>, skipped: &mut Vec<Skip>) -> Option<Source<'a>> {
-    if !matches!(slot.mode, Mode::Propagate | Mode::AllowPropagate) {
-        return None;
-    }
     for source in slot.sources {
-        if is_copy(source.object) {
-            continue;
-        }
-        if let Some(reason) = never_propagated(source.object) {
-            skipped.push(Skip::Never {
-                source_namespace: source.namespace.into(),
+        let source_namespace = source.namespace.to_string();
+        match decide(source.object, slot.mode, slot.destination_labels) {
+            Decision::Propagate => return Some(*source),
+            Decision::NotSelected => {}
+            Decision::Never(reason) => skipped.push(Skip::Never {
+                source_namespace,
                 reason,
-            });
-            continue;
-        }
-        let exceptions = Exceptions::from_annotations(&annotations(source.object));
-        match exceptions.allows(slot.mode, slot.destination_labels) {
-            Ok(true) => return Some(*source),
-            Ok(false) => {}
-            Err(error) => skipped.push(Skip::Exception {
-                source_namespace: source.namespace.into(),
+            }),
+            Decision::Invalid(error) => skipped.push(Skip::Exception {
+                source_namespace,
                 error,
             }),
         }
@@ -388,7 +407,8 @@ fn winner<'a>(slot: &Slot<'a>, skipped: &mut Vec<Skip>) -> Option<Source<'a>> {
 /// Plans one (destination, kind, name).
 pub fn plan_object(slot: &Slot<'_>) -> ObjectPlan {
     let mut skipped = Vec::new();
-    if slot.mode == Mode::Ignore {
+    // Ignore touches nothing; an object being deleted is left to finish (as HNC does).
+    if slot.mode == Mode::Ignore || slot.existing.is_some_and(is_terminating) {
         return ObjectPlan {
             plan: CopyPlan::Nothing,
             skipped,
@@ -420,6 +440,10 @@ fn plan_existing(slot: &Slot<'_>, chosen: Option<Source<'_>>, existing: &Value) 
     }
 }
 
+fn is_terminating(object: &Value) -> bool {
+    metadata(object).is_some_and(|meta| meta.get("deletionTimestamp").is_some_and(|t| !t.is_null()))
+}
+
 fn delete_reason(slot: &Slot<'_>) -> DeleteReason {
     if slot.mode == Mode::Remove {
         DeleteReason::ModeRemove
@@ -439,7 +463,7 @@ fn refresh(slot: &Slot<'_>, source: Source<'_>, existing: &Value) -> CopyPlan {
         return CopyPlan::InSync;
     }
     let existing_uid = uid(existing).unwrap_or("").to_string();
-    if let Some(reason) = recreate_reason(existing, source.object, content_changed) {
+    if let Some(reason) = recreate_reason(existing, source.object) {
         return CopyPlan::Recreate {
             uid: existing_uid,
             copy: want,
@@ -463,7 +487,9 @@ fn our_metadata(object: &Value) -> [Option<String>; 4] {
     ]
 }
 
-fn recreate_reason(existing: &Value, source: &Value, content_changed: bool) -> Option<RecreateReason> {
+/// Fields the API server will not change in place. Labels and annotations of an immutable
+/// ConfigMap/Secret can still be updated, so only its body counts.
+fn recreate_reason(existing: &Value, source: &Value) -> Option<RecreateReason> {
     let field = |object: &Value, key: &str| object.get(key).cloned();
     match group_kind(existing) {
         ("rbac.authorization.k8s.io", "RoleBinding")
@@ -475,12 +501,26 @@ fn recreate_reason(existing: &Value, source: &Value, content_changed: bool) -> O
             Some(RecreateReason::SecretTypeChanged)
         }
         ("", "ConfigMap" | "Secret")
-            if content_changed && existing.get("immutable") == Some(&Value::Bool(true)) =>
+            if existing.get("immutable") == Some(&Value::Bool(true)) && body(existing) != body(source) =>
         {
             Some(RecreateReason::Immutable)
         }
         _ => None,
     }
+}
+
+/// Everything but metadata and status.
+fn body(object: &Value) -> Vec<(&String, &Value)> {
+    let mut fields: Vec<(&String, &Value)> = object
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status"))
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    fields
 }
 
 fn with_resource_version(mut copy: Value, existing: &Value) -> Value {

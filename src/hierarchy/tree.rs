@@ -202,6 +202,30 @@ impl Forest {
         }
         labels
     }
+
+    /// The tree-label change an observed namespace needs; `None` while it is halted (a ring has
+    /// no right answer, so its labels stay as they are until an administrator fixes the parents).
+    pub fn tree_label_changes(&self, namespace: &ObservedNamespace) -> Option<TreeLabelDiff> {
+        if self.is_halted(&namespace.name) {
+            return None;
+        }
+        let desired = self.desired_tree_labels(&namespace.name);
+        Some(tree_label_diff(&desired, &namespace.labels))
+    }
+
+    /// The tree labels a new child of `parent` is created with: itself at 0, the parent at 1 and
+    /// each of the parent's ancestors at its distance. (The parent gets its own `0` label from
+    /// the reaper once it has a child.)
+    pub fn new_child_tree_labels(&self, parent: &str, child: &str) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert(keys::tree_label(child), "0".to_string());
+        let mut chain = self.ancestors(parent);
+        chain.push(parent);
+        for (distance, ancestor) in chain.iter().rev().enumerate() {
+            labels.insert(keys::tree_label(ancestor), (distance + 1).to_string());
+        }
+        labels
+    }
 }
 
 /// What to change in a namespace's tree labels. Only keys with the tree suffix are ever ours.
@@ -238,21 +262,33 @@ pub fn tree_label_diff(
     TreeLabelDiff { set, remove }
 }
 
-/// Refusal of a child that would be too deep.
+/// Refusal of a child where the tree does not allow one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a child of {parent:?} would be at depth {depth}, deeper than the maximum {max_depth}")]
-pub struct DepthError {
-    pub parent: String,
-    pub depth: usize,
-    pub max_depth: usize,
+pub enum DepthError {
+    #[error("a child of {parent:?} would be at depth {depth}, deeper than the maximum {max_depth}")]
+    TooDeep {
+        parent: String,
+        depth: usize,
+        max_depth: usize,
+    },
+    #[error(
+        "{parent:?} is in a cycle of parent labels (or below one); fix the {label} labels first",
+        label = keys::PARENT_LABEL
+    )]
+    ParentInCycle { parent: String },
 }
 
 /// The depth a new child of `parent` would have (a root's child is at 1), refused above
 /// `max_depth`.
 pub fn check_child_depth(forest: &Forest, parent: &str, max_depth: usize) -> Result<usize, DepthError> {
+    if forest.is_halted(parent) {
+        return Err(DepthError::ParentInCycle {
+            parent: parent.into(),
+        });
+    }
     let depth = forest.depth(parent) + 1;
     if depth > max_depth {
-        return Err(DepthError {
+        return Err(DepthError::TooDeep {
             parent: parent.into(),
             depth,
             max_depth,
@@ -354,6 +390,29 @@ impl ParentPolicy {
     pub fn effective_max_ttl(&self, provisioner_max: Duration) -> Duration {
         self.max_ttl
             .map_or(provisioner_max, |max| max.min(provisioner_max))
+    }
+}
+
+/// Refusal of a child beyond a parent's `max-children`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parent {parent:?} already has {live} live children, its maximum ({max}, annotation {key})", key = keys::MAX_CHILDREN_ANNOTATION)]
+pub struct TooManyChildren {
+    pub parent: String,
+    pub live: usize,
+    pub max: u32,
+}
+
+impl ParentPolicy {
+    /// Whether a parent with `live` children may get another.
+    pub fn check_children(&self, parent: &str, live: usize) -> Result<(), TooManyChildren> {
+        match self.max_children {
+            Some(max) if live >= max as usize => Err(TooManyChildren {
+                parent: parent.into(),
+                live,
+                max,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -593,6 +593,22 @@ fn immutable_config_maps_and_secrets_are_recreated_on_change() {
         }
     ));
 
+    // only labels changed on the source: an immutable copy's metadata can be updated in place
+    let relabelled = label(source.clone(), "team", "a");
+    assert!(matches!(
+        plan(
+            Mode::Propagate,
+            &[Source {
+                namespace: "parent",
+                object: &relabelled
+            }],
+            Some(&existing),
+            &labels
+        )
+        .plan,
+        CopyPlan::Update { .. }
+    ));
+
     let secret = |t: &str, immutable: bool| json!({"apiVersion": "v1", "kind": "Secret", "type": t, "immutable": immutable, "metadata": {"name": "s", "uid": "sec"}, "data": {"k": "dg=="}});
     let first = secret("Opaque", true);
     let existing = stored(
@@ -970,5 +986,54 @@ fn detached_namespace_loses_its_copies() {
             uid: "copy".into(),
             reason: DeleteReason::SourceGone
         })
+    );
+}
+
+#[test]
+fn decide_one_source_for_one_destination() {
+    let labels = child_labels();
+    let plain = config_map("parent", "settings", "src", "v");
+    assert_eq!(decide(&plain, Mode::Propagate, &labels), Decision::Propagate);
+    assert_eq!(
+        decide(&plain, Mode::AllowPropagate, &labels),
+        Decision::NotSelected
+    );
+    assert_eq!(decide(&plain, Mode::Remove, &labels), Decision::NotSelected);
+    assert_eq!(decide(&plain, Mode::Ignore, &labels), Decision::NotSelected);
+    let copy = label(plain.clone(), keys::INHERITED_FROM_LABEL, "org");
+    assert_eq!(decide(&copy, Mode::Propagate, &labels), Decision::NotSelected);
+    let root_ca = config_map("parent", "kube-root-ca.crt", "ca", "pem");
+    assert_eq!(
+        decide(&root_ca, Mode::Propagate, &labels),
+        Decision::Never(NeverReason::CaBundle)
+    );
+    let bad = annotate(plain, keys::NONE_ANNOTATION, "maybe");
+    assert!(matches!(
+        decide(&bad, Mode::Propagate, &labels),
+        Decision::Invalid(ExceptionError::NotBoolean { .. })
+    ));
+}
+
+#[test]
+fn terminating_copy_is_left_to_finish() {
+    let labels = child_labels();
+    let source = config_map("parent", "settings", "src-1", "v1");
+    let sources = [Source {
+        namespace: "parent",
+        object: &source,
+    }];
+    let mut existing = stored(
+        &created(&plan(Mode::Propagate, &sources, None, &labels)),
+        "copy-1",
+    );
+    existing["data"]["key"] = json!("edited");
+    existing["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:00Z");
+    assert_eq!(
+        plan(Mode::Propagate, &sources, Some(&existing), &labels).plan,
+        CopyPlan::Nothing
+    );
+    assert_eq!(
+        plan(Mode::Propagate, &[], Some(&existing), &labels).plan,
+        CopyPlan::Nothing
     );
 }

@@ -152,7 +152,7 @@ fn depth_limit() {
     let err = check_child_depth(&f, "dev", 2);
     assert_eq!(
         err,
-        Err(DepthError {
+        Err(DepthError::TooDeep {
             parent: "dev".into(),
             depth: 3,
             max_depth: 2
@@ -282,4 +282,75 @@ fn parent_policy_refusals_say_what_to_write() {
             "{key}={value:?}: {message}"
         );
     }
+}
+
+#[test]
+fn no_child_under_a_cycle() {
+    let f = forest(&[("a", Some("b")), ("b", Some("a"))]);
+    assert_eq!(
+        check_child_depth(&f, "a", 10),
+        Err(DepthError::ParentInCycle { parent: "a".into() })
+    );
+}
+
+#[test]
+fn tree_label_changes_leave_halted_namespaces_alone() {
+    let mut a = ns("a", Some("b"));
+    a.labels.insert(keys::tree_label("a"), "0".into());
+    let b = ns("b", Some("a"));
+    let mut dev = ns("dev", None);
+    dev.labels.insert(keys::tree_label("gone"), "1".into());
+    let f = Forest::build([&a, &b, &dev]);
+    assert_eq!(f.tree_label_changes(&a), None);
+    let detach = f.tree_label_changes(&dev).unwrap_or_default();
+    assert!(detach.set.is_empty());
+    assert_eq!(detach.remove.len(), 1);
+}
+
+#[test]
+fn new_child_labels_before_the_child_exists() {
+    let f = three_levels();
+    assert_eq!(
+        f.new_child_tree_labels("team", "new"),
+        map(&[
+            ("new.tree.controller.observatorium.io/depth", "0"),
+            ("team.tree.controller.observatorium.io/depth", "1"),
+            ("org.tree.controller.observatorium.io/depth", "2"),
+        ])
+    );
+    // first child of a namespace in no tree yet
+    assert_eq!(
+        f.new_child_tree_labels("alone", "first"),
+        map(&[
+            ("first.tree.controller.observatorium.io/depth", "0"),
+            ("alone.tree.controller.observatorium.io/depth", "1"),
+        ])
+    );
+}
+
+#[test]
+fn max_children() {
+    let annotations = map(&[
+        (keys::ALLOWED_TENANTS_ANNOTATION, "*"),
+        (keys::MAX_CHILDREN_ANNOTATION, "2"),
+    ]);
+    let Ok(Some(policy)) = parent_policy(&annotations) else {
+        unreachable!()
+    };
+    assert_eq!(policy.check_children("p", 1), Ok(()));
+    let err = policy.check_children("p", 2);
+    assert_eq!(
+        err,
+        Err(TooManyChildren {
+            parent: "p".into(),
+            live: 2,
+            max: 2
+        })
+    );
+    assert!(
+        err.err()
+            .is_some_and(|e| e.to_string().contains("its maximum (2"))
+    );
+    let unlimited = parent_policy(&map(&[(keys::ALLOWED_TENANTS_ANNOTATION, "*")]));
+    assert!(matches!(unlimited, Ok(Some(p)) if p.check_children("p", 1000).is_ok()));
 }
