@@ -1,5 +1,5 @@
 //! HNC's per-object exceptions, under our prefix: `select`, `treeSelect`, `none`, `all`
-//! (see [`keys`](super::keys)). Parsed once per source object, evaluated per destination. No I/O.
+//! (see [`super::keys`]). Parsed once per source object, evaluated per destination. No I/O.
 //!
 //! Evaluation follows HNC's `selectors.ShouldPropagate` step by step, because the order decides
 //! which error is reported and when a later annotation is never looked at:

@@ -12,10 +12,12 @@
 //!   nothing there is changed until an administrator fixes a label. Every namespace in a tree
 //!   carries `<ancestor>.tree.controller.observatorium.io/depth=<n>` labels for itself (0) and
 //!   each ancestor, so selectors and NetworkPolicies can address a subtree;
-//!   [`tree::tree_label_diff`] says which to set and remove, touching no other label.
+//!   [`tree::Forest::tree_label_changes`] says which to set and remove, touching no other label
+//!   (and nothing in a halted namespace).
 //! * **Parents** are namespaces with [`keys::ALLOWED_TENANTS_ANNOTATION`];
 //!   [`tree::parent_policy`] reads it with the optional max-ttl / max-children ceilings.
-//!   [`tree::check_child_depth`] and [`tree::child_expiry`] are the create-time checks;
+//!   [`tree::check_child_depth`], [`tree::ParentPolicy::check_children`] and
+//!   [`tree::child_expiry`] are the create-time checks;
 //!   [`tree::cascade`] decides a child's fate when its parent is gone, terminating or recreated
 //!   (managed children are reaped, full namespaces only detached).
 //! * **Modes** ([`config`]): one YAML file (`--propagation-config`) gives each kind a
@@ -26,7 +28,8 @@
 //!   under `propagate.controller.observatorium.io/`, evaluated in HNC's order; `select` uses the
 //!   Kubernetes selector grammar ([`selector`]) and kube's own matcher.
 //! * **Propagation** ([`propagation`]): for one destination, kind and name,
-//!   [`propagation::plan_object`] picks the top-most ancestor's source that may propagate there,
+//!   [`propagation::plan_object`] picks the top-most ancestor's source that may propagate there
+//!   ([`propagation::decide`] answers for one source),
 //!   proves whether an existing object is our copy (source uid or intact content hash), and
 //!   returns a [`propagation::CopyPlan`]: create, update, recreate (RoleBinding roleRef,
 //!   immutable ConfigMap/Secret, Secret type), delete, in sync, or a conflict / forged copy to
@@ -35,18 +38,19 @@
 //! # How the binaries use it (the I/O is not built yet; see NOTES-issue-11.md)
 //!
 //! * **Reaper**, each `--once` run or watch event: list namespaces → `Forest::build`; for each
-//!   namespace in a tree and not halted, patch the [`tree::tree_label_diff`]; resolve the config's
+//!   namespace, patch its [`tree::Forest::tree_label_changes`]; resolve the config's
 //!   kinds through discovery; for each kind whose mode is not `Ignore`, list its objects in tree
 //!   namespaces, then for each namespace call [`propagation::plan_kind`] with its ancestors'
 //!   objects (top-most first, from `Forest::ancestors`) and its own, and execute the plans
 //!   (one write per needed change; `InSync` writes nothing; `Delete`/`Recreate` with a uid
 //!   precondition). Report conflicts, forged copies and skips (deduplicated per source).
 //!   Cascade with [`tree::cascade`] under the existing deletion caps and dry-run.
-//! * **Provisioner**, create with a parent: read the parent's [`tree::parent_policy`] (not a
-//!   parent → refuse; tenant not allowed → 403), check depth and expiry, create the child with
-//!   the parent label, parent-uid annotation and its tree labels (`desired_tree_labels` of a
-//!   forest that includes it), then execute `plan_kind` for every propagated kind before
-//!   answering, so the copies exist when the kubeconfig is handed out.
+//! * **Provisioner**, create with a parent: get the parent and walk up its parent labels (a
+//!   [`tree::Forest`] built from that chain alone is enough); read the parent's
+//!   [`tree::parent_policy`] (not a parent → refuse; tenant not allowed → 403), check depth,
+//!   children and expiry, create the child with the parent label, parent-uid annotation and
+//!   [`tree::Forest::new_child_tree_labels`], then execute `plan_kind` for every propagated kind
+//!   before answering, so the copies exist when the kubeconfig is handed out.
 
 pub mod config;
 pub mod exceptions;
