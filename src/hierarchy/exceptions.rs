@@ -52,6 +52,18 @@ pub enum ExceptionError {
     NotBoolean { key: &'static str, value: String },
 }
 
+impl ExceptionError {
+    /// Stable name for reports and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExceptionError::Select { .. } => "invalid-select",
+            ExceptionError::TreeSelectName { .. } => "invalid-tree-select-name",
+            ExceptionError::TreeSelectPositives { .. } => "tree-select-positives",
+            ExceptionError::NotBoolean { .. } => "invalid-boolean",
+        }
+    }
+}
+
 /// The exception annotations of one source object, each parsed (or failed) up front.
 #[derive(Debug, Clone)]
 pub struct Exceptions {

@@ -213,8 +213,11 @@ pub struct Source<'a> {
 /// labels and annotations added. No ownerReferences, finalizers, status, managedFields, uid,
 /// resourceVersion, timestamps, generation, selfLink or GitOps metadata survive.
 pub fn build_copy(source: Source<'_>, destination: &str, strip: &StripRules) -> Value {
+    copy_with_hash(source, destination, strip, content_hash(source.object, strip))
+}
+
+fn copy_with_hash(source: Source<'_>, destination: &str, strip: &StripRules, hash: String) -> Value {
     let mut copy = canonical(source.object, strip);
-    let hash = content_hash(source.object, strip);
     if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("namespace".into(), Value::String(destination.into()));
         if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
@@ -260,10 +263,13 @@ pub fn ownership(existing: &Value, sources: &[Source<'_>], strip: &StripRules) -
     let uid_matches = sources
         .iter()
         .any(|s| s.namespace == claimed && uid(s.object) == Some(source_uid.as_str()));
-    let intact = annotations
-        .get(keys::SOURCE_HASH_ANNOTATION)
-        .is_some_and(|hash| *hash == content_hash(existing, strip));
-    if uid_matches || intact {
+    // Hashing is the costlier proof; only needed when the source is gone or was recreated.
+    let intact = || {
+        annotations
+            .get(keys::SOURCE_HASH_ANNOTATION)
+            .is_some_and(|hash| *hash == content_hash(existing, strip))
+    };
+    if uid_matches || intact() {
         Ownership::Ours
     } else {
         Ownership::Forged {
@@ -284,6 +290,16 @@ pub enum Skip {
         source_namespace: String,
         error: ExceptionError,
     },
+}
+
+impl Skip {
+    /// Stable name for reports and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Skip::Never { reason, .. } => reason.as_str(),
+            Skip::Exception { error, .. } => error.kind(),
+        }
+    }
 }
 
 /// Why a copy is deleted.
@@ -331,6 +347,33 @@ pub enum CopyPlan {
     Conflict { source_namespace: String },
     /// An object claims to be a copy but is not provably ours: never touched; report.
     Forged { claimed_source: String },
+}
+
+impl CopyPlan {
+    /// Stable name for reports and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CopyPlan::Nothing => "nothing",
+            CopyPlan::InSync => "in-sync",
+            CopyPlan::Create { .. } => "create",
+            CopyPlan::Update { .. } => "update",
+            CopyPlan::Recreate { .. } => "recreate",
+            CopyPlan::Delete { .. } => "delete",
+            CopyPlan::Conflict { .. } => "conflict",
+            CopyPlan::Forged { .. } => "forged",
+        }
+    }
+
+    /// Whether executing it writes to the API server.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            CopyPlan::Create { .. }
+                | CopyPlan::Update { .. }
+                | CopyPlan::Recreate { .. }
+                | CopyPlan::Delete { .. }
+        )
+    }
 }
 
 /// The plan for one name plus the skips seen while choosing its source.
@@ -456,12 +499,18 @@ fn delete_reason(slot: &Slot<'_>) -> DeleteReason {
 
 /// Our copy exists and a source wins: in sync, update, or recreate.
 fn refresh(slot: &Slot<'_>, source: Source<'_>, existing: &Value) -> CopyPlan {
-    let want = build_copy(source, slot.destination, slot.strip);
     let source_hash = content_hash(source.object, slot.strip);
-    let content_changed = content_hash(existing, slot.strip) != source_hash;
-    if !content_changed && our_metadata(existing) == our_metadata(&want) {
+    let expected_marks = [
+        Some(source.namespace.to_string()),
+        Some(keys::MANAGED_BY_VALUE.to_string()),
+        Some(uid(source.object).unwrap_or("").to_string()),
+        Some(source_hash.clone()),
+    ];
+    // The steady state: decided without building a copy.
+    if our_metadata(existing) == expected_marks && content_hash(existing, slot.strip) == source_hash {
         return CopyPlan::InSync;
     }
+    let want = copy_with_hash(source, slot.destination, slot.strip, source_hash);
     let existing_uid = uid(existing).unwrap_or("").to_string();
     if let Some(reason) = recreate_reason(existing, source.object) {
         return CopyPlan::Recreate {

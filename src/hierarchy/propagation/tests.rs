@@ -1037,3 +1037,126 @@ fn terminating_copy_is_left_to_finish() {
         CopyPlan::Nothing
     );
 }
+
+/// What the executor would leave behind for a plan, as the API server would return it.
+fn execute(plan: &CopyPlan, existing: Option<&Value>) -> Option<Value> {
+    match plan {
+        CopyPlan::Create { copy } | CopyPlan::Recreate { copy, .. } => Some(stored(copy, "new-copy")),
+        CopyPlan::Update { copy } => Some(stored(copy, uid(existing?).unwrap_or(""))),
+        CopyPlan::Delete { .. } => None,
+        _ => existing.cloned(),
+    }
+}
+
+#[test]
+fn plans_converge_and_a_second_run_writes_nothing() {
+    let labels = dest_labels(&["child", "parent", "org"]);
+    let strip = StripRules::default();
+    let v1 = config_map("parent", "settings", "src-1", "v1");
+    let v2 = config_map("parent", "settings", "src-1", "v2");
+    let recreated = config_map("parent", "settings", "src-9", "v1");
+    let org = config_map("org", "settings", "org-1", "o");
+    let rb_view = role_binding("parent", "rb", "view");
+    let rb_edit = role_binding("parent", "rb", "edit");
+    let mut frozen = config_map("parent", "settings", "src-1", "v1");
+    frozen["immutable"] = json!(true);
+    let mut frozen2 = frozen.clone();
+    frozen2["data"]["key"] = json!("v2");
+    let excluded = annotate(v1.clone(), keys::TREE_SELECT_ANNOTATION, "!child");
+    // (before, after): the copy written for `before` must reach a stable state for `after`
+    let cases: Vec<(Vec<(&str, &Value)>, Vec<(&str, &Value)>)> = vec![
+        (vec![("parent", &v1)], vec![("parent", &v2)]),
+        (vec![("parent", &v1)], vec![("parent", &recreated)]),
+        (vec![("parent", &v1)], vec![("org", &org), ("parent", &v1)]),
+        (vec![("parent", &rb_view)], vec![("parent", &rb_edit)]),
+        (vec![("parent", &frozen)], vec![("parent", &frozen2)]),
+        (vec![("parent", &v1)], vec![("parent", &excluded)]),
+        (vec![("parent", &v1)], vec![]),
+        (vec![], vec![("parent", &v1)]),
+    ];
+    for (before, after) in cases {
+        let to_sources = |list: &[(&'static str, &Value)]| -> Vec<Value> {
+            list.iter().map(|(_, o)| (*o).clone()).collect()
+        };
+        let before_objects = to_sources(&before);
+        let before_sources: Vec<Source<'_>> = before
+            .iter()
+            .zip(&before_objects)
+            .map(|((ns, _), object)| Source {
+                namespace: ns,
+                object,
+            })
+            .collect();
+        let first = plan_object(&Slot {
+            mode: Mode::Propagate,
+            strip: &strip,
+            destination: "child",
+            destination_labels: &labels,
+            sources: &before_sources,
+            existing: None,
+        });
+        let mut existing = execute(&first.plan, None);
+
+        let after_objects = to_sources(&after);
+        let after_sources: Vec<Source<'_>> = after
+            .iter()
+            .zip(&after_objects)
+            .map(|((ns, _), object)| Source {
+                namespace: ns,
+                object,
+            })
+            .collect();
+        let mut writes = 0;
+        for _ in 0..3 {
+            let planned = plan_object(&Slot {
+                mode: Mode::Propagate,
+                strip: &strip,
+                destination: "child",
+                destination_labels: &labels,
+                sources: &after_sources,
+                existing: existing.as_ref(),
+            });
+            if planned.plan.writes() {
+                writes += 1;
+            }
+            existing = execute(&planned.plan, existing.as_ref());
+        }
+        assert!(writes <= 1, "one write per needed change: {after:?}");
+        let last = plan_object(&Slot {
+            mode: Mode::Propagate,
+            strip: &strip,
+            destination: "child",
+            destination_labels: &labels,
+            sources: &after_sources,
+            existing: existing.as_ref(),
+        });
+        assert!(
+            matches!(last.plan, CopyPlan::InSync | CopyPlan::Nothing),
+            "{after:?}: {:?}",
+            last.plan
+        );
+    }
+}
+
+#[test]
+fn stable_kinds_for_reports() {
+    assert_eq!(CopyPlan::InSync.kind(), "in-sync");
+    assert!(
+        !CopyPlan::Conflict {
+            source_namespace: "p".into()
+        }
+        .writes()
+    );
+    assert!(
+        CopyPlan::Delete {
+            uid: "u".into(),
+            reason: DeleteReason::SourceGone
+        }
+        .writes()
+    );
+    let skip = Skip::Never {
+        source_namespace: "p".into(),
+        reason: NeverReason::Finalizers,
+    };
+    assert_eq!(skip.kind(), "finalizers");
+}
