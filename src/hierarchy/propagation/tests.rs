@@ -1063,80 +1063,51 @@ fn plans_converge_and_a_second_run_writes_nothing() {
     let mut frozen2 = frozen.clone();
     frozen2["data"]["key"] = json!("v2");
     let excluded = annotate(v1.clone(), keys::TREE_SELECT_ANNOTATION, "!child");
+    let src = |namespace, object| Source { namespace, object };
     // (before, after): the copy written for `before` must reach a stable state for `after`
-    let cases: Vec<(Vec<(&str, &Value)>, Vec<(&str, &Value)>)> = vec![
-        (vec![("parent", &v1)], vec![("parent", &v2)]),
-        (vec![("parent", &v1)], vec![("parent", &recreated)]),
-        (vec![("parent", &v1)], vec![("org", &org), ("parent", &v1)]),
-        (vec![("parent", &rb_view)], vec![("parent", &rb_edit)]),
-        (vec![("parent", &frozen)], vec![("parent", &frozen2)]),
-        (vec![("parent", &v1)], vec![("parent", &excluded)]),
-        (vec![("parent", &v1)], vec![]),
-        (vec![], vec![("parent", &v1)]),
+    let cases: Vec<Case<'_>> = vec![
+        (vec![src("parent", &v1)], vec![src("parent", &v2)]),
+        (vec![src("parent", &v1)], vec![src("parent", &recreated)]),
+        (
+            vec![src("parent", &v1)],
+            vec![src("org", &org), src("parent", &v1)],
+        ),
+        (vec![src("parent", &rb_view)], vec![src("parent", &rb_edit)]),
+        (vec![src("parent", &frozen)], vec![src("parent", &frozen2)]),
+        (vec![src("parent", &v1)], vec![src("parent", &excluded)]),
+        (vec![src("parent", &v1)], vec![]),
+        (vec![], vec![src("parent", &v1)]),
     ];
-    for (before, after) in cases {
-        let to_sources = |list: &[(&'static str, &Value)]| -> Vec<Value> {
-            list.iter().map(|(_, o)| (*o).clone()).collect()
-        };
-        let before_objects = to_sources(&before);
-        let before_sources: Vec<Source<'_>> = before
-            .iter()
-            .zip(&before_objects)
-            .map(|((ns, _), object)| Source {
-                namespace: ns,
-                object,
-            })
-            .collect();
-        let first = plan_object(&Slot {
+    let run = |sources: &[Source<'_>], existing: Option<&Value>| {
+        plan_object(&Slot {
             mode: Mode::Propagate,
             strip: &strip,
             destination: "child",
             destination_labels: &labels,
-            sources: &before_sources,
-            existing: None,
-        });
-        let mut existing = execute(&first.plan, None);
-
-        let after_objects = to_sources(&after);
-        let after_sources: Vec<Source<'_>> = after
-            .iter()
-            .zip(&after_objects)
-            .map(|((ns, _), object)| Source {
-                namespace: ns,
-                object,
-            })
-            .collect();
+            sources,
+            existing,
+        })
+        .plan
+    };
+    for (before, after) in cases {
+        let mut existing = execute(&run(&before, None), None);
         let mut writes = 0;
         for _ in 0..3 {
-            let planned = plan_object(&Slot {
-                mode: Mode::Propagate,
-                strip: &strip,
-                destination: "child",
-                destination_labels: &labels,
-                sources: &after_sources,
-                existing: existing.as_ref(),
-            });
-            if planned.plan.writes() {
-                writes += 1;
-            }
-            existing = execute(&planned.plan, existing.as_ref());
+            let planned = run(&after, existing.as_ref());
+            writes += usize::from(planned.writes());
+            existing = execute(&planned, existing.as_ref());
         }
         assert!(writes <= 1, "one write per needed change: {after:?}");
-        let last = plan_object(&Slot {
-            mode: Mode::Propagate,
-            strip: &strip,
-            destination: "child",
-            destination_labels: &labels,
-            sources: &after_sources,
-            existing: existing.as_ref(),
-        });
+        let last = run(&after, existing.as_ref());
         assert!(
-            matches!(last.plan, CopyPlan::InSync | CopyPlan::Nothing),
-            "{after:?}: {:?}",
-            last.plan
+            matches!(last, CopyPlan::InSync | CopyPlan::Nothing),
+            "{after:?}: {last:?}"
         );
     }
 }
+
+/// (sources before, sources after) of one convergence case.
+type Case<'a> = (Vec<Source<'a>>, Vec<Source<'a>>);
 
 #[test]
 fn stable_kinds_for_reports() {
