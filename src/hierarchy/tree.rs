@@ -16,6 +16,18 @@ pub struct ObservedNamespace {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl From<&k8s_openapi::api::core::v1::Namespace> for ObservedNamespace {
+    fn from(namespace: &k8s_openapi::api::core::v1::Namespace) -> Self {
+        let meta = &namespace.metadata;
+        Self {
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl ObservedNamespace {
     /// The parent named by [`keys::PARENT_LABEL`], if any (an empty value is no parent).
     pub fn parent_label(&self) -> Option<&str> {

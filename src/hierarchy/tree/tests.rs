@@ -354,3 +354,31 @@ fn max_children() {
     let unlimited = parent_policy(&map(&[(keys::ALLOWED_TENANTS_ANNOTATION, "*")]));
     assert!(matches!(unlimited, Ok(Some(p)) if p.check_children("p", 1000).is_ok()));
 }
+
+#[test]
+fn observed_from_a_namespace_object() {
+    let namespace: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": "dev",
+            "uid": "u-dev",
+            "labels": {(keys::PARENT_LABEL): "team"},
+            "annotations": {(keys::PARENT_UID_ANNOTATION): "u-team"},
+        }
+    }))
+    .unwrap();
+    let observed = ObservedNamespace::from(&namespace);
+    assert_eq!(observed.name, "dev");
+    assert_eq!(observed.uid, "u-dev");
+    assert_eq!(observed.parent_label(), Some("team"));
+    assert_eq!(
+        observed
+            .annotations
+            .get(keys::PARENT_UID_ANNOTATION)
+            .map(String::as_str),
+        Some("u-team")
+    );
+    assert_eq!(
+        ObservedNamespace::from(&k8s_openapi::api::core::v1::Namespace::default()).parent_label(),
+        None
+    );
+}
