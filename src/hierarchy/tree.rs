@@ -182,14 +182,21 @@ impl Forest {
         self.ancestors(name).len()
     }
 
-    /// Every namespace below, breadth first (children before grandchildren), names sorted per level.
+    /// Every namespace below, breadth first (children before grandchildren), names sorted per
+    /// level. In a ring each member is listed once (the walk stops where it started).
     pub fn descendants(&self, name: &str) -> Vec<&str> {
+        let mut seen: BTreeSet<&str> = BTreeSet::from([name]);
         let mut out: Vec<&str> = Vec::new();
-        let mut level: Vec<&str> = self.children(name).collect();
+        let mut level: Vec<&str> = self.children(name).filter(|c| seen.insert(c)).collect();
         while !level.is_empty() {
             out.extend(&level);
-            level = level.iter().flat_map(|child| self.children(child)).collect();
-            level.sort_unstable();
+            let mut next: Vec<&str> = level
+                .iter()
+                .flat_map(|child| self.children(child))
+                .filter(|c| seen.insert(c))
+                .collect();
+            next.sort_unstable();
+            level = next;
         }
         out
     }

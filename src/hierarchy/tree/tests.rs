@@ -141,6 +141,9 @@ fn cycles_are_reported_and_halted_with_their_subtrees() {
         assert!(f.desired_tree_labels(halted).is_empty());
     }
     assert!(!f.is_halted("fine-child"));
+    // walking down a ring ends
+    assert_eq!(f.descendants("a"), vec!["b", "under"]);
+    assert!(f.descendants("self").is_empty());
     assert_eq!(f.ancestors("fine-child"), vec!["fine"]);
 }
 
