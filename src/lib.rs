@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod desired;
+pub mod hierarchy;
 pub mod k8s;
 pub mod kubeconfig;
 pub mod labels;
