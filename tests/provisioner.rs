@@ -859,6 +859,7 @@ async fn real_binary_serves_and_refuses_to_start_without_a_token() {
             ("NP_KUBECONFIG", cluster().kubeconfig.to_str().unwrap()),
             ("NP_SELECTOR", &world.selector()),
             ("NP_CLUSTER_ROLE", &world.grant),
+            ("NP_COUNT_LIVE_NAMESPACES", "true"),
         ],
     );
     let internal_addr = format!("127.0.0.1:{internal}");

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::params::TenantName;
+use crate::rules::params::TenantName;
 
 /// The authenticated tenant making the request.
 #[derive(Debug, Clone)]

@@ -25,10 +25,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
+use namespace_provisioner::clock::system_clock;
 use namespace_provisioner::desired::{SetConfig, desired_set};
 use namespace_provisioner::k8s;
 use namespace_provisioner::params::{Expiry, Selector, TenantName};
-use namespace_provisioner::provision::system_clock;
 use namespace_provisioner::reaper::plan::PlanConfig;
 use namespace_provisioner::reaper::watch::{LeaseConfig, WatchConfig};
 use namespace_provisioner::reaper::{self, SweepConfig};
@@ -178,7 +178,7 @@ async fn create_sets(
                 // A running watcher may complete the set first: same objects.
                 let created = |r: Result<(), kube::Error>| match r {
                     Ok(()) => {}
-                    Err(e) if k8s::status_code(&e) == Some(409) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => panic!("create in {ns}: {e}"),
                 };
                 created(
