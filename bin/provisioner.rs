@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
-    if let Err(e) = args.log.init() {
+    if let Err(e) = args.shared.log.init() {
         eprintln!("provisioner: {}", chain(&e));
         return ExitCode::from(2);
     }
@@ -43,14 +43,8 @@ mod tests {
     fn help_is_documented() {
         let command = ProvisionerArgs::command();
         assert_eq!(cli::flags_without_env(&command), Vec::<String>::new());
-        let help = cli::reference_help(command);
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli/provisioner.txt");
-        if std::env::var_os("NP_UPDATE_DOCS").is_some() {
-            std::fs::write(path, &help).unwrap();
-        }
-        let documented = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
-            documented == help,
+            cli::reference_is_current(command, "docs/cli/provisioner.txt").unwrap(),
             "docs/cli/provisioner.txt is stale: NP_UPDATE_DOCS=1 cargo test --bin provisioner"
         );
     }

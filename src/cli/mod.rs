@@ -20,6 +20,20 @@ use crate::rules::desired::SetConfig;
 use crate::rules::labels::DEFAULT_SELECTOR;
 use crate::rules::params::{Selector, TtlPolicy, TtlPolicyError};
 
+/// The flags both binaries take, flattened into each so they agree on
+/// names, environment variables and defaults.
+#[derive(Debug, Clone, Args)]
+pub struct SharedArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
 /// What a managed set is and how long it may live.
 #[derive(Debug, Clone, Args)]
 pub struct PolicyArgs {
@@ -92,8 +106,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--role-rules-file {path} is not a YAML/JSON list of PolicyRules: {reason}")]
-    ParseRules { path: String, reason: String },
+    #[error("--role-rules-file {path} is not a YAML/JSON list of PolicyRules")]
+    ParseRules {
+        path: String,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
     #[error("--role-rules-file {path} holds no rules")]
     NoRules { path: String },
 }
@@ -125,10 +143,11 @@ fn read_rules(path: &std::path::Path) -> Result<Vec<PolicyRule>, ConfigError> {
         path: shown.clone(),
         source,
     })?;
-    let rules: Vec<PolicyRule> = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::ParseRules {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
+    let rules: Vec<PolicyRule> =
+        serde_yaml_ng::from_str(&text).map_err(|source| ConfigError::ParseRules {
+            path: shown.clone(),
+            source,
+        })?;
     if rules.is_empty() {
         return Err(ConfigError::NoRules { path: shown });
     }
@@ -201,6 +220,18 @@ pub fn reference_help(command: clap::Command) -> String {
         .to_string()
 }
 
+/// Whether the generated reference at `path` (relative to the repository)
+/// matches `command`'s help; with `NP_UPDATE_DOCS` set, rewrite it first.
+/// Each binary's test calls this.
+pub fn reference_is_current(command: clap::Command, path: &str) -> std::io::Result<bool> {
+    let help = reference_help(command);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    if std::env::var_os("NP_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &help)?;
+    }
+    Ok(std::fs::read_to_string(&path).unwrap_or_default() == help)
+}
+
 /// Flags that cannot be set from the environment (there should be none).
 pub fn flags_without_env(command: &clap::Command) -> Vec<String> {
     command
@@ -227,22 +258,18 @@ mod tests {
     #[derive(Parser)]
     struct Both {
         #[command(flatten)]
-        policy: PolicyArgs,
-        #[command(flatten)]
-        kube: KubeArgs,
-        #[command(flatten)]
-        log: LogArgs,
+        shared: SharedArgs,
     }
 
     #[test]
     fn defaults_match_the_design() {
         let args = Both::try_parse_from(["x"]).unwrap();
-        assert_eq!(args.policy.selector.to_string(), DEFAULT_SELECTOR);
-        assert_eq!(args.policy.cluster_role, "namespace-provisioner-grant");
-        let policy = args.policy.ttl_policy().unwrap();
+        assert_eq!(args.shared.policy.selector.to_string(), DEFAULT_SELECTOR);
+        assert_eq!(args.shared.policy.cluster_role, "namespace-provisioner-grant");
+        let policy = args.shared.policy.ttl_policy().unwrap();
         assert_eq!(policy.default_ttl(), Duration::from_secs(3600));
         assert_eq!(policy.max(), Duration::from_secs(3600));
-        assert_eq!(args.kube.page_size, 500);
+        assert_eq!(args.shared.kube.page_size, 500);
     }
 
     #[test]
@@ -263,7 +290,7 @@ mod tests {
             .to_string();
         assert!(err.contains("--page-size"), "{err}");
         let args = Both::try_parse_from(["x", "--ttl", "2h", "--max-ttl", "1h"]).unwrap();
-        assert!(args.policy.ttl_policy().is_err());
+        assert!(args.shared.policy.ttl_policy().is_err());
     }
 
     #[test]
@@ -276,13 +303,13 @@ mod tests {
         )
         .unwrap();
         let args = Both::try_parse_from(["x", "--role-rules-file", good.to_str().unwrap()]).unwrap();
-        let set = args.policy.set_config().unwrap();
+        let set = args.shared.policy.set_config().unwrap();
         assert_eq!(set.role_rules.unwrap()[0].verbs, vec!["get"]);
         let empty = dir.path().join("empty.yaml");
         std::fs::write(&empty, "[]").unwrap();
         let args = Both::try_parse_from(["x", "--role-rules-file", empty.to_str().unwrap()]).unwrap();
         assert!(matches!(
-            args.policy.set_config(),
+            args.shared.policy.set_config(),
             Err(ConfigError::NoRules { .. })
         ));
     }

@@ -12,7 +12,7 @@ use clap::Parser;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::{ConfigError, KubeArgs, LogArgs, PolicyArgs, shutdown_signal};
+use super::{ConfigError, SharedArgs, shutdown_signal};
 use crate::api::serve::{self, ServeConfig, ServeError};
 use crate::api::{AppState, Metrics};
 use crate::k8s::{self, ClientError};
@@ -82,13 +82,7 @@ pub struct ProvisionerArgs {
     pub shutdown_timeout: Duration,
 
     #[command(flatten)]
-    pub policy: PolicyArgs,
-
-    #[command(flatten)]
-    pub kube: KubeArgs,
-
-    #[command(flatten)]
-    pub log: LogArgs,
+    pub shared: SharedArgs,
 }
 
 #[derive(Debug, Error)]
@@ -191,9 +185,9 @@ fn ca_pem(path: Option<&Path>, kube_config: &kube::Config) -> Result<Option<Vec<
 /// or through the Lambda runtime when `AWS_LAMBDA_RUNTIME_API` is set.
 pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
     let tokens = load_tokens(&args)?;
-    let set = args.policy.set_config()?;
-    let ttl = args.policy.ttl_policy()?;
-    let kube_config = args.kube.config().await?;
+    let set = args.shared.policy.set_config()?;
+    let ttl = args.shared.policy.ttl_policy()?;
+    let kube_config = args.shared.kube.config().await?;
     let metrics = Arc::new(Metrics::default());
     let counter = metrics.clone();
     let client = k8s::counted_client(kube_config.clone(), move |method| {
@@ -214,7 +208,7 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
         server,
         ca_pem: ca_pem(args.certificate_authority.as_deref(), &kube_config)?,
         max_namespaces_per_tenant: args.max_namespaces_per_tenant,
-        page_size: args.kube.page_size,
+        page_size: args.shared.kube.page_size,
     };
     let mut state = AppState::with_metrics(Provisioner::new(client, config), tokens, metrics)
         .map_err(RunError::DefaultTenant)?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 use thiserror::Error;
 
-use super::{ConfigError, KubeArgs, LogArgs, PolicyArgs, shutdown_signal};
+use super::{ConfigError, SharedArgs, shutdown_signal};
 use crate::k8s::ClientError;
 use crate::reaper::plan::PlanConfig;
 use crate::reaper::watch::{self, LeaseConfig, LeaseConfigError, WatchConfig, WatchError};
@@ -108,13 +108,7 @@ pub struct ReaperArgs {
     pub lease: LeaseArgs,
 
     #[command(flatten)]
-    pub policy: PolicyArgs,
-
-    #[command(flatten)]
-    pub kube: KubeArgs,
-
-    #[command(flatten)]
-    pub log: LogArgs,
+    pub shared: SharedArgs,
 }
 
 /// Leader election and the internal listener, for --watch.
@@ -167,8 +161,8 @@ const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/ser
 
 impl ReaperArgs {
     pub fn mode(&self) -> Result<ReaperMode, ReaperArgsError> {
-        let set = self.policy.set_config()?;
-        let max_ttl = self.policy.ttl_policy()?.max();
+        let set = self.shared.policy.set_config()?;
+        let max_ttl = self.shared.policy.ttl_policy()?.max();
         let identity = self.lease.lease_identity.clone().unwrap_or_else(|| {
             default_identity(
                 std::env::var("POD_NAME")
@@ -198,7 +192,7 @@ impl ReaperArgs {
                         max_ttl,
                         max_deletions: None,
                     },
-                    page_size: self.kube.page_size,
+                    page_size: self.shared.kube.page_size,
                     concurrency: self.concurrency,
                     lease,
                 },
@@ -211,7 +205,7 @@ impl ReaperArgs {
                 max_ttl,
                 max_deletions: self.max_deletions.0,
             },
-            page_size: self.kube.page_size,
+            page_size: self.shared.kube.page_size,
             concurrency: usize::from(self.concurrency),
             dry_run: self.dry_run,
             instance: identity,
@@ -279,7 +273,7 @@ pub enum RunError {
 /// on stdout) or watch until SIGTERM/SIGINT.
 pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
     let mode = args.mode()?;
-    let client = args.kube.client().await?;
+    let client = args.shared.kube.client().await?;
     match mode {
         ReaperMode::Sweep(config) => {
             let report = reaper::run(&client, &config).await?;

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::execute::{Executor, Outcome};
+use super::execute::{ExecuteError, Executor, Outcome};
 use super::metrics::{self, InFlight, Metrics};
 use super::plan::{self, PlanConfig};
 use super::{ReaperError, observe_namespace};
@@ -105,12 +105,12 @@ pub enum WatchError {
 pub enum ReconcileError {
     #[error(transparent)]
     Observe(#[from] ReaperError),
-    #[error("{failed} write(s) for namespace {namespace} failed, first: {first}")]
+    #[error("{failed} write(s) for namespace {namespace} failed, the first")]
     Execute {
         namespace: String,
         failed: usize,
-        first: String,
-        kind: &'static str,
+        #[source]
+        first: ExecuteError,
     },
 }
 
@@ -119,7 +119,7 @@ impl ReconcileError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Observe(e) => e.kind(),
-            Self::Execute { kind, .. } => kind,
+            Self::Execute { first, .. } => first.kind(),
         }
     }
 }
@@ -363,15 +363,15 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     debug!(namespace = %name, action = set.action.name(), "reconcile");
     let outcome = context.executor.execute_set(&set).await;
     context.metrics.record(&set, &outcome, system_clock_f64());
-    if let Outcome::Failed { errors, .. } = &outcome
-        && let Some(first) = errors.first()
-    {
-        return Err(ReconcileError::Execute {
-            namespace: name,
-            failed: errors.len(),
-            first: chain(first),
-            kind: first.kind(),
-        });
+    if let Outcome::Failed { errors, .. } = outcome {
+        let failed = errors.len();
+        if let Some(first) = errors.into_iter().next() {
+            return Err(ReconcileError::Execute {
+                namespace: name,
+                failed,
+                first,
+            });
+        }
     }
     Ok(requeue_at(set.action.next_look(), now_f))
 }
