@@ -1,5 +1,6 @@
 //! Extractors that turn requests into typed input, answering bad input with
 //! the same problem+json shape as every other error (never axum's plain text).
+//! Authentication is checked here (against [`crate::rules::auth`]). No I/O.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header;
