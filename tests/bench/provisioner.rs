@@ -180,23 +180,24 @@ async fn run() {
     let bare_value = support::unique("bare");
     let port = support::free_port();
     let internal_port = support::free_port();
-    let mut process = support::Process::start(
+    let mut process = support::Process::spawn(
+        "provisioner",
         env!("CARGO_BIN_EXE_provisioner"),
         &[],
         &[
-            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal_port}")),
-            ("NP_TOKEN", TOKEN),
-            ("NP_KUBECONFIG", cluster.kubeconfig.to_str().unwrap()),
-            ("NP_SELECTOR", &format!("{SELECTOR_KEY}={prov_value}")),
-            ("NP_CLUSTER_ROLE", &grant),
-            ("NP_LOG", "warn"),
+            ("NP_LISTEN", format!("127.0.0.1:{port}")),
+            ("NP_INTERNAL_LISTEN", format!("127.0.0.1:{internal_port}")),
+            ("NP_TOKEN", TOKEN.to_owned()),
+            ("NP_KUBECONFIG", cluster.kubeconfig.display().to_string()),
+            ("NP_SELECTOR", format!("{SELECTOR_KEY}={prov_value}")),
+            ("NP_CLUSTER_ROLE", grant.clone()),
+            ("NP_LOG", "warn".to_owned()),
         ],
     );
     let addr = format!("127.0.0.1:{port}");
     let internal = format!("127.0.0.1:{internal_port}");
     support::wait_http_ok(&internal, "/readyz", &mut process).await;
-    let pid = process.child.id();
+    let pid = process.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = status_kib(pid, "VmRSS");
 
@@ -234,7 +235,7 @@ async fn run() {
         loaded_rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0
     );
-    let (status, _) = process.terminate();
+    let (status, _) = process.terminate().await;
     assert!(status.success());
     delete_all(&admin, &format!("{SELECTOR_KEY}={prov_value}")).await;
     delete_all(&admin, &format!("{SELECTOR_KEY}={bare_value}")).await;
