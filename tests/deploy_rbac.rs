@@ -27,6 +27,7 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, P
 use kube::{Client, ResourceExt};
 use namespace_provisioner::labels::{EXPIRY_LABEL, OBJECT_NAME, TENANT_LABEL};
 use support::fixture::{TENANT, await_terminating};
+use support::process::start_provisioner;
 use support::{Fixture, eventually, now};
 
 // ---------------------------------------------------------------------------
@@ -55,30 +56,20 @@ async fn provisioner_least_privilege_is_sufficient() {
     let fx = deploy_support::fixture().await;
     let selector = fx.selector.to_string();
     let tokens = write_tokens("ci-a token-a-0123456789abcdef\nci-b token-b-0123456789abcdef\n");
-    let (port, internal) = (support::free_port(), support::free_port());
-    let addr = format!("127.0.0.1:{port}");
-    let internal_addr = format!("127.0.0.1:{internal}");
-    let mut provisioner = Running::spawn(
+    let served = start_provisioner(
         "provisioner",
-        Path::new(env!("CARGO_BIN_EXE_provisioner")),
         &[],
         &[
             ("NP_KUBECONFIG", identity.path().display().to_string()),
             ("NP_TOKEN_FILE", tokens.path().display().to_string()),
-            ("NP_LISTEN", addr.clone()),
-            ("NP_INTERNAL_LISTEN", internal_addr.clone()),
             ("NP_SELECTOR", selector.clone()),
             ("NP_TTL", "15m".into()),
             ("NP_MAX_TTL", "1h".into()),
         ],
-    );
-    wait_ok(
-        &internal_addr,
         "/readyz",
-        &mut provisioner,
-        Duration::from_secs(30),
     )
     .await;
+    let (addr, provisioner) = (served.addr, served.process);
     let a = Some("token-a-0123456789abcdef");
 
     // Compat create: a kubeconfig that works with kubectl.
@@ -154,17 +145,25 @@ async fn provisioner_least_privilege_is_sufficient() {
         );
     }
 
-    let log = provisioner.log();
-    assert!(
-        forbidden_lines(&log).is_empty(),
-        "the provisioner was refused something:\n{log}"
-    );
-    let (status, _) = provisioner.terminate().await;
-    assert!(status.success(), "provisioner exited with {status}");
+    stop_unrefused(provisioner).await;
     eprintln!(
         "provisioner as its ServiceAccount: create/list/get/extend/delete in {:?}",
         started.elapsed()
     );
+}
+
+/// Stop a binary that ran as its ServiceAccount: it was refused nothing, and
+/// it exits cleanly on SIGTERM.
+async fn stop_unrefused(process: Running) {
+    let log = process.log();
+    assert!(
+        forbidden_lines(&log).is_empty(),
+        "{} was refused something:\n{log}",
+        process.name
+    );
+    let name = process.name.clone();
+    let (status, _) = process.terminate().await;
+    assert!(status.success(), "{name} exited with {status}");
 }
 
 /// A complete set, made by the admin the way the provisioner makes it.
@@ -409,13 +408,7 @@ async fn reaper_watch_least_privilege_is_sufficient() {
     .await;
     await_terminating(admin.clone(), soon.clone(), Duration::from_secs(30)).await;
 
-    let log = reaper.log();
-    assert!(
-        forbidden_lines(&log).is_empty(),
-        "the reaper was refused something:\n{log}"
-    );
-    let (status, _) = reaper.terminate().await;
-    assert!(status.success(), "reaper --watch exited with {status}");
+    stop_unrefused(reaper).await;
     eprintln!(
         "reaper --watch as its ServiceAccount: lease, reap, repairs in {:?}",
         started.elapsed()
@@ -431,29 +424,19 @@ async fn role_rules_need_the_optional_rbac_and_it_suffices() {
     let selector = fx.selector.to_string();
     let rules =
         support::temp_file("- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get, list, create]\n");
-    let (port, internal) = (support::free_port(), support::free_port());
-    let addr = format!("127.0.0.1:{port}");
-    let internal_addr = format!("127.0.0.1:{internal}");
-    let mut provisioner = Running::spawn(
+    let served = start_provisioner(
         "provisioner --role-rules-file",
-        Path::new(env!("CARGO_BIN_EXE_provisioner")),
         &[],
         &[
             ("NP_KUBECONFIG", identity.path().display().to_string()),
             ("NP_TOKEN", "token-r-0123456789abcdef".into()),
-            ("NP_LISTEN", addr.clone()),
-            ("NP_INTERNAL_LISTEN", internal_addr.clone()),
             ("NP_SELECTOR", selector.clone()),
             ("NP_ROLE_RULES_FILE", rules.path().display().to_string()),
         ],
-    );
-    wait_ok(
-        &internal_addr,
         "/readyz",
-        &mut provisioner,
-        Duration::from_secs(30),
     )
     .await;
+    let (addr, provisioner) = (served.addr, served.process);
     let token = Some("token-r-0123456789abcdef");
     let ns_api = Api::<Namespace>::all(admin.clone());
     let live = || async {

@@ -24,6 +24,7 @@ use namespace_provisioner::api::{self, AppState};
 use namespace_provisioner::auth::Tokens;
 use namespace_provisioner::params::TtlPolicy;
 use namespace_provisioner::provision::{Provisioner, ProvisionerConfig};
+use support::process::start_provisioner;
 use support::{Answer, Fixture, admin, cluster, eventually, kubectl, now, temp_file, unique};
 use tower::ServiceExt;
 
@@ -715,25 +716,21 @@ async fn two_hundred_concurrent_creates_make_two_hundred_complete_sets() {
 async fn client_disconnects_leave_no_half_made_set() {
     use tokio::io::AsyncWriteExt;
     let svc = Service::new(None).await;
-    let port = support::free_port();
-    let internal = support::free_port();
     let token_file = temp_file(&format!("alice {ALICE}\n"));
-    let mut process = support::Process::spawn(
+    let served = start_provisioner(
         "provisioner",
-        env!("CARGO_BIN_EXE_provisioner"),
         &[],
         &[
-            ("NP_LISTEN", format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", format!("127.0.0.1:{internal}")),
             ("NP_TOKEN_FILE", token_file.path().display().to_string()),
             ("NP_KUBECONFIG", cluster().kubeconfig.display().to_string()),
             ("NP_SELECTOR", svc.fx.selector.to_string()),
             ("NP_CLUSTER_ROLE", svc.fx.set.cluster_role.clone()),
         ],
-    );
-    support::wait_http_ok(&format!("127.0.0.1:{internal}"), "/healthz", &mut process).await;
+        "/healthz",
+    )
+    .await;
     for delay_ms in [0u64, 1, 2, 5, 10, 20] {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(&served.addr).await.unwrap();
         let request = format!(
             "POST /api/v1/namespace?ttl=10m HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ALICE}\r\ncontent-length: 0\r\n\r\n"
         );
@@ -766,7 +763,7 @@ async fn client_disconnects_leave_no_half_made_set() {
         !svc.fx.managed().await.is_empty(),
         "no request reached the provisioner"
     );
-    let (status, log) = process.terminate().await;
+    let (status, log) = served.process.terminate().await;
     assert!(status.success(), "graceful shutdown failed: {status}\n{log}");
 }
 
@@ -799,24 +796,19 @@ async fn real_binary_serves_and_refuses_to_start_without_a_token() {
     );
 
     let svc = Service::new(None).await;
-    let port = support::free_port();
-    let internal = support::free_port();
-    let mut process = support::Process::spawn(
+    let served = start_provisioner(
         "provisioner",
-        env!("CARGO_BIN_EXE_provisioner"),
         &["--log-format".to_owned(), "json".to_owned()],
         &[
-            ("NP_LISTEN", format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", format!("127.0.0.1:{internal}")),
             ("NP_TOKEN", ALICE.to_owned()),
             ("NP_KUBECONFIG", cluster().kubeconfig.display().to_string()),
             ("NP_SELECTOR", svc.fx.selector.to_string()),
             ("NP_CLUSTER_ROLE", svc.fx.set.cluster_role.clone()),
         ],
-    );
-    let internal_addr = format!("127.0.0.1:{internal}");
-    support::wait_http_ok(&internal_addr, "/readyz", &mut process).await;
-    let addr = format!("127.0.0.1:{port}");
+        "/readyz",
+    )
+    .await;
+    let (addr, internal_addr) = (served.addr.clone(), served.internal.clone());
     let created = support::http(&addr, "POST", "/api/v1/namespace?ttl=5m", Some(ALICE), None).await;
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.headers["content-type"], "application/yaml");
@@ -855,7 +847,7 @@ async fn real_binary_serves_and_refuses_to_start_without_a_token() {
     )
     .await;
     assert_eq!(unauth.status, 401);
-    let (status, log) = process.terminate().await;
+    let (status, log) = served.process.terminate().await;
     assert!(status.success(), "{status}\n{log}");
     // JSON logs; no token of a caller's or of a kubeconfig's in them.
     assert!(log.lines().any(|l| l.contains("\"namespace created\"")), "{log}");
@@ -904,23 +896,19 @@ async fn api_server_down_is_503_with_retry_after() {
     let doomed = support::Cluster::start();
     let kubeconfig = temp_file(&std::fs::read_to_string(&doomed.kubeconfig).unwrap());
     doomed.stop();
-    let port = support::free_port();
-    let internal = support::free_port();
-    let mut process = support::Process::spawn(
+    let served = start_provisioner(
         "provisioner",
-        env!("CARGO_BIN_EXE_provisioner"),
         &[],
         &[
-            ("NP_LISTEN", format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", format!("127.0.0.1:{internal}")),
             ("NP_TOKEN", ALICE.to_owned()),
             ("NP_KUBECONFIG", kubeconfig.path().display().to_string()),
         ],
-    );
-    support::wait_http_ok(&format!("127.0.0.1:{internal}"), "/healthz", &mut process).await;
-    let ready = support::http(&format!("127.0.0.1:{internal}"), "GET", "/readyz", None, None).await;
+        "/healthz",
+    )
+    .await;
+    let ready = support::http(&served.internal, "GET", "/readyz", None, None).await;
     assert_eq!(ready.status, 503);
-    let addr = format!("127.0.0.1:{port}");
+    let addr = served.addr.clone();
     for (method, path) in [
         ("POST", "/api/v1/namespace"),
         ("GET", "/api/v1/namespaces"),
@@ -930,6 +918,6 @@ async fn api_server_down_is_503_with_retry_after() {
         assert_problem(&answer, 503, "unavailable");
         assert_eq!(answer.headers["retry-after"], "5");
     }
-    let (status, log) = process.terminate().await;
+    let (status, log) = served.process.terminate().await;
     assert!(status.success(), "{log}");
 }

@@ -29,20 +29,49 @@ use support::fixture::{await_terminating, is_terminating};
 use support::http::sample;
 use support::{Fixture, Process, eventually, metric, now, unique};
 
+/// Watch mode through the library, in this process, with its metrics on a
+/// port of its own.
+struct Watcher {
+    addr: String,
+    stop: futures::channel::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Watcher {
+    async fn start(fx: &Fixture, lease: &str, identity: &str) -> Watcher {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+        let task = tokio::spawn(
+            namespace_provisioner::reaper::watch::watch(
+                fx.client.clone(),
+                watch_config(fx, lease, identity),
+                listener,
+                stopped.map(drop),
+            )
+            .map(|done| done.map_err(|e| e.to_string())),
+        );
+        Watcher { addr, stop, task }
+    }
+
+    /// Graceful shutdown; it must end without error within 30 s.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("watch stopped within 30s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_deletes_at_expiry_within_a_second_and_repairs_on_change() {
     let fx = fixture(false).await;
     let client = fx.client.clone();
     let lease = unique("rp-lease");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
-    let watcher = tokio::spawn(namespace_provisioner::reaper::watch::watch(
-        client.clone(),
-        watch_config(&fx, &lease, "solo"),
-        listener,
-        stopped.map(drop),
-    ));
+    let watcher = Watcher::start(&fx, &lease, "solo").await;
+    let addr = watcher.addr.clone();
     eventually(Duration::from_secs(20), "the watcher to lead", || async {
         lease_holder(&client, &lease).await.as_deref() == Some("solo")
     })
@@ -135,12 +164,7 @@ async fn watch_deletes_at_expiry_within_a_second_and_repairs_on_change() {
     );
 
     // Graceful shutdown releases the Lease.
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), watcher)
-        .await
-        .expect("watch stopped within 30s")
-        .unwrap()
-        .unwrap();
+    watcher.stop().await;
     assert_eq!(lease_holder(&client, &lease).await, None);
 }
 
@@ -149,15 +173,8 @@ async fn watch_stops_acting_when_its_lease_is_taken() {
     let fx = fixture(false).await;
     let client = fx.client.clone();
     let lease = unique("rp-lease");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
-    let watcher = tokio::spawn(namespace_provisioner::reaper::watch::watch(
-        client.clone(),
-        watch_config(&fx, &lease, "deposed"),
-        listener,
-        stopped.map(drop),
-    ));
+    let watcher = Watcher::start(&fx, &lease, "deposed").await;
+    let addr = watcher.addr.clone();
     let leader_gauge = || metric(&addr, "namespace_provisioner_reaper_leader");
     eventually(Duration::from_secs(20), "the watcher to lead", || async {
         leader_gauge().await == Some(1.0)
@@ -204,12 +221,7 @@ async fn watch_stops_acting_when_its_lease_is_taken() {
     assert!(!is_terminating(&client, &expired).await);
     assert_eq!(leader_gauge().await, Some(0.0));
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), watcher)
-        .await
-        .expect("watch stopped within 30s")
-        .unwrap()
-        .unwrap();
+    watcher.stop().await;
     // Not ours, so not released.
     assert_eq!(lease_holder(&client, &lease).await.as_deref(), Some("usurper"));
     usurping.store(false, Ordering::SeqCst);

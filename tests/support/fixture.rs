@@ -201,21 +201,23 @@ impl Fixture {
     }
 
     /// Delete what this test made, by label (namespaces in the background).
+    /// A failed delete is reported on stderr, not raised: it runs in `drop`.
     pub fn cleanup(&self) {
         let kc = &cluster().kubeconfig;
-        for selector in [self.selector.to_label_selector(), self.owner_selector()] {
-            kubectl(kc, &["delete", "namespaces", "-l", &selector, "--wait=false"]);
+        let owner = self.owner_selector();
+        for (kinds, selector) in [
+            ("namespaces", self.selector.to_label_selector()),
+            ("namespaces", owner.clone()),
+            ("clusterroles,clusterrolebindings", owner),
+        ] {
+            let out = kubectl(kc, &["delete", kinds, "-l", &selector, "--wait=false"]);
+            if !out.status.success() {
+                eprintln!(
+                    "cleanup: kubectl delete {kinds} -l {selector} failed:\n{}",
+                    super::text(&out)
+                );
+            }
         }
-        kubectl(
-            kc,
-            &[
-                "delete",
-                "clusterroles,clusterrolebindings",
-                "-l",
-                &self.owner_selector(),
-                "--wait=false",
-            ],
-        );
     }
 }
 

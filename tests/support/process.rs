@@ -148,3 +148,36 @@ pub async fn wait_http_ok_within(addr: &str, path: &str, process: &mut Process, 
     })
     .await;
 }
+
+/// The provisioner binary serving on two free loopback ports.
+pub struct Provisioner {
+    pub process: Process,
+    /// The API listener (`NP_LISTEN`).
+    pub addr: String,
+    /// The internal listener: health, readiness, metrics (`NP_INTERNAL_LISTEN`).
+    pub internal: String,
+}
+
+/// Start the provisioner binary with `args` and `envs` plus its two
+/// listeners, and wait until `ready` (a path on the internal listener) answers 200.
+pub async fn start_provisioner(
+    name: &str,
+    args: &[String],
+    envs: &[(&str, String)],
+    ready: &str,
+) -> Provisioner {
+    let addr = format!("127.0.0.1:{}", super::free_port());
+    let internal = format!("127.0.0.1:{}", super::free_port());
+    let mut all = vec![
+        ("NP_LISTEN", addr.clone()),
+        ("NP_INTERNAL_LISTEN", internal.clone()),
+    ];
+    all.extend(envs.iter().cloned());
+    let mut process = Process::spawn(name, env!("CARGO_BIN_EXE_provisioner"), args, &all);
+    wait_http_ok(&internal, ready, &mut process).await;
+    Provisioner {
+        process,
+        addr,
+        internal,
+    }
+}
