@@ -35,19 +35,12 @@ async fn namespace_deletion_is_finalized_by_the_namespace_controller() {
     let name = ns.name_any();
     let api = Api::<Namespace>::all(client.clone());
     // Content, so the controller has something to finalize.
-    Api::<ConfigMap>::namespaced(client.clone(), &name)
-        .create(
-            &PostParams::default(),
-            &ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some("c".into()),
-                    ..ObjectMeta::default()
-                },
-                ..ConfigMap::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_named(
+        &Api::<ConfigMap>::namespaced(client.clone(), &name),
+        "c",
+        BTreeMap::new(),
+    )
+    .await;
     api.delete(&name, &DeleteParams::default()).await.unwrap();
     let terminating = api.get(&name).await.unwrap();
     assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));

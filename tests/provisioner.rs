@@ -18,7 +18,7 @@ use axum::body::Body;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, Subject};
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use namespace_provisioner::api::{self, AppState};
 use namespace_provisioner::auth::Tokens;
@@ -437,19 +437,12 @@ async fn forbidden_role_binding_rolls_back_the_namespace() {
     let infra = Fixture::new(SELECTOR_KEY).await;
     let admin = infra.client.clone();
     let home = infra.create_unmanaged("np-limited", BTreeMap::new()).await;
-    Api::<ServiceAccount>::namespaced(admin.clone(), &home)
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("limited".into()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_named(
+        &Api::<ServiceAccount>::namespaced(admin.clone(), &home),
+        "limited",
+        BTreeMap::new(),
+    )
+    .await;
     let rule = support::rule;
     let role = unique("np-limited");
     infra

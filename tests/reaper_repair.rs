@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use namespace_provisioner::labels::{EXPIRES_AT_ANNOTATION, EXPIRY_LABEL, OBJECT_NAME, TENANT_LABEL};
 use namespace_provisioner::params::Expiry;
 use namespace_provisioner::reaper;
@@ -221,20 +221,7 @@ async fn missing_or_garbage_expiry_is_set_from_creation_plus_max_ttl_and_reaped_
         .unwrap();
     // Adopted from the original tool: the selector only, no tenant, no expiry.
     let legacy = unique("rp-legacy");
-    namespaces
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(legacy.clone()),
-                    labels: Some(fx.selector_labels()),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_named(&namespaces, &legacy, fx.selector_labels()).await;
     settled(&client, &legacy).await;
 
     // Seen long after creation + max TTL: the expiry is set, nothing deleted.

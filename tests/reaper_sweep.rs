@@ -133,20 +133,12 @@ async fn dry_run_binary_prints_the_plan_and_writes_nothing() {
         .await
         .unwrap();
     let foreign = fx.create_unmanaged("rp-dry-foreign", BTreeMap::new()).await;
-    Api::<ServiceAccount>::namespaced(client.clone(), &foreign)
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("labelled".to_owned()),
-                    labels: Some(fx.selector_labels()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_named(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &foreign),
+        "labelled",
+        fx.selector_labels(),
+    )
+    .await;
     let all = [&expired, &drifted, &no_expiry, &foreign];
     let mut before = BTreeMap::new();
     for ns in all {
@@ -341,20 +333,12 @@ async fn orphan_is_reported_and_its_namespace_survives() {
             BTreeMap::from([(EXPIRY_LABEL.to_owned(), (now() - 100).to_string())]),
         )
         .await;
-    Api::<ServiceAccount>::namespaced(client.clone(), &foreign)
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some(OBJECT_NAME.to_owned()),
-                    labels: Some(fx.selector_labels()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_named(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &foreign),
+        OBJECT_NAME,
+        fx.selector_labels(),
+    )
+    .await;
     let before = versions(&client, &foreign).await;
     let out = run_reaper(&fx, &["--output", "json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -388,19 +372,12 @@ async fn a_failing_set_does_not_stop_the_others_and_the_exit_status_says_so() {
     }
     // The reaper's own identity, with just enough rights.
     let home = fx.create_unmanaged("rp-fail-home", BTreeMap::new()).await;
-    Api::<ServiceAccount>::namespaced(client.clone(), &home)
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("reaper".to_owned()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_named(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &home),
+        "reaper",
+        BTreeMap::new(),
+    )
+    .await;
     let rule = support::rule;
     let subject = Subject {
         kind: "ServiceAccount".to_owned(),

@@ -267,6 +267,26 @@ impl Replica {
     }
 }
 
+/// A set expiring in 2 s (so it is complete before a replica may act on
+/// it) is deleted, and every Expired Event about it comes from `identity`:
+/// only the leader acts.
+async fn reaped_by_only(fx: &Fixture, prefix: &str, identity: &str) {
+    let client = &fx.client;
+    let name = fx.create_set(prefix, now() + 2).await.namespace.name_any();
+    await_terminating(client.clone(), name.clone(), Duration::from_secs(20)).await;
+    eventually(Duration::from_secs(10), "the Expired event", || async {
+        !expired_events(client, &name).await.is_empty()
+    })
+    .await;
+    let events = expired_events(client, &name).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e.reporting_instance.as_deref() == Some(identity)),
+        "only the leader {identity} may act: {events:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_watch_replicas_only_the_leader_acts_and_the_other_takes_over() {
     let fx = fixture(false).await;
@@ -293,20 +313,7 @@ async fn two_watch_replicas_only_the_leader_acts_and_the_other_takes_over() {
     let leader = replicas.iter().position(|r| r.identity == holder).unwrap();
     let follower = 1 - leader;
 
-    // Expiring in 2 s, so the set is complete before a replica may act on it.
-    let first = fx.create_set("rp-ha-1", now() + 2).await.namespace.name_any();
-    await_terminating(client.clone(), first.clone(), Duration::from_secs(20)).await;
-    eventually(Duration::from_secs(10), "the Expired event", || async {
-        !expired_events(&client, &first).await.is_empty()
-    })
-    .await;
-    let events = expired_events(&client, &first).await;
-    assert!(
-        events
-            .iter()
-            .all(|e| e.reporting_instance.as_deref() == Some(holder.as_str())),
-        "only the leader {holder} may act: {events:#?}"
-    );
+    reaped_by_only(&fx, "rp-ha-1", &holder).await;
     let l = &replicas[leader];
     let f = &replicas[follower];
     assert_eq!(l.metric("namespace_provisioner_reaper_leader").await, Some(1.0));
@@ -338,19 +345,7 @@ async fn two_watch_replicas_only_the_leader_acts_and_the_other_takes_over() {
     )
     .await;
     eprintln!("takeover after {:?}", killed.elapsed());
-    let second = fx.create_set("rp-ha-2", now() + 2).await.namespace.name_any();
-    await_terminating(client.clone(), second.clone(), Duration::from_secs(20)).await;
-    eventually(Duration::from_secs(10), "the second Expired event", || async {
-        !expired_events(&client, &second).await.is_empty()
-    })
-    .await;
-    let events = expired_events(&client, &second).await;
-    assert!(
-        events
-            .iter()
-            .all(|e| e.reporting_instance.as_deref() == Some(new_holder.as_str())),
-        "{events:#?}"
-    );
+    reaped_by_only(&fx, "rp-ha-2", &new_holder).await;
 
     // SIGTERM: graceful stop, the Lease is released.
     let survivor = replicas.remove(follower).process;

@@ -390,20 +390,7 @@ pub async fn create_namespace(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(name.to_owned()),
-                    labels: Some(labels),
-                    ..Default::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .unwrap()
+    create_named(&Api::<Namespace>::all(client.clone()), name, labels).await
 }
 
 /// Create a ClusterRole named `name` with `rules`.
@@ -472,4 +459,23 @@ pub fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> k8s_openapi:
         verbs: verbs.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
+}
+
+/// Create an object of kind `K` with only a name and `labels` (a ConfigMap,
+/// a ServiceAccount, a Namespace, ...) through `api`.
+pub async fn create_named<K>(
+    api: &Api<K>,
+    name: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> K
+where
+    K: kube::Resource + Default + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut object = K::default();
+    let meta = object.meta_mut();
+    meta.name = Some(name.to_owned());
+    meta.labels = Some(labels);
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
