@@ -1,17 +1,25 @@
 //! namespace-provisioner: self-service, short-lived Kubernetes namespaces.
 //!
-//! The pure core ([`params`], [`labels`], [`desired`], [`kubeconfig`], [`auth`])
-//! has no client and no clock; Kubernetes I/O lives in [`k8s`]. The [`reaper`]
-//! deletes expired sets and repairs incomplete ones.
+//! The crate is built in floors; each module may use the floors below it,
+//! never above (see `docs/architecture.md`):
+//!
+//! 1. [`rules`]: pure rules and types (the desired set, TTL and expiry,
+//!    labels, the managed kinds, kubeconfigs, tokens). No client, no clock.
+//! 2. [`k8s`]: the one room that talks to Kubernetes; [`clock`]: the one clock.
+//! 3. The pipelines: [`provision`] (create, extend, delete for one tenant) and
+//!    [`reaper`] (observe -> plan -> execute -> report, once or watching).
+//! 4. The edges: [`api`] (HTTP, container or Lambda) and [`cli`] (flags into
+//!    configuration, and each binary's `run`). [`telemetry`] is shared by both.
 
 pub mod api;
-pub mod auth;
 pub mod cli;
-pub mod desired;
-pub mod hierarchy;
+pub mod clock;
 pub mod k8s;
-pub mod kubeconfig;
-pub mod labels;
-pub mod params;
 pub mod provision;
 pub mod reaper;
+pub mod rules;
+pub mod telemetry;
+
+// Stable paths for code outside the crate (tests, benches, other branches):
+// the rules keep the names they had before they moved to `rules/`.
+pub use rules::{auth, desired, kubeconfig, labels, params};

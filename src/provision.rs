@@ -1,22 +1,24 @@
-//! The provisioner's operations on managed sets: create, list, get, extend,
-//! delete, each scoped to one tenant. Does Kubernetes I/O through [`crate::k8s`].
+//! The provisioning pipeline: create, list, get, extend and delete managed
+//! sets, each scoped to one tenant. Decides with [`crate::rules`], does every
+//! Kubernetes call through [`crate::k8s`], reads the time from its [`Clock`].
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta};
 use kube::config::Kubeconfig;
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::desired::{DesiredSet, SetConfig, desired_set, set_annotations, set_labels};
-use crate::k8s::{self, ApplyError, TokenRequestError};
-use crate::kubeconfig::{self, Credentials};
-use crate::labels::{EXPIRY_LABEL, TENANT_LABEL};
-use crate::params::{Expiry, NamePrefix, ServerUrl, TenantName, Ttl, TtlError, TtlPolicy, is_dns_label};
+use crate::clock::{Clock, system_clock};
+use crate::k8s::{self, ApplyError, KubeError, TokenRequestError};
+use crate::rules::desired::{DesiredSet, SetConfig, desired_set, namespace_to_create};
+use crate::rules::kubeconfig::{self, Credentials};
+use crate::rules::labels::{self, TENANT_LABEL};
+use crate::rules::params::{
+    Expiry, NamePrefix, ServerUrl, TenantName, Ttl, TtlError, TtlPolicy, is_dns_label,
+};
 
 /// What the provisioner needs besides a client.
 #[derive(Debug, Clone)]
@@ -30,16 +32,6 @@ pub struct ProvisionerConfig {
     pub ca_pem: Option<Vec<u8>>,
     pub max_namespaces_per_tenant: Option<u32>,
     pub page_size: u32,
-}
-
-/// Seconds since the Unix epoch; an input so tests can fix the time.
-pub type Clock = fn() -> i64;
-
-pub fn system_clock() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[derive(Clone)]
@@ -88,12 +80,12 @@ pub enum ProvisionError {
     CountNamespaces {
         tenant: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error("create namespace")]
     CreateNamespace {
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error("create namespace: the API server returned no name")]
     NamespaceUnnamed,
@@ -103,7 +95,7 @@ pub enum ProvisionError {
     ApplyNamespace {
         name: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error(transparent)]
     RequestToken(#[from] TokenRequestError),
@@ -111,18 +103,18 @@ pub enum ProvisionError {
     ReadNamespace {
         name: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error("list namespaces")]
     ListNamespaces {
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error("delete namespace {name}")]
     DeleteNamespace {
         name: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error("create namespace: the provisioning task stopped")]
     TaskStopped,
@@ -148,8 +140,18 @@ impl ProvisionError {
         }
     }
 
+    /// The API server did not answer (rather than refused): worth a retry.
+    pub fn is_unavailable(&self) -> bool {
+        self.api_error().is_some_and(KubeError::is_unavailable)
+    }
+
+    /// A concurrent change conflicted: worth a retry.
+    pub fn is_conflict(&self) -> bool {
+        self.api_error().is_some_and(KubeError::is_conflict)
+    }
+
     /// The Kubernetes API error behind this one, if any.
-    pub fn kube_error(&self) -> Option<&kube::Error> {
+    fn api_error(&self) -> Option<&KubeError> {
         match self {
             Self::CountNamespaces { source, .. }
             | Self::CreateNamespace { source }
@@ -177,23 +179,13 @@ impl Provisioner {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub fn config(&self) -> &ProvisionerConfig {
-        &self.config
-    }
-
-    fn namespaces(&self) -> Api<Namespace> {
-        Api::all(self.client.clone())
+    /// Readiness: whether the API server answers.
+    pub async fn ping(&self) -> Result<(), KubeError> {
+        k8s::ping(&self.client).await
     }
 
     fn tenant_selector(&self, tenant: &TenantName) -> String {
-        format!(
-            "{},{TENANT_LABEL}={tenant}",
-            self.config.set.selector.to_label_selector()
-        )
+        labels::tenant_selector(&self.config.set.selector, tenant)
     }
 
     /// Create a namespace set for `tenant` and return its kubeconfig.
@@ -223,19 +215,15 @@ impl Provisioner {
             return Ok(());
         };
         let now = (self.clock)();
-        let live = k8s::list_all(
-            &self.namespaces(),
-            &self.tenant_selector(tenant),
-            self.config.page_size,
-        )
-        .await
-        .map_err(|source| ProvisionError::CountNamespaces {
-            tenant: tenant.to_string(),
-            source,
-        })?
-        .iter()
-        .filter(|ns| is_live(ns, now))
-        .count();
+        let live = k8s::list_namespaces(&self.client, &self.tenant_selector(tenant), self.config.page_size)
+            .await
+            .map_err(|source| ProvisionError::CountNamespaces {
+                tenant: tenant.to_string(),
+                source,
+            })?
+            .iter()
+            .filter(|ns| is_live(ns, now))
+            .count();
         if live >= usize::try_from(limit).unwrap_or(usize::MAX) {
             return Err(ProvisionError::TooMany {
                 tenant: tenant.to_string(),
@@ -252,18 +240,8 @@ impl Provisioner {
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
         // Labelled from the first write, so the reaper finds it if we die here.
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                generate_name: Some(format!("{}-", self.config.prefix.as_str())),
-                labels: Some(set_labels(&self.config.set.selector, tenant, expiry)),
-                annotations: Some(set_annotations(expiry)),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        let created = self
-            .namespaces()
-            .create(&k8s::post_params(), &namespace)
+        let namespace = namespace_to_create(&self.config.prefix, tenant, expiry, &self.config.set);
+        let created = k8s::create_namespace(&self.client, &namespace)
             .await
             .map_err(|source| ProvisionError::CreateNamespace { source })?;
         let (Some(name), Some(uid)) = (created.metadata.name.clone(), created.metadata.uid.clone()) else {
@@ -313,20 +291,16 @@ impl Provisioner {
 
     /// The tenant's managed namespaces.
     pub async fn list(&self, tenant: &TenantName) -> Result<Vec<NamespaceInfo>, ProvisionError> {
-        let items = k8s::list_all(
-            &self.namespaces(),
-            &self.tenant_selector(tenant),
-            self.config.page_size,
-        )
-        .await
-        .map_err(|source| ProvisionError::ListNamespaces { source })?;
+        let items = k8s::list_namespaces(&self.client, &self.tenant_selector(tenant), self.config.page_size)
+            .await
+            .map_err(|source| ProvisionError::ListNamespaces { source })?;
         Ok(items.iter().map(info_of).collect())
     }
 
     /// Tenant of every live managed namespace (for the per-tenant gauge).
     pub async fn list_all_tenants(&self) -> Result<Vec<String>, ProvisionError> {
         let selector = self.config.set.selector.to_label_selector();
-        let items = k8s::list_all(&self.namespaces(), &selector, self.config.page_size)
+        let items = k8s::list_namespaces(&self.client, &selector, self.config.page_size)
             .await
             .map_err(|source| ProvisionError::ListNamespaces { source })?;
         Ok(items
@@ -344,20 +318,19 @@ impl Provisioner {
         if !is_dns_label(name) {
             return Err(not_found());
         }
-        let ns = self
-            .namespaces()
-            .get_opt(name)
+        let ns = k8s::get_namespace(&self.client, name)
             .await
             .map_err(|source| ProvisionError::ReadNamespace {
                 name: name.to_owned(),
                 source,
             })?
             .ok_or_else(not_found)?;
-        let labels = ns.labels();
-        let selector = &self.config.set.selector;
-        let managed = labels.get(selector.key()).map(String::as_str) == Some(selector.value());
-        let mine = labels.get(TENANT_LABEL).map(String::as_str) == Some(tenant.as_str());
-        if managed && mine { Ok(ns) } else { Err(not_found()) }
+        let managed = labels::is_managed(&self.config.set.selector, ns.labels());
+        if managed && labels::belongs_to(ns.labels(), tenant) {
+            Ok(ns)
+        } else {
+            Err(not_found())
+        }
     }
 
     pub async fn get(&self, tenant: &TenantName, name: &str) -> Result<NamespaceInfo, ProvisionError> {
@@ -373,7 +346,7 @@ impl Provisioner {
             match k8s::delete_namespace(&self.client, name, &uid).await {
                 Ok(()) => info!(namespace = %name, %tenant, "namespace deleted"),
                 // Gone already, or replaced by another object of the same name.
-                Err(e) if matches!(k8s::status_code(&e), Some(404 | 409)) => {
+                Err(e) if e.is_gone() => {
                     return Err(ProvisionError::NotFound {
                         name: name.to_owned(),
                     });
@@ -407,7 +380,7 @@ impl Provisioner {
         }
         let expiry = Expiry::after((self.clock)(), ttl_secs);
         let set = desired_set(name, tenant, expiry, &self.config.set);
-        k8s::apply(self.namespaces(), &set.namespace)
+        k8s::apply_namespace(&self.client, &set.namespace)
             .await
             .map_err(|source| ProvisionError::ApplyNamespace {
                 name: name.to_owned(),
@@ -422,22 +395,17 @@ impl Provisioner {
 /// Counts against the tenant's limit: not being deleted, not yet expired
 /// (an expired one merely awaits the reaper).
 fn is_live(ns: &Namespace, now: i64) -> bool {
-    let expired = ns
-        .labels()
-        .get(EXPIRY_LABEL)
-        .and_then(|v| v.parse::<Expiry>().ok())
-        .is_some_and(|e| e.is_due(now));
+    let expired = labels::expiry_of(ns.labels()).is_some_and(|e| e.is_due(now));
     ns.metadata.deletion_timestamp.is_none() && !expired
 }
 
 fn info_of(ns: &Namespace) -> NamespaceInfo {
-    let labels = ns.labels();
-    let expiry = labels.get(EXPIRY_LABEL).and_then(|v| v.parse::<Expiry>().ok());
+    let expiry = labels::expiry_of(ns.labels());
     let terminating = ns.metadata.deletion_timestamp.is_some()
         || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
     NamespaceInfo {
         name: ns.name_any(),
-        tenant: labels.get(TENANT_LABEL).cloned().unwrap_or_default(),
+        tenant: ns.labels().get(TENANT_LABEL).cloned().unwrap_or_default(),
         created: ns.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         expires_at: expiry.map(Expiry::rfc3339),
         phase: if terminating { "Terminating" } else { "Active" }.to_owned(),
@@ -447,7 +415,9 @@ fn info_of(ns: &Namespace) -> NamespaceInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::labels::EXPIRY_LABEL;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::api::ObjectMeta;
 
     fn ns(expiry: Option<&str>, deleting: bool) -> Namespace {
         Namespace {

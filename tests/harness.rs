@@ -7,40 +7,40 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
-use support::{admin, cluster, kubectl, service_account_kubeconfig, temp_file, unique};
+use support::{Fixture, cluster, kubectl, service_account_kubeconfig, temp_file, unique};
 
-async fn create_namespace(client: &Client, name: &str) -> Namespace {
-    support::create_namespace(client, name, &[("np-test", "harness")]).await
+const SELECTOR_KEY: &str = "np-test/harness";
+
+/// A namespace of this test (owner-labelled: dumped if the test fails,
+/// cleaned up when it ends).
+async fn create_namespace(fx: &Fixture, prefix: &str) -> Namespace {
+    let name = fx.create_unmanaged(prefix, BTreeMap::new()).await;
+    Api::<Namespace>::all(fx.client.clone()).get(&name).await.unwrap()
 }
 
 #[tokio::test]
 async fn namespace_deletion_is_finalized_by_the_namespace_controller() {
-    let client = admin().await;
-    let name = unique("harness-del");
-    let ns = create_namespace(&client, &name).await;
+    let fx = Fixture::new(SELECTOR_KEY).await;
+    let client = fx.client.clone();
+    let ns = create_namespace(&fx, "harness-del").await;
+    let name = ns.name_any();
     let api = Api::<Namespace>::all(client.clone());
     // Content, so the controller has something to finalize.
-    Api::<ConfigMap>::namespaced(client.clone(), &name)
-        .create(
-            &PostParams::default(),
-            &ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some("c".into()),
-                    ..ObjectMeta::default()
-                },
-                ..ConfigMap::default()
-            },
-        )
-        .await
-        .unwrap();
+    support::create_named(
+        &Api::<ConfigMap>::namespaced(client.clone(), &name),
+        "c",
+        BTreeMap::new(),
+    )
+    .await;
     api.delete(&name, &DeleteParams::default()).await.unwrap();
     let terminating = api.get(&name).await.unwrap();
     assert_eq!(terminating.status.unwrap().phase.as_deref(), Some("Terminating"));
@@ -60,9 +60,9 @@ async fn namespace_deletion_is_finalized_by_the_namespace_controller() {
 
 #[tokio::test]
 async fn garbage_collector_removes_objects_whose_owner_is_gone() {
-    let client = admin().await;
-    let name = unique("harness-gc");
-    create_namespace(&client, &name).await;
+    let fx = Fixture::new(SELECTOR_KEY).await;
+    let client = fx.client.clone();
+    let name = create_namespace(&fx, "harness-gc").await.name_any();
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &name);
     let owner = cms
         .create(
@@ -110,19 +110,14 @@ async fn garbage_collector_removes_objects_whose_owner_is_gone() {
     .expect("dependent collected within 60s")
     .unwrap();
     assert!(cms.get_opt("dependent").await.unwrap().is_none());
-    Api::<Namespace>::all(client)
-        .delete(&name, &DeleteParams::default())
-        .await
-        .unwrap();
 }
 
 #[tokio::test]
 async fn service_account_token_works_with_kubectl_only_where_rbac_allows() {
-    let client = admin().await;
-    let home = unique("harness-home");
-    let other = unique("harness-other");
-    create_namespace(&client, &home).await;
-    create_namespace(&client, &other).await;
+    let fx = Fixture::new(SELECTOR_KEY).await;
+    let client = fx.client.clone();
+    let home = create_namespace(&fx, "harness-home").await.name_any();
+    let other = create_namespace(&fx, "harness-other").await.name_any();
     let meta = |name: &str| ObjectMeta {
         name: Some(name.to_owned()),
         namespace: Some(home.clone()),
@@ -224,13 +219,6 @@ async fn service_account_token_works_with_kubectl_only_where_rbac_allows() {
             .unwrap()
             .is_none()
     );
-
-    for ns in [&home, &other] {
-        Api::<Namespace>::all(client.clone())
-            .delete(ns, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
 }
 
 #[tokio::test]
@@ -241,7 +229,7 @@ async fn two_clusters_do_not_share_ports_data_or_state() {
     assert_ne!(shared.data_dir, second.data_dir);
 
     let name = unique("harness-only-here");
-    create_namespace(&second.client().await, &name).await;
+    support::create_namespace(&second.client().await, &name, &[("np-test", "harness")]).await;
     assert!(
         Api::<Namespace>::all(second.client().await)
             .get_opt(&name)

@@ -18,9 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use deploy_support::{
-    PROVISIONER_SA, Running, forbidden_lines, kubectl_as, sa_kubeconfig, text, unique_selector,
-};
+use deploy_support::{PROVISIONER_SA, Running, forbidden_lines, kubectl_as, sa_kubeconfig, text};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::ResourceExt;
 use kube::api::Api;
@@ -150,21 +148,27 @@ async fn lambda_bundle_builds_and_answers_create_and_delete_through_the_runtime_
         ],
         &[],
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    let log = emulator.log_path();
+    support::eventually(Duration::from_secs(60), "the emulator to listen", || {
         emulator.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "emulator not listening:\n{}",
-            emulator.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let log = log.clone();
+        async move {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!(
+                    "{e}; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )),
+            }
+        }
+    })
+    .await;
 
     // 3. The bundle's bootstrap, as Lambda starts it, as the provisioner's ServiceAccount.
     let identity = sa_kubeconfig(PROVISIONER_SA).await;
     let tokens = support::temp_file(&format!("lambda-tenant {FIXTURE_TOKEN}\n"));
-    let selector = unique_selector();
+    let fx = deploy_support::fixture().await;
+    let selector = fx.selector.to_string();
     let mut function = Running::spawn(
         "bootstrap",
         &bootstrap,

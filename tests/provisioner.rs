@@ -2,53 +2,56 @@
 //! with the real kubectl, bad input that changes nothing, rollback, tenants,
 //! limits, extend, concurrency, client disconnects, the real binary.
 //!
-//! Each test uses its own selector value and grant ClusterRole, so tests run
-//! in parallel on one cluster without seeing each other's namespaces.
+//! Each test owns a [`support::Fixture`]: its own selector value and grant
+//! ClusterRole, so tests run in parallel on one cluster without seeing each
+//! other's namespaces; its objects are dumped if it fails and cleaned up by
+//! label.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding, RoleRef, Subject,
-};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, RoleBinding, Subject};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use namespace_provisioner::api::{self, AppState};
 use namespace_provisioner::auth::Tokens;
-use namespace_provisioner::desired::SetConfig;
 use namespace_provisioner::params::TtlPolicy;
 use namespace_provisioner::provision::{Provisioner, ProvisionerConfig};
-use support::{Answer, admin, cluster, eventually, kubectl, temp_file, unique};
+use support::process::start_provisioner;
+use support::{Answer, Fixture, admin, cluster, eventually, kubectl, now, temp_file, unique};
 use tower::ServiceExt;
 
 const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdefgh";
+const SELECTOR_KEY: &str = "np-test.example.com/provisioner";
 const EXPIRY: &str = "controller.observatorium.io/expiry";
 const TENANT: &str = "controller.observatorium.io/tenant";
 
-/// One test's world: its selector, its grant ClusterRole, a router over the real cluster.
-struct World {
-    admin: Client,
-    selector_key: String,
-    selector_value: String,
-    grant: String,
+/// A test's fixture (its selector and grant ClusterRole, dumped on failure,
+/// cleaned up by label) and the provisioner's router over the real cluster.
+struct Service {
+    fx: Fixture,
     app: Router,
 }
 
-impl World {
-    async fn new(max_per_tenant: Option<u32>) -> World {
+impl Service {
+    async fn new(max_per_tenant: Option<u32>) -> Service {
         Self::with_client(admin().await, max_per_tenant, vec![]).await
     }
 
     /// `grant_rules`: rules of the grant ClusterRole (empty by default, as shipped).
-    async fn with_client(client: Client, max_per_tenant: Option<u32>, grant_rules: Vec<PolicyRule>) -> World {
+    async fn with_client(
+        client: Client,
+        max_per_tenant: Option<u32>,
+        grant_rules: Vec<PolicyRule>,
+    ) -> Service {
         Self::build(client, max_per_tenant, grant_rules, None).await
     }
 
@@ -57,18 +60,14 @@ impl World {
         max_per_tenant: Option<u32>,
         grant_rules: Vec<PolicyRule>,
         role_rules: Option<Vec<PolicyRule>>,
-    ) -> World {
-        let admin = admin().await;
-        let grant = unique("np-grant");
-        support::create_cluster_role(&admin, &grant, grant_rules).await;
-        let selector_key = "np-test.example.com/provisioner".to_owned();
-        let selector_value = unique("t");
+    ) -> Service {
+        let fx = Fixture::new(SELECTOR_KEY)
+            .await
+            .create_grant(grant_rules)
+            .await
+            .with_role_rules(role_rules);
         let config = ProvisionerConfig {
-            set: SetConfig {
-                selector: format!("{selector_key}={selector_value}").parse().unwrap(),
-                cluster_role: grant.clone(),
-                role_rules,
-            },
+            set: fx.set.clone(),
             ttl: TtlPolicy::new(Duration::from_secs(3600), Some(Duration::from_secs(7200))).unwrap(),
             prefix: "np".parse().unwrap(),
             server: cluster().server_url(),
@@ -79,17 +78,7 @@ impl World {
         let tokens = Tokens::parse(&format!("alice {ALICE}\nbob {BOB}\n")).unwrap();
         let state = AppState::new(Provisioner::new(client, config), Some(tokens)).unwrap();
         let app = api::router(state, Duration::from_secs(60));
-        World {
-            admin,
-            selector_key,
-            selector_value,
-            grant,
-            app,
-        }
-    }
-
-    fn selector(&self) -> String {
-        format!("{}={}", self.selector_key, self.selector_value)
+        Service { fx, app }
     }
 
     async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> Answer {
@@ -107,36 +96,11 @@ impl World {
         let name = location.rsplit('/').next().unwrap().to_owned();
         (name, answer.body)
     }
-
-    async fn managed(&self) -> Vec<Namespace> {
-        Api::<Namespace>::all(self.admin.clone())
-            .list(&ListParams::default().labels(&self.selector()))
-            .await
-            .unwrap()
-            .items
-    }
-
-    async fn cleanup(&self) {
-        let api = Api::<Namespace>::all(self.admin.clone());
-        for ns in self.managed().await {
-            let _ = api.delete(&ns.name_any(), &DeleteParams::default()).await;
-        }
-        let _ = Api::<ClusterRole>::all(self.admin.clone())
-            .delete(&self.grant, &DeleteParams::default())
-            .await;
-    }
 }
 
 fn token_of(kubeconfig: &str) -> String {
     let value: serde_json::Value = serde_yaml_ng::from_str(kubeconfig).unwrap();
     value["users"][0]["user"]["token"].as_str().unwrap().to_owned()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 fn assert_problem(answer: &Answer, status: u16, detail_contains: &str) {
@@ -156,19 +120,19 @@ fn assert_problem(answer: &Answer, status: u16, detail_contains: &str) {
 
 #[tokio::test]
 async fn kubeconfig_works_with_kubectl_only_inside_its_namespace() {
-    let world = World::new(None).await;
+    let svc = Service::new(None).await;
     let before = now();
-    let (name, kubeconfig) = world.create(ALICE, "?ttl=30m").await;
+    let (name, kubeconfig) = svc.create(ALICE, "?ttl=30m").await;
     let file = temp_file(&kubeconfig);
     let path = file.path();
 
     // The set, labelled as the contract says.
-    let ns = Api::<Namespace>::all(world.admin.clone())
+    let ns = Api::<Namespace>::all(svc.fx.client.clone())
         .get(&name)
         .await
         .unwrap();
     let labels = ns.labels();
-    assert_eq!(labels[&world.selector_key], world.selector_value);
+    assert_eq!(labels[svc.fx.selector.key()], svc.fx.selector.value());
     assert_eq!(labels[TENANT], "alice");
     let expiry: i64 = labels[EXPIRY].parse().unwrap();
     assert!(
@@ -176,16 +140,16 @@ async fn kubeconfig_works_with_kubectl_only_inside_its_namespace() {
         "expiry {expiry}"
     );
     assert!(ns.annotations()["controller.observatorium.io/expires-at"].ends_with('Z'));
-    let sa = Api::<ServiceAccount>::namespaced(world.admin.clone(), &name)
+    let sa = Api::<ServiceAccount>::namespaced(svc.fx.client.clone(), &name)
         .get("namespace-provisioner")
         .await
         .unwrap();
     assert_eq!(sa.labels()[EXPIRY], labels[EXPIRY]);
-    let rb = Api::<RoleBinding>::namespaced(world.admin.clone(), &name)
+    let rb = Api::<RoleBinding>::namespaced(svc.fx.client.clone(), &name)
         .get("namespace-provisioner")
         .await
         .unwrap();
-    assert_eq!(rb.role_ref.name, world.grant);
+    assert_eq!(rb.role_ref.name, svc.fx.set.cluster_role);
 
     // What the original tool's clients read.
     let parsed: serde_json::Value = serde_yaml_ng::from_str(&kubeconfig).unwrap();
@@ -206,8 +170,8 @@ async fn kubeconfig_works_with_kubectl_only_inside_its_namespace() {
     );
 
     // An administrator edits the grant: now ConfigMaps work, here only.
-    let mut grant = Api::<ClusterRole>::all(world.admin.clone())
-        .get(&world.grant)
+    let mut grant = Api::<ClusterRole>::all(svc.fx.client.clone())
+        .get(&svc.fx.set.cluster_role)
         .await
         .unwrap();
     grant.rules = Some(vec![PolicyRule {
@@ -216,8 +180,8 @@ async fn kubeconfig_works_with_kubectl_only_inside_its_namespace() {
         verbs: vec!["*".into()],
         ..PolicyRule::default()
     }]);
-    Api::<ClusterRole>::all(world.admin.clone())
-        .replace(&world.grant, &PostParams::default(), &grant)
+    Api::<ClusterRole>::all(svc.fx.client.clone())
+        .replace(&svc.fx.set.cluster_role, &PostParams::default(), &grant)
         .await
         .unwrap();
     eventually(Duration::from_secs(10), "the grant to take effect", || async {
@@ -243,13 +207,12 @@ async fn kubeconfig_works_with_kubectl_only_inside_its_namespace() {
             "{args:?}: {out:?}"
         );
     }
-    world.cleanup().await;
 }
 
 #[tokio::test]
 async fn short_ttl_gets_the_ten_minute_token_floor_and_json_create_works() {
-    let world = World::new(None).await;
-    let answer = world
+    let svc = Service::new(None).await;
+    let answer = svc
         .call(
             "POST",
             "/api/v1/namespaces",
@@ -278,29 +241,40 @@ async fn short_ttl_gets_the_ten_minute_token_floor_and_json_create_works() {
     assert!(body["expiresAt"].as_str().unwrap() < body["tokenExpiresAt"].as_str().unwrap());
 
     // ttl=0 means the default (1h here).
-    let (name0, _) = world.create(BOB, "?ttl=0").await;
-    let ns = Api::<Namespace>::all(world.admin.clone())
+    let before = now();
+    let (name0, _) = svc.create(BOB, "?ttl=0").await;
+    let ns = Api::<Namespace>::all(svc.fx.client.clone())
         .get(&name0)
         .await
         .unwrap();
     let expiry: i64 = ns.labels()[EXPIRY].parse().unwrap();
-    assert!((now() + 3590..=now() + 3600).contains(&expiry));
-    world.cleanup().await;
+    assert!(
+        (before + 3600..=now() + 3600).contains(&expiry),
+        "expiry {expiry}"
+    );
 }
 
 #[tokio::test]
 async fn bad_input_is_refused_and_changes_nothing() {
-    let world = World::new(None).await;
-    let (alices, _) = world.create(ALICE, "").await;
-    let unmanaged = unique("np-unmanaged");
+    let svc = Service::new(None).await;
+    let (alices, _) = svc.create(ALICE, "").await;
     // Looks expired, lacks the selector: not ours.
-    support::create_namespace(&world.admin, &unmanaged, &[(EXPIRY, "1"), (TENANT, "bob")]).await;
+    let unmanaged = svc
+        .fx
+        .create_unmanaged(
+            "np-unmanaged",
+            BTreeMap::from([
+                (EXPIRY.to_owned(), "1".to_owned()),
+                (TENANT.to_owned(), "bob".to_owned()),
+            ]),
+        )
+        .await;
     let snapshot = |nss: Vec<Namespace>| {
         nss.iter()
             .map(|n| (n.name_any(), n.resource_version()))
             .collect::<Vec<_>>()
     };
-    let before = snapshot(world.managed().await);
+    let before = snapshot(svc.fx.managed().await);
 
     // (method, uri, token, body, status, words the detail must contain)
     type Case<'a> = (&'a str, String, Option<&'a str>, Option<&'a str>, u16, &'a str);
@@ -428,7 +402,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ),
     ];
     for (method, uri, token, body, status, detail) in cases {
-        let answer = world.call(method, &uri, token, body).await;
+        let answer = svc.call(method, &uri, token, body).await;
         assert_problem(&answer, status, detail);
         if status == 401 {
             assert!(
@@ -441,11 +415,11 @@ async fn bad_input_is_refused_and_changes_nothing() {
     }
 
     assert_eq!(
-        snapshot(world.managed().await),
+        snapshot(svc.fx.managed().await),
         before,
         "managed namespaces changed"
     );
-    let nss = Api::<Namespace>::all(world.admin.clone());
+    let nss = Api::<Namespace>::all(svc.fx.client.clone());
     for survivor in ["kube-system", &unmanaged, &alices] {
         let ns = nss.get(survivor).await.unwrap();
         assert!(
@@ -453,74 +427,55 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "{survivor} is being deleted"
         );
     }
-    nss.delete(&unmanaged, &DeleteParams::default()).await.unwrap();
-    world.cleanup().await;
 }
 
 /// The provisioner may create namespaces but may not `bind` the grant: the
 /// RoleBinding is refused, so the namespace it created must go.
 #[tokio::test]
 async fn forbidden_role_binding_rolls_back_the_namespace() {
-    let admin = admin().await;
-    let home = unique("np-limited");
-    support::create_namespace(&admin, &home, &[]).await;
-    Api::<ServiceAccount>::namespaced(admin.clone(), &home)
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("limited".into()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await
-        .unwrap();
-    let rule = support::rule;
-    let role = unique("np-limited");
-    support::create_cluster_role(
-        &admin,
-        &role,
-        vec![
-            rule(
-                &[""],
-                &["namespaces"],
-                &["create", "get", "list", "delete", "patch"],
-            ),
-            rule(&[""], &["serviceaccounts"], &["create", "get", "patch"]),
-            rule(&[""], &["serviceaccounts/token"], &["create"]),
-            rule(
-                &["rbac.authorization.k8s.io"],
-                &["rolebindings"],
-                &["create", "get", "patch"],
-            ),
-        ],
+    // The limited identity's home, ClusterRole and binding: owner-labelled.
+    let infra = Fixture::new(SELECTOR_KEY).await;
+    let admin = infra.client.clone();
+    let home = infra.create_unmanaged("np-limited", BTreeMap::new()).await;
+    support::create_named(
+        &Api::<ServiceAccount>::namespaced(admin.clone(), &home),
+        "limited",
+        BTreeMap::new(),
     )
     .await;
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &ClusterRoleBinding {
-                metadata: ObjectMeta {
-                    name: Some(role.clone()),
-                    ..ObjectMeta::default()
-                },
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "ClusterRole".into(),
-                    name: role.clone(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: "limited".into(),
-                    namespace: Some(home.clone()),
-                    api_group: None,
-                }]),
+    let rule = support::rule;
+    let role = unique("np-limited");
+    infra
+        .create_cluster_role(
+            &role,
+            vec![
+                rule(
+                    &[""],
+                    &["namespaces"],
+                    &["create", "get", "list", "delete", "patch"],
+                ),
+                rule(&[""], &["serviceaccounts"], &["create", "get", "patch"]),
+                rule(&[""], &["serviceaccounts/token"], &["create"]),
+                rule(
+                    &["rbac.authorization.k8s.io"],
+                    &["rolebindings"],
+                    &["create", "get", "patch"],
+                ),
+            ],
+        )
+        .await;
+    infra
+        .create_cluster_role_binding(
+            &role,
+            &role,
+            Subject {
+                kind: "ServiceAccount".into(),
+                name: "limited".into(),
+                namespace: Some(home.clone()),
+                api_group: None,
             },
         )
-        .await
-        .unwrap();
+        .await;
     let limited =
         support::client_from_yaml(&support::service_account_kubeconfig(&admin, &home, "limited").await).await;
     // The grant holds a permission the limited identity lacks, so binding it needs `bind`.
@@ -529,16 +484,16 @@ async fn forbidden_role_binding_rolls_back_the_namespace() {
         probe.list(&ListParams::default().limit(1)).await.is_ok()
     })
     .await;
-    let world = World::with_client(limited, None, vec![rule(&[""], &["secrets"], &["get"])]).await;
+    let svc = Service::with_client(limited, None, vec![rule(&[""], &["secrets"], &["get"])]).await;
 
-    let answer = world
+    let answer = svc
         .call("POST", "/api/v1/namespace?ttl=10m", Some(ALICE), None)
         .await;
     assert_eq!(answer.status, 500, "{}", answer.body);
     let detail = answer.json()["detail"].as_str().unwrap().to_owned();
     assert!(!detail.contains("forbidden"), "5xx leaks internals: {detail}");
     // It did create a namespace (so the refusal came later), and is deleting it.
-    let made = world.managed().await;
+    let made = svc.fx.managed().await;
     assert_eq!(made.len(), 1, "expected the one namespace it created");
     assert!(
         made[0].metadata.deletion_timestamp.is_some(),
@@ -557,36 +512,26 @@ async fn forbidden_role_binding_rolls_back_the_namespace() {
     eventually(
         Duration::from_secs(60),
         "the rolled-back namespace to disappear",
-        || async { world.managed().await.is_empty() },
+        || async { svc.fx.managed().await.is_empty() },
     )
     .await;
-    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
-        .delete(&role, &DeleteParams::default())
-        .await;
-    let _ = Api::<ClusterRole>::all(admin.clone())
-        .delete(&role, &DeleteParams::default())
-        .await;
-    let _ = Api::<Namespace>::all(admin.clone())
-        .delete(&home, &DeleteParams::default())
-        .await;
-    world.cleanup().await;
 }
 
 #[tokio::test]
 async fn tenants_are_isolated_limited_listed_and_extended() {
-    let world = World::new(Some(2)).await;
-    let (first, first_kubeconfig) = world.create(ALICE, "?ttl=10m").await;
-    let (second, _) = world.create(ALICE, "").await;
-    let refused = world.call("POST", "/api/v1/namespace", Some(ALICE), None).await;
+    let svc = Service::new(Some(2)).await;
+    let (first, first_kubeconfig) = svc.create(ALICE, "?ttl=10m").await;
+    let (second, _) = svc.create(ALICE, "").await;
+    let refused = svc.call("POST", "/api/v1/namespace", Some(ALICE), None).await;
     assert_problem(&refused, 429, "2 live namespaces");
-    assert_eq!(world.managed().await.len(), 2);
+    assert_eq!(svc.fx.managed().await.len(), 2);
 
     // Bob sees none of Alice's, and can still create his own.
-    let bobs = world.call("GET", "/api/v1/namespaces", Some(BOB), None).await;
+    let bobs = svc.call("GET", "/api/v1/namespaces", Some(BOB), None).await;
     assert_eq!(bobs.json()["items"], serde_json::json!([]));
-    let (bob_ns, _) = world.create(BOB, "").await;
+    let (bob_ns, _) = svc.create(BOB, "").await;
 
-    let listed = world
+    let listed = svc
         .call("GET", "/api/v1/namespaces", Some(ALICE), None)
         .await
         .json();
@@ -604,21 +549,21 @@ async fn tenants_are_isolated_limited_listed_and_extended() {
             .iter()
             .all(|i| i["tenant"] == "alice" && i["phase"] == "Active")
     );
-    let one = world
+    let one = svc
         .call("GET", &format!("/api/v1/namespaces/{first}"), Some(ALICE), None)
         .await
         .json();
     assert_eq!(one["name"], first.as_str());
 
     // Extend: new expiry on every object, a fresh token that works.
-    let old_expiry: i64 = Api::<Namespace>::all(world.admin.clone())
+    let old_expiry: i64 = Api::<Namespace>::all(svc.fx.client.clone())
         .get(&first)
         .await
         .unwrap()
         .labels()[EXPIRY]
         .parse()
         .unwrap();
-    let extended = world
+    let extended = svc
         .call(
             "PATCH",
             &format!("/api/v1/namespaces/{first}"),
@@ -629,7 +574,7 @@ async fn tenants_are_isolated_limited_listed_and_extended() {
     assert_eq!(extended.status, 200, "{}", extended.body);
     let new_kubeconfig = extended.json()["kubeconfig"].as_str().unwrap().to_owned();
     assert_ne!(token_of(&new_kubeconfig), token_of(&first_kubeconfig));
-    let ns = Api::<Namespace>::all(world.admin.clone())
+    let ns = Api::<Namespace>::all(svc.fx.client.clone())
         .get(&first)
         .await
         .unwrap();
@@ -638,7 +583,7 @@ async fn tenants_are_isolated_limited_listed_and_extended() {
         new_expiry >= old_expiry + 7200 - 600 - 5,
         "{old_expiry} -> {new_expiry}"
     );
-    let sa = Api::<ServiceAccount>::namespaced(world.admin.clone(), &first)
+    let sa = Api::<ServiceAccount>::namespaced(svc.fx.client.clone(), &first)
         .get("namespace-provisioner")
         .await
         .unwrap();
@@ -656,7 +601,7 @@ async fn tenants_are_isolated_limited_listed_and_extended() {
     );
 
     // Delete: 202, Terminating, and the slot frees up at once.
-    let deleted = world
+    let deleted = svc
         .call(
             "DELETE",
             &format!("/api/v1/namespaces/{first}"),
@@ -666,11 +611,11 @@ async fn tenants_are_isolated_limited_listed_and_extended() {
         .await;
     assert_eq!(deleted.status, 202, "{}", deleted.body);
     assert_eq!(deleted.json()["phase"], "Terminating");
-    let again = world
+    let again = svc
         .call("DELETE", &format!("/api/v1/namespace/{first}"), Some(ALICE), None)
         .await;
     assert!(again.status == 200 || again.status == 404, "{}", again.body);
-    let extend_dying = world
+    let extend_dying = svc
         .call("PATCH", &format!("/api/v1/namespaces/{first}"), Some(ALICE), None)
         .await;
     assert!(
@@ -678,9 +623,9 @@ async fn tenants_are_isolated_limited_listed_and_extended() {
         "{}",
         extend_dying.body
     );
-    world.create(ALICE, "").await;
+    svc.create(ALICE, "").await;
     assert!(
-        Api::<Namespace>::all(world.admin.clone())
+        Api::<Namespace>::all(svc.fx.client.clone())
             .get(&bob_ns)
             .await
             .unwrap()
@@ -688,19 +633,17 @@ async fn tenants_are_isolated_limited_listed_and_extended() {
             .deletion_timestamp
             .is_none()
     );
-    world.cleanup().await;
 }
 
 #[tokio::test]
 async fn two_hundred_concurrent_creates_make_two_hundred_complete_sets() {
-    let world = World::new(None).await;
+    let svc = Service::new(None).await;
     let answers: Vec<Answer> = futures::stream::iter(0..200)
         .map(|i| {
-            let world = &world;
+            let svc = &svc;
             async move {
                 let token = if i % 2 == 0 { ALICE } else { BOB };
-                world
-                    .call("POST", "/api/v1/namespace?ttl=10m", Some(token), None)
+                svc.call("POST", "/api/v1/namespace?ttl=10m", Some(token), None)
                     .await
             }
         })
@@ -732,18 +675,18 @@ async fn two_hundred_concurrent_creates_make_two_hundred_complete_sets() {
         .collect();
     assert_eq!(names.len(), 200, "names not distinct");
 
-    let selector = world.selector();
+    let selector = svc.fx.selector.to_string();
     let in_ns = |items: Vec<String>| items.into_iter().collect::<BTreeSet<_>>();
-    let sas = Api::<ServiceAccount>::all(world.admin.clone())
+    let sas = Api::<ServiceAccount>::all(svc.fx.client.clone())
         .list(&ListParams::default().labels(&selector))
         .await
         .unwrap();
-    let rbs = Api::<RoleBinding>::all(world.admin.clone())
+    let rbs = Api::<RoleBinding>::all(svc.fx.client.clone())
         .list(&ListParams::default().labels(&selector))
         .await
         .unwrap();
     assert_eq!(
-        in_ns(world.managed().await.iter().map(|n| n.name_any()).collect()),
+        in_ns(svc.fx.managed().await.iter().map(|n| n.name_any()).collect()),
         names
     );
     assert_eq!(
@@ -754,33 +697,33 @@ async fn two_hundred_concurrent_creates_make_two_hundred_complete_sets() {
         in_ns(rbs.items.iter().map(|o| o.namespace().unwrap()).collect()),
         names
     );
-    assert!(rbs.items.iter().all(|rb| rb.role_ref.name == world.grant));
-    world.cleanup().await;
+    assert!(
+        rbs.items
+            .iter()
+            .all(|rb| rb.role_ref.name == svc.fx.set.cluster_role)
+    );
 }
 
 /// Callers that hang up mid-create leave either a complete set or nothing.
 #[tokio::test]
 async fn client_disconnects_leave_no_half_made_set() {
     use tokio::io::AsyncWriteExt;
-    let world = World::new(None).await;
-    let port = support::free_port();
-    let internal = support::free_port();
+    let svc = Service::new(None).await;
     let token_file = temp_file(&format!("alice {ALICE}\n"));
-    let mut process = support::Process::start(
-        env!("CARGO_BIN_EXE_provisioner"),
+    let served = start_provisioner(
+        "provisioner",
         &[],
         &[
-            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal}")),
-            ("NP_TOKEN_FILE", token_file.path().to_str().unwrap()),
-            ("NP_KUBECONFIG", cluster().kubeconfig.to_str().unwrap()),
-            ("NP_SELECTOR", &world.selector()),
-            ("NP_CLUSTER_ROLE", &world.grant),
+            ("NP_TOKEN_FILE", token_file.path().display().to_string()),
+            ("NP_KUBECONFIG", cluster().kubeconfig.display().to_string()),
+            ("NP_SELECTOR", svc.fx.selector.to_string()),
+            ("NP_CLUSTER_ROLE", svc.fx.set.cluster_role.clone()),
         ],
-    );
-    support::wait_http_ok(&format!("127.0.0.1:{internal}"), "/healthz", &mut process).await;
+        "/healthz",
+    )
+    .await;
     for delay_ms in [0u64, 1, 2, 5, 10, 20] {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(&served.addr).await.unwrap();
         let request = format!(
             "POST /api/v1/namespace?ttl=10m HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ALICE}\r\ncontent-length: 0\r\n\r\n"
         );
@@ -791,16 +734,16 @@ async fn client_disconnects_leave_no_half_made_set() {
     // Every namespace that exists ends up complete (or is gone after rollback).
     eventually(Duration::from_secs(30), "every set to be complete", || async {
         let mut complete = true;
-        for ns in world.managed().await {
+        for ns in svc.fx.managed().await {
             if ns.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let name = ns.name_any();
-            let sa = Api::<ServiceAccount>::namespaced(world.admin.clone(), &name)
+            let sa = Api::<ServiceAccount>::namespaced(svc.fx.client.clone(), &name)
                 .get_opt("namespace-provisioner")
                 .await
                 .unwrap();
-            let rb = Api::<RoleBinding>::namespaced(world.admin.clone(), &name)
+            let rb = Api::<RoleBinding>::namespaced(svc.fx.client.clone(), &name)
                 .get_opt("namespace-provisioner")
                 .await
                 .unwrap();
@@ -810,12 +753,11 @@ async fn client_disconnects_leave_no_half_made_set() {
     })
     .await;
     assert!(
-        !world.managed().await.is_empty(),
+        !svc.fx.managed().await.is_empty(),
         "no request reached the provisioner"
     );
-    let (status, log) = process.terminate();
+    let (status, log) = served.process.terminate().await;
     assert!(status.success(), "graceful shutdown failed: {status}\n{log}");
-    world.cleanup().await;
 }
 
 #[tokio::test]
@@ -846,24 +788,21 @@ async fn real_binary_serves_and_refuses_to_start_without_a_token() {
         "{bad_flag:?}"
     );
 
-    let world = World::new(None).await;
-    let port = support::free_port();
-    let internal = support::free_port();
-    let mut process = support::Process::start(
-        env!("CARGO_BIN_EXE_provisioner"),
-        &["--log-format", "json"],
+    let svc = Service::new(None).await;
+    let served = start_provisioner(
+        "provisioner",
+        &["--log-format".to_owned(), "json".to_owned()],
         &[
-            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal}")),
-            ("NP_TOKEN", ALICE),
-            ("NP_KUBECONFIG", cluster().kubeconfig.to_str().unwrap()),
-            ("NP_SELECTOR", &world.selector()),
-            ("NP_CLUSTER_ROLE", &world.grant),
+            ("NP_TOKEN", ALICE.to_owned()),
+            ("NP_KUBECONFIG", cluster().kubeconfig.display().to_string()),
+            ("NP_SELECTOR", svc.fx.selector.to_string()),
+            ("NP_CLUSTER_ROLE", svc.fx.set.cluster_role.clone()),
+            ("NP_COUNT_LIVE_NAMESPACES", "true".to_owned()),
         ],
-    );
-    let internal_addr = format!("127.0.0.1:{internal}");
-    support::wait_http_ok(&internal_addr, "/readyz", &mut process).await;
-    let addr = format!("127.0.0.1:{port}");
+        "/readyz",
+    )
+    .await;
+    let (addr, internal_addr) = (served.addr.clone(), served.internal.clone());
     let created = support::http(&addr, "POST", "/api/v1/namespace?ttl=5m", Some(ALICE), None).await;
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.headers["content-type"], "application/yaml");
@@ -902,13 +841,12 @@ async fn real_binary_serves_and_refuses_to_start_without_a_token() {
     )
     .await;
     assert_eq!(unauth.status, 401);
-    let (status, log) = process.terminate();
+    let (status, log) = served.process.terminate().await;
     assert!(status.success(), "{status}\n{log}");
     // JSON logs; no token of a caller's or of a kubeconfig's in them.
     assert!(log.lines().any(|l| l.contains("\"namespace created\"")), "{log}");
     assert!(!log.contains(ALICE));
     assert!(!log.contains(&token_of(&created.body)));
-    world.cleanup().await;
 }
 
 /// `--role-rules-file`: a namespaced Role with those rules, bound to the
@@ -921,14 +859,14 @@ async fn namespaced_role_rules_are_granted() {
         verbs: vec!["get".into(), "list".into(), "create".into()],
         ..PolicyRule::default()
     }];
-    let world = World::build(admin().await, None, vec![], Some(rules.clone())).await;
-    let (name, kubeconfig) = world.create(ALICE, "").await;
-    let role = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(world.admin.clone(), &name)
+    let svc = Service::build(admin().await, None, vec![], Some(rules.clone())).await;
+    let (name, kubeconfig) = svc.create(ALICE, "").await;
+    let role = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(svc.fx.client.clone(), &name)
         .get("namespace-provisioner")
         .await
         .unwrap();
     assert_eq!(role.rules, Some(rules));
-    let binding = Api::<RoleBinding>::namespaced(world.admin.clone(), &name)
+    let binding = Api::<RoleBinding>::namespaced(svc.fx.client.clone(), &name)
         .get("namespace-provisioner-role")
         .await
         .unwrap();
@@ -943,7 +881,6 @@ async fn namespaced_role_rules_are_granted() {
     support::kubectl_ok(file.path(), &["create", "configmap", "via-role"]);
     let denied = kubectl(file.path(), &["delete", "configmap", "via-role"]);
     assert!(!denied.status.success(), "delete was not in the rules");
-    world.cleanup().await;
 }
 
 /// The real binary against an API server that has gone away: 503 with
@@ -953,22 +890,19 @@ async fn api_server_down_is_503_with_retry_after() {
     let doomed = support::Cluster::start();
     let kubeconfig = temp_file(&std::fs::read_to_string(&doomed.kubeconfig).unwrap());
     doomed.stop();
-    let port = support::free_port();
-    let internal = support::free_port();
-    let mut process = support::Process::start(
-        env!("CARGO_BIN_EXE_provisioner"),
+    let served = start_provisioner(
+        "provisioner",
         &[],
         &[
-            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal}")),
-            ("NP_TOKEN", ALICE),
-            ("NP_KUBECONFIG", kubeconfig.path().to_str().unwrap()),
+            ("NP_TOKEN", ALICE.to_owned()),
+            ("NP_KUBECONFIG", kubeconfig.path().display().to_string()),
         ],
-    );
-    support::wait_http_ok(&format!("127.0.0.1:{internal}"), "/healthz", &mut process).await;
-    let ready = support::http(&format!("127.0.0.1:{internal}"), "GET", "/readyz", None, None).await;
+        "/healthz",
+    )
+    .await;
+    let ready = support::http(&served.internal, "GET", "/readyz", None, None).await;
     assert_eq!(ready.status, 503);
-    let addr = format!("127.0.0.1:{port}");
+    let addr = served.addr.clone();
     for (method, path) in [
         ("POST", "/api/v1/namespace"),
         ("GET", "/api/v1/namespaces"),
@@ -978,6 +912,6 @@ async fn api_server_down_is_503_with_retry_after() {
         assert_problem(&answer, 503, "unavailable");
         assert_eq!(answer.headers["retry-after"], "5");
     }
-    let (status, log) = process.terminate();
+    let (status, log) = served.process.terminate().await;
     assert!(status.success(), "{log}");
 }

@@ -1,14 +1,16 @@
 //! `ApiError`: every error the HTTP API returns, as RFC 9457 problem+json,
 //! and the one mapping from domain errors to status codes. 5xx details go to
-//! the log (by the `log_errors` middleware), never to the caller.
+//! the log (by the [`super::metrics::track`] middleware, which reads the
+//! [`Failure`] this leaves in the response), never to the caller. Asks
+//! domain errors questions (`is_unavailable()`); never reads Kubernetes errors.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::k8s;
 use crate::provision::ProvisionError;
+use crate::telemetry::chain;
 
 /// Seconds a caller should wait after a 503.
 const RETRY_AFTER_SECS: u64 = 5;
@@ -85,18 +87,6 @@ impl ApiError {
     }
 }
 
-/// `error: cause: cause` for the log.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 impl From<ProvisionError> for ApiError {
     fn from(err: ProvisionError) -> Self {
         let kind = err.kind();
@@ -107,14 +97,13 @@ impl From<ProvisionError> for ApiError {
             ProvisionError::TooMany { .. } => client_error(StatusCode::TOO_MANY_REQUESTS),
             ProvisionError::Terminating { .. } => client_error(StatusCode::CONFLICT),
             _ => {
-                let api = err.kube_error();
-                let (status, detail, retry_after) = if api.is_some_and(k8s::is_unavailable) {
+                let (status, detail, retry_after) = if err.is_unavailable() {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the Kubernetes API server is unavailable; retry later",
                         Some(RETRY_AFTER_SECS),
                     )
-                } else if api.and_then(k8s::status_code) == Some(409) {
+                } else if err.is_conflict() {
                     (
                         StatusCode::CONFLICT,
                         "a concurrent change to the same namespace conflicted; retry",
@@ -168,7 +157,7 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::TtlError;
+    use crate::rules::params::TtlError;
 
     #[test]
     fn client_errors_keep_their_message() {
@@ -195,7 +184,7 @@ mod tests {
             ..kube::core::Status::default()
         };
         let e = ApiError::from(ProvisionError::ListNamespaces {
-            source: kube::Error::Api(Box::new(status)),
+            source: kube::Error::Api(Box::new(status)).into(),
         });
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         let response = e.into_response();

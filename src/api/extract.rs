@@ -1,5 +1,6 @@
 //! Extractors that turn requests into typed input, answering bad input with
 //! the same problem+json shape as every other error (never axum's plain text).
+//! Authentication is checked here (against [`crate::rules::auth`]). No I/O.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header;
@@ -8,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::params::TenantName;
+use crate::rules::params::TenantName;
 
 /// The authenticated tenant making the request.
 #[derive(Debug, Clone)]

@@ -1,4 +1,5 @@
-//! HTTP handlers: parse input, call the provisioner, shape the answer.
+//! HTTP handlers: parse input, call the provisioner, shape the answer. No
+//! Kubernetes calls of their own: they go through [`crate::provision`].
 
 use std::time::Instant;
 
@@ -12,9 +13,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, JsonBody, NamePath, QueryParams};
-use crate::kubeconfig;
-use crate::params::{Expiry, ServerUrl, Ttl};
 use crate::provision::{NamespaceInfo, Provisioned};
+use crate::rules::kubeconfig;
+use crate::rules::params::{Expiry, ServerUrl, Ttl};
 
 /// Query of the original tool's create call.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -37,10 +38,10 @@ pub struct LifetimeRequest {
     server: Option<String>,
 }
 
-/// A namespace with fresh credentials.
+/// A namespace with a fresh kubeconfig.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Credentials {
+pub struct IssuedKubeconfig {
     pub name: String,
     /// RFC 3339 expiry of the namespace.
     pub expires_at: String,
@@ -83,8 +84,8 @@ fn kubeconfig_yaml(done: &Provisioned) -> Result<String, ApiError> {
     })
 }
 
-fn credentials(done: &Provisioned) -> Result<Credentials, ApiError> {
-    Ok(Credentials {
+fn issued(done: &Provisioned) -> Result<IssuedKubeconfig, ApiError> {
+    Ok(IssuedKubeconfig {
         name: done.name.clone(),
         expires_at: done.expiry.rfc3339(),
         token_expires_at: Expiry::from_unix(done.token_expires_at).rfc3339(),
@@ -151,7 +152,7 @@ pub async fn compat_delete(
 #[utoipa::path(post, path = "/api/v1/namespaces", tag = "namespaces",
     request_body(content = LifetimeRequest, description = "empty body = defaults"),
     responses(
-        (status = 201, description = "Created", body = Credentials,
+        (status = 201, description = "Created", body = IssuedKubeconfig,
          headers(("Location" = String, description = "the namespace's URL"))),
         (status = 400, description = "Bad ttl, server or JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
@@ -172,7 +173,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(credentials(&done)?),
+        Json(issued(&done)?),
     )
         .into_response())
 }
@@ -232,7 +233,7 @@ pub async fn delete_one(
     params(("name" = String, Path, description = "namespace name")),
     request_body(content = LifetimeRequest, description = "empty body = the default ttl"),
     responses(
-        (status = 200, description = "Extended", body = Credentials),
+        (status = 200, description = "Extended", body = IssuedKubeconfig),
         (status = 400, description = "Bad ttl, server or JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not one of the caller's namespaces", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Being deleted", body = Problem, content_type = "application/problem+json"),
@@ -243,10 +244,10 @@ pub async fn extend(
     Caller(tenant): Caller,
     NamePath(name): NamePath,
     JsonBody(body): JsonBody<LifetimeRequest>,
-) -> Result<Json<Credentials>, ApiError> {
+) -> Result<Json<IssuedKubeconfig>, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
     let done = state.provisioner.extend(&tenant, &name, ttl, server).await?;
-    Ok(Json(credentials(&done)?))
+    Ok(Json(issued(&done)?))
 }
 
 /// Liveness: the process answers.
@@ -256,39 +257,29 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: the Kubernetes API server answers.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state
-        .provisioner
-        .client()
-        .apiserver_version()
-        .await
-        .map(|_| "ok")
-        .map_err(|e| {
-            tracing::warn!(error = %e, "readiness check: API server unreachable");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the Kubernetes API server is not reachable",
-            )
-        })
+    state.provisioner.ping().await.map(|()| "ok").map_err(|e| {
+        tracing::warn!(error = %crate::telemetry::chain(&e), "readiness check: API server unreachable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the Kubernetes API server is not reachable",
+        )
+    })
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition. The per-tenant gauge is counted (one LIST of
+/// every managed namespace) only when `--count-live-namespaces` asks for it:
+/// a stateless handler should not cost O(namespaces) per scrape by default.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    match state.provisioner.list_all_tenants().await {
-        Ok(tenants) => state.metrics.set_live(tenants.iter().map(String::as_str)),
-        Err(e) => tracing::warn!(error = %e, "metrics: counting live namespaces failed"),
+    if state.count_live_namespaces {
+        match state.provisioner.list_all_tenants().await {
+            Ok(tenants) => state.metrics.set_live(tenants.iter().map(String::as_str)),
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::chain(&e), "metrics: counting live namespaces failed")
+            }
+        }
     }
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    crate::telemetry::openmetrics(state.metrics.registry())
 }
 
 pub async fn not_found() -> ApiError {

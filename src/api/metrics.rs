@@ -1,6 +1,7 @@
 //! Prometheus metrics of the HTTP API: requests by route and status, create
-//! latency, live namespaces per tenant (counted at scrape time, since the
-//! provisioner is stateless), Kubernetes API failures by action.
+//! latency, Kubernetes API requests and failures by action, and (opt-in,
+//! `--count-live-namespaces`) live namespaces per tenant, counted at scrape
+//! time since the provisioner is stateless. No Kubernetes I/O.
 
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use tracing::{error, warn};
 
 use super::AppState;
 use super::error::Failure;
+use crate::telemetry::ErrorLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -33,11 +35,6 @@ pub struct TenantLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    pub kind: String,
 }
 
 pub struct Metrics {
@@ -68,7 +65,7 @@ impl Default for Metrics {
         let live = Family::<TenantLabels, Gauge>::default();
         registry.register(
             "live_namespaces",
-            "Managed namespaces per tenant, counted at scrape",
+            "Managed namespaces per tenant, counted at scrape (only with --count-live-namespaces)",
             live.clone(),
         );
         let failures = Family::<ErrorLabels, Counter>::default();
@@ -120,10 +117,8 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(text)
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -150,9 +145,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         state
             .metrics
             .failures
-            .get_or_create(&ErrorLabels {
-                kind: failure.kind.to_owned(),
-            })
+            .get_or_create(&ErrorLabels::new(failure.kind))
             .inc();
         match &failure.internal {
             Some(cause) => {

@@ -1,11 +1,14 @@
-//! The HTTP API: one axum [`Router`] served by `axum::serve` in a container or
-//! by `lambda_http::run` behind a function runtime.
+//! The HTTP edge: one axum [`Router`] served by `axum::serve` in a container or
+//! by `lambda_http::run` behind a function runtime ([`serve`]). Turns requests
+//! into calls of the provisioning pipeline and its errors into problem+json;
+//! no Kubernetes calls of its own.
 
 mod error;
 mod extract;
 mod handlers;
 mod metrics;
 mod openapi;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +22,9 @@ pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
 
-use crate::auth::{DEFAULT_TENANT, Tokens};
-use crate::params::TenantName;
 use crate::provision::Provisioner;
+use crate::rules::auth::{DEFAULT_TENANT, Tokens};
+use crate::rules::params::TenantName;
 
 /// Bodies are a ttl and a URL; anything bigger is a mistake or an attack.
 const BODY_LIMIT: usize = 16 * 1024;
@@ -34,13 +37,15 @@ pub struct AppState {
     /// Tenant of unauthenticated callers when tokens are off.
     pub anonymous_tenant: TenantName,
     pub metrics: Arc<Metrics>,
+    /// Count live namespaces per tenant on each `/metrics` scrape (one LIST).
+    pub count_live_namespaces: bool,
 }
 
 impl AppState {
     pub fn new(
         provisioner: Provisioner,
         tokens: Option<Tokens>,
-    ) -> Result<Self, crate::params::TenantNameError> {
+    ) -> Result<Self, crate::rules::params::TenantNameError> {
         Self::with_metrics(provisioner, tokens, Arc::new(Metrics::default()))
     }
 
@@ -49,12 +54,13 @@ impl AppState {
         provisioner: Provisioner,
         tokens: Option<Tokens>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::params::TenantNameError> {
+    ) -> Result<Self, crate::rules::params::TenantNameError> {
         Ok(Self {
             provisioner,
             tokens: tokens.map(Arc::new),
             anonymous_tenant: DEFAULT_TENANT.parse()?,
             metrics,
+            count_live_namespaces: false,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations and served
+//! at `/openapi.json`; the committed `openapi.json` is checked against it. No I/O.
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};

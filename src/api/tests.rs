@@ -1,5 +1,6 @@
 //! Router tests without sockets or a cluster: every error path that is decided
-//! before the Kubernetes API is called, plus one that finds it unreachable.
+//! before the Kubernetes API is called, plus an API server that fails at once
+//! and one that never answers (under tokio's paused clock: no real timers).
 //! Kubernetes behaviour itself is tested in tests/ against the real thing.
 
 use std::time::Duration;
@@ -10,21 +11,39 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use super::*;
-use crate::desired::SetConfig;
-use crate::params::TtlPolicy;
 use crate::provision::{Provisioner, ProvisionerConfig};
+use crate::rules::desired::SetConfig;
+use crate::rules::params::TtlPolicy;
 
 const TOKEN: &str = "tenant-a-token-0123456789";
 
-/// A state whose client points at a closed port: any API call fails fast.
+/// A client whose every request fails at once, as if the API server were down.
+fn unreachable_client() -> kube::Client {
+    let service = tower::service_fn(|_: Request<kube::client::Body>| async {
+        Err::<axum::http::Response<kube::client::Body>, _>(std::io::Error::other("connection refused"))
+    });
+    kube::Client::new(service, "default")
+}
+
+/// A client whose every request waits forever, as if the API server hung.
+fn silent_client() -> kube::Client {
+    let service = tower::service_fn(|_: Request<kube::client::Body>| {
+        std::future::pending::<Result<axum::http::Response<kube::client::Body>, std::io::Error>>()
+    });
+    kube::Client::new(service, "default")
+}
+
+/// A state whose client cannot reach an API server: any API call fails fast.
 fn state(tokens: bool) -> AppState {
-    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
+    state_with(unreachable_client(), tokens)
+}
+
+fn state_with(client: kube::Client, tokens: bool) -> AppState {
     let provisioner = Provisioner::new(
         client,
         ProvisionerConfig {
             set: SetConfig {
-                selector: crate::labels::DEFAULT_SELECTOR.parse().unwrap(),
+                selector: crate::rules::labels::DEFAULT_SELECTOR.parse().unwrap(),
                 cluster_role: "namespace-provisioner-grant".into(),
                 role_rules: None,
             },
@@ -113,12 +132,16 @@ async fn wrong_token_and_wrong_scheme_are_401() {
 }
 
 #[tokio::test]
-async fn auth_is_checked_before_input() {
-    let request = Request::post("/api/v1/namespace?ttl=garbage")
-        .body(Body::empty())
-        .unwrap();
-    let (status, ..) = send(app(true), request).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+async fn auth_is_checked_before_input_unless_tokens_are_off() {
+    // With tokens, an anonymous request stops at auth; with tokens off (every
+    // caller is tenant `default`) the same request reaches validation.
+    for (tokens, want) in [(true, StatusCode::UNAUTHORIZED), (false, StatusCode::BAD_REQUEST)] {
+        let request = Request::post("/api/v1/namespace?ttl=garbage")
+            .body(Body::empty())
+            .unwrap();
+        let (status, ..) = send(app(tokens), request).await;
+        assert_eq!(status, want, "tokens: {tokens}");
+    }
 }
 
 #[tokio::test]
@@ -233,16 +256,6 @@ async fn unreachable_api_server_is_503_with_retry_after() {
 }
 
 #[tokio::test]
-async fn unauthenticated_mode_serves_tenant_default() {
-    // With tokens off, no header is needed: the request reaches validation.
-    let request = Request::post("/api/v1/namespace?ttl=garbage")
-        .body(Body::empty())
-        .unwrap();
-    let (status, ..) = send(app(false), request).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-}
-
-#[tokio::test]
 async fn health_metrics_and_openapi_answer() {
     let (status, ..) = send(app(true), Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
@@ -296,17 +309,40 @@ async fn lambda_event_without_token_is_401() {
     assert_problem(status, &headers, &body, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn slow_api_server_is_504_problem() {
-    // Accepts connections, never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
-    let mut state = state(true);
-    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    state.provisioner = Provisioner::new(client, state.provisioner.config().clone());
-    let app = router(state, Duration::from_millis(300));
+    // The API server never answers; the paused clock jumps to the deadline.
+    let app = router(state_with(silent_client(), true), Duration::from_millis(300));
     let (status, headers, body) = send(app, authed("GET", "/api/v1/namespaces", "")).await;
     assert_problem(status, &headers, &body, StatusCode::GATEWAY_TIMEOUT);
     assert!(body["detail"].as_str().unwrap().contains("300ms"), "{body}");
-    drop(silent);
+}
+
+#[tokio::test]
+async fn live_namespace_gauge_is_opt_in() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_: Request<kube::client::Body>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Err::<axum::http::Response<kube::client::Body>, _>(std::io::Error::other("down")) }
+    });
+    let mut state = state_with(kube::Client::new(service, "default"), true);
+    let scrape = |state: AppState| async move {
+        let response = internal_router(state)
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    };
+    scrape(state.clone()).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "a scrape listed namespaces by default"
+    );
+    state.count_live_namespaces = true;
+    scrape(state).await;
+    assert!(calls.load(Ordering::SeqCst) > 0);
 }

@@ -1,20 +1,19 @@
 //! Carrying out a plan. Every write goes through [`crate::k8s`]; this is the
-//! only place the reaper writes. Does Kubernetes I/O.
+//! only place the reaper writes. Does Kubernetes I/O (through `k8s` only).
 //!
 //! A failure is recorded for its set and the others go on; nothing done is
 //! undone.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Client};
+use kube::Client;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::plan::{Action, Desired, Plan, SetPlan, Write};
-use crate::k8s;
-use crate::params::Expiry;
+use super::diff::Write;
+use super::plan::{Action, Plan, SetPlan};
+use crate::k8s::{self, EventRecorder, KubeError};
+use crate::rules::params::Expiry;
+use crate::telemetry::chain;
 
 /// `reportingController` of the Events we emit.
 pub const REPORTING_CONTROLLER: &str = "namespace-provisioner-reaper";
@@ -30,7 +29,7 @@ pub enum ExecuteError {
     DeleteNamespace {
         namespace: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error("apply {kind} {namespace}/{name}")]
     Apply {
@@ -38,7 +37,7 @@ pub enum ExecuteError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
     #[error("delete {kind} {namespace}/{name} to recreate it")]
     DeleteForRecreate {
@@ -46,7 +45,7 @@ pub enum ExecuteError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
 }
 
@@ -68,7 +67,7 @@ pub enum Outcome {
     /// The plan had nothing to write.
     Nothing,
     /// Namespace deleted; `event` is the error if the Event could not be written.
-    Deleted { event: Option<kube::Error> },
+    Deleted { event: Option<KubeError> },
     /// The namespace was gone when we came to delete it.
     Gone,
     /// The namespace changed (or was replaced) since it was observed: not
@@ -93,19 +92,13 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Executor {
     client: Client,
-    recorder: Recorder,
+    recorder: EventRecorder,
 }
 
 impl Executor {
     /// `instance` names this process in the Events it emits (`reportingInstance`).
     pub fn new(client: Client, instance: &str) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: REPORTING_CONTROLLER.to_owned(),
-                instance: Some(instance.to_owned()),
-            },
-        );
+        let recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, instance);
         Self { client, recorder }
     }
 
@@ -179,8 +172,8 @@ impl Executor {
                 }
                 Outcome::Deleted { event }
             }
-            Err(e) if k8s::status_code(&e) == Some(404) => Outcome::Gone,
-            Err(e) if k8s::status_code(&e) == Some(409) => {
+            Err(e) if e.is_not_found() => Outcome::Gone,
+            Err(e) if e.is_conflict() => {
                 info!(
                     namespace,
                     "namespace changed since it was read; not deleted, looking again later"
@@ -201,27 +194,16 @@ impl Executor {
         }
     }
 
-    /// An Event on the deleted Namespace. Namespaces are cluster-scoped, so
-    /// it is written to `default` (the namespace itself is going away).
-    async fn expired_event(&self, namespace: &str, uid: &str, expiry: Expiry) -> Result<(), kube::Error> {
-        let reference = ObjectReference {
-            api_version: Some("v1".to_owned()),
-            kind: Some("Namespace".to_owned()),
-            name: Some(namespace.to_owned()),
-            uid: Some(uid.to_owned()),
-            ..ObjectReference::default()
-        };
-        let event = Event {
-            type_: EventType::Normal,
-            reason: EXPIRED_REASON.to_owned(),
-            note: Some(format!(
-                "expired at {}; deleted by the namespace-provisioner reaper",
-                expiry.rfc3339()
-            )),
-            action: "Delete".to_owned(),
-            secondary: None,
-        };
-        self.recorder.publish(&event, &reference).await
+    /// An Event on the deleted Namespace (written to `default`: the
+    /// namespace itself is going away).
+    async fn expired_event(&self, namespace: &str, uid: &str, expiry: Expiry) -> Result<(), KubeError> {
+        let note = format!(
+            "expired at {}; deleted by the namespace-provisioner reaper",
+            expiry.rfc3339()
+        );
+        self.recorder
+            .on_namespace(namespace, uid, EXPIRED_REASON, "Delete", note)
+            .await
     }
 
     /// The writes of one set in order (the Namespace first), each tried even
@@ -253,16 +235,14 @@ impl Executor {
         } = write;
         let kind = object.kind();
         let name = object.name();
-        let client = self.client.clone();
-        if let (Desired::RoleBinding(_), Some(uid)) = (object, recreate_uid) {
-            let api = Api::<RoleBinding>::namespaced(client.clone(), namespace);
-            match k8s::delete_with_uid(&api, &name, uid).await {
+        if let Some(uid) = recreate_uid {
+            match k8s::delete_object(&self.client, kind, Some(namespace), &name, uid).await {
                 // Gone already (or replaced: then the apply below decides).
                 Ok(()) => {}
-                Err(e) if matches!(k8s::status_code(&e), Some(404 | 409)) => {}
+                Err(e) if e.is_gone() => {}
                 Err(source) => {
                     return Err(ExecuteError::DeleteForRecreate {
-                        kind,
+                        kind: kind.as_str(),
                         namespace: namespace.to_owned(),
                         name,
                         source,
@@ -270,41 +250,13 @@ impl Executor {
                 }
             }
         }
-        let applied = match object {
-            Desired::Namespace(o) => k8s::apply(Api::<Namespace>::all(client), o.as_ref())
-                .await
-                .map(drop),
-            Desired::ServiceAccount(o) => {
-                k8s::apply(Api::<ServiceAccount>::namespaced(client, namespace), o.as_ref())
-                    .await
-                    .map(drop)
-            }
-            Desired::Role(o) => k8s::apply(Api::<Role>::namespaced(client, namespace), o.as_ref())
-                .await
-                .map(drop),
-            Desired::RoleBinding(o) => {
-                k8s::apply(Api::<RoleBinding>::namespaced(client, namespace), o.as_ref())
-                    .await
-                    .map(drop)
-            }
-        };
-        applied.map_err(|source| ExecuteError::Apply {
-            kind,
-            namespace: namespace.to_owned(),
-            name,
-            source,
-        })
+        k8s::apply_object(&self.client, namespace, object)
+            .await
+            .map_err(|source| ExecuteError::Apply {
+                kind: kind.as_str(),
+                namespace: namespace.to_owned(),
+                name,
+                source,
+            })
     }
-}
-
-/// An error and its sources, `: `-separated, for one log line or report entry.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }

@@ -5,24 +5,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tracing::error;
 
 use super::execute::Outcome;
 use super::plan::{Action, SetPlan};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    pub kind: String,
-}
+use crate::telemetry::{self, ErrorLabels};
 
 pub struct Metrics {
     registry: Registry,
@@ -114,10 +107,8 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(text)
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -146,26 +137,14 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => {
-            error!(error = %e, "encode metrics");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
+    telemetry::openmetrics(metrics.registry())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::{StatusCode, header};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 

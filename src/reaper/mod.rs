@@ -1,9 +1,10 @@
 //! The reaper: finds every set the provisioner made (by the selector label),
 //! deletes the expired ones and repairs the incomplete ones.
 //!
-//! A sweep is list -> [`plan`] -> [`execute`] -> [`report`]: paginated LISTs
-//! of the four managed kinds grouped by namespace, a pure decision per
-//! namespace, the writes, and a summary. [`watch`] runs the same plan per
+//! A sweep is observe -> [`plan`] -> [`execute`] -> [`report`]: paginated
+//! LISTs of every kind in [`MANAGED_KINDS`], slimmed and grouped by namespace
+//! ([`observation`]), a pure decision per namespace ([`plan`], comparing with
+//! [`diff`]), the writes, and a summary. [`watch`] runs the same plan per
 //! namespace from a kube-runtime controller, under a leader Lease.
 //!
 //! Rules the code keeps:
@@ -17,28 +18,31 @@
 //!   original tool with `--selector controller.observatorium.io=namespace-selector`)
 //!   only gets an expiry; no ServiceAccount or RoleBinding is created in it.
 //!
-//! This module does Kubernetes I/O (listing) through [`crate::k8s`].
+//! This module does Kubernetes I/O (listing) through [`crate::k8s`]; the
+//! decisions below it are pure; [`execute`] is the only place it writes.
 
+pub mod diff;
 pub mod execute;
+#[cfg(test)]
+mod fixtures;
 pub mod metrics;
+pub mod observation;
 pub mod plan;
 pub mod report;
 pub mod watch;
 
-use std::fmt::Debug;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
 use thiserror::Error;
 
 use self::execute::Executor;
-use self::plan::{Observed, PlanConfig};
+use self::observation::Observed;
+use self::plan::PlanConfig;
 use self::report::{Durations, Report};
-use crate::k8s;
-use crate::params::Selector;
+use crate::k8s::{self, Kind, KubeError, MANAGED_KINDS, Object};
+use crate::rules::params::Selector;
 
 /// Everything a sweep needs besides a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +65,7 @@ pub enum ReaperError {
         kind: &'static str,
         selector: String,
         #[source]
-        source: kube::Error,
+        source: KubeError,
     },
 }
 
@@ -74,48 +78,38 @@ impl ReaperError {
     }
 }
 
-/// Every object of kind `K` carrying `selector`, paginated, each turned into
-/// what the plan reads of it (`T`) as its page arrives: a sweep never holds
+/// Every object of `kind` carrying `selector` (cluster-wide, or inside
+/// `namespace`), slimmed into `into` as its page arrives: a sweep never holds
 /// more than one page of full objects per kind.
-async fn list_kind<K, T>(api: Api<K>, selector: &Selector, page_size: u32) -> Result<Vec<T>, ReaperError>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-    T: From<K>,
-{
+async fn observe_kind(
+    client: &Client,
+    kind: Kind,
+    namespace: Option<&str>,
+    selector: &Selector,
+    page_size: u32,
+) -> Result<Observed, ReaperError> {
     let label_selector = selector.to_label_selector();
-    k8s::list_all_map(&api, &label_selector, page_size, T::from)
-        .await
-        .map_err(|source| ReaperError::List {
-            kind: kind_name::<K>(),
-            selector: label_selector,
-            source,
-        })
+    let mut into = Observed::default();
+    k8s::list_kind(client, kind, namespace, &label_selector, page_size, |o| {
+        into.push(o)
+    })
+    .await
+    .map_err(|source| ReaperError::List {
+        kind: kind.as_str(),
+        selector: label_selector,
+        source,
+    })?;
+    Ok(into)
 }
 
-fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
-    k8s::MANAGED_KINDS
-        .iter()
-        .copied()
-        .find(|k| *k == K::kind(&()).as_ref())
-        .unwrap_or("object")
-}
-
-/// LIST the four managed kinds cluster-wide (concurrently, paginated) and
-/// group them by namespace.
+/// LIST every managed kind cluster-wide (concurrently, paginated) and group
+/// them by namespace.
 pub async fn observe(client: &Client, selector: &Selector, page_size: u32) -> Result<Observed, ReaperError> {
-    let (namespaces, service_accounts, roles, role_bindings) = tokio::try_join!(
-        list_kind(Api::<Namespace>::all(client.clone()), selector, page_size),
-        list_kind(Api::<ServiceAccount>::all(client.clone()), selector, page_size),
-        list_kind(Api::<Role>::all(client.clone()), selector, page_size),
-        list_kind(Api::<RoleBinding>::all(client.clone()), selector, page_size),
-    )?;
-    Ok(Observed::new(
-        selector,
-        namespaces,
-        service_accounts,
-        roles,
-        role_bindings,
-    ))
+    let parts = futures::future::try_join_all(
+        MANAGED_KINDS.map(|kind| observe_kind(client, kind, None, selector, page_size)),
+    )
+    .await?;
+    Ok(Observed::merge(parts).managed(selector))
 }
 
 /// The selector-labelled contents of one namespace, with `namespace` as its
@@ -127,30 +121,15 @@ pub async fn observe_namespace(
     page_size: u32,
 ) -> Result<Observed, ReaperError> {
     let name = namespace.metadata.name.clone().unwrap_or_default();
-    let (service_accounts, roles, role_bindings) = tokio::try_join!(
-        list_kind(
-            Api::<ServiceAccount>::namespaced(client.clone(), &name),
-            selector,
-            page_size
-        ),
-        list_kind(
-            Api::<Role>::namespaced(client.clone(), &name),
-            selector,
-            page_size
-        ),
-        list_kind(
-            Api::<RoleBinding>::namespaced(client.clone(), &name),
-            selector,
-            page_size
-        ),
-    )?;
-    Ok(Observed::new(
-        selector,
-        vec![namespace.into()],
-        service_accounts,
-        roles,
-        role_bindings,
-    ))
+    let kinds = MANAGED_KINDS.into_iter().filter(|k| k.is_namespaced());
+    let mut parts = futures::future::try_join_all(
+        kinds.map(|kind| observe_kind(client, kind, Some(&name), selector, page_size)),
+    )
+    .await?;
+    let mut own = Observed::default();
+    own.push(Object::Namespace(Box::new(namespace)));
+    parts.push(own);
+    Ok(Observed::merge(parts).managed(selector))
 }
 
 /// One sweep at `now` (Unix seconds): list, plan, execute (unless dry run), report.
@@ -188,7 +167,7 @@ pub async fn sweep(client: &Client, config: &SweepConfig, now: i64) -> Result<Re
 
 /// One sweep now.
 pub async fn run(client: &Client, config: &SweepConfig) -> Result<Report, ReaperError> {
-    sweep(client, config, crate::provision::system_clock()).await
+    sweep(client, config, crate::clock::system_clock()).await
 }
 
 /// Peak resident set size of this process (`VmHWM`), on Linux.
@@ -203,12 +182,6 @@ pub fn peak_rss_kib() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kinds_are_named_from_the_managed_list() {
-        assert_eq!(kind_name::<Namespace>(), "Namespace");
-        assert_eq!(kind_name::<RoleBinding>(), "RoleBinding");
-    }
 
     #[test]
     fn peak_rss_is_read_on_linux() {

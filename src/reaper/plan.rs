@@ -1,20 +1,17 @@
-//! The reaper's decisions: from what was observed in each namespace, the time
-//! and the configuration, what to do with it. Pure: no client, no clock.
+//! The reaper's decisions: from what was observed in each namespace, the
+//! time and the configuration, what to do with it (delete, skip, repair, set
+//! an expiry, report), and the per-run deletion cap. Pure: no client, no clock.
 //!
-//! What a complete set is comes from [`desired_set`] only; this module
-//! compares against it and never restates its rules.
+//! The observation is [`super::observation`]; what to write is [`super::diff`].
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use kube::ResourceExt;
-use kube::api::ObjectMeta;
-
-use crate::desired::{DesiredSet, NamespacedRole, SetConfig, desired_set, set_annotations};
-use crate::labels::{EXPIRY_LABEL, TENANT_LABEL};
-use crate::params::{Expiry, Selector, TenantName};
+use super::diff::{Drift, Write, diff, strays};
+use super::observation::{ObjectId, ObservedSet, contents};
+use crate::rules::desired::{SetConfig, desired_set, expiry_only_namespace};
+use crate::rules::kinds::Object;
+use crate::rules::labels::{self, EXPIRY_LABEL};
+use crate::rules::params::Expiry;
 
 /// What the plan needs besides the observations and the time.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,386 +22,6 @@ pub struct PlanConfig {
     /// At most this many namespaces are deleted by one plan (oldest expiry
     /// first); the rest wait for the next run. `None`: no limit.
     pub max_deletions: Option<u32>,
-}
-
-/// Labels or annotations, sorted by key, packed into one string with the
-/// offsets beside it: two allocations however many pairs. A sweep holds tens
-/// of thousands of these; a `BTreeMap` of `String`s costs about a kilobyte.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pairs {
-    /// Every key then its value, back to back.
-    text: String,
-    /// For each pair, where its key ends and where its value ends in `text`.
-    ends: Vec<(u32, u32)>,
-}
-
-impl Pairs {
-    fn pair(&self, i: usize) -> Option<(&str, &str)> {
-        let start = match i.checked_sub(1) {
-            None => 0,
-            Some(before) => self.ends.get(before)?.1,
-        };
-        let (key_end, value_end) = *self.ends.get(i)?;
-        let at = |a: u32, b: u32| self.text.get(usize::try_from(a).ok()?..usize::try_from(b).ok()?);
-        Some((at(start, key_end)?, at(key_end, value_end)?))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        (0..self.ends.len()).filter_map(|i| self.pair(i))
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        let mut low = 0;
-        let mut high = self.ends.len();
-        while low < high {
-            let mid = low + (high - low) / 2;
-            let (k, v) = self.pair(mid)?;
-            match k.cmp(key) {
-                std::cmp::Ordering::Less => low = mid + 1,
-                std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Some(v),
-            }
-        }
-        None
-    }
-
-    pub fn insert(&mut self, key: &str, value: &str) {
-        let mut all: BTreeMap<String, String> =
-            self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        all.insert(key.to_owned(), value.to_owned());
-        *self = Some(all).into();
-    }
-
-    pub fn remove(&mut self, key: &str) {
-        let mut all: BTreeMap<String, String> =
-            self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        all.remove(key);
-        *self = Some(all).into();
-    }
-
-    /// Whether every entry of `want` is here with the same value.
-    fn contains_all(&self, want: Option<&BTreeMap<String, String>>) -> bool {
-        want.into_iter()
-            .flatten()
-            .all(|(k, v)| self.get(k) == Some(v.as_str()))
-    }
-}
-
-impl From<Option<BTreeMap<String, String>>> for Pairs {
-    fn from(map: Option<BTreeMap<String, String>>) -> Self {
-        // A BTreeMap iterates in key order: already sorted.
-        let map = map.unwrap_or_default();
-        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len()).sum());
-        let mut ends = Vec::with_capacity(map.len());
-        let offset = |text: &String| u32::try_from(text.len()).unwrap_or(u32::MAX);
-        for (k, v) in &map {
-            text.push_str(k);
-            let key_end = offset(&text);
-            text.push_str(v);
-            ends.push((key_end, offset(&text)));
-        }
-        Self { text, ends }
-    }
-}
-
-/// What the plan reads of an object's metadata.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObservedMeta {
-    pub name: String,
-    pub namespace: Option<String>,
-    pub uid: Option<String>,
-    pub resource_version: Option<String>,
-    pub labels: Pairs,
-    pub annotations: Pairs,
-    /// creationTimestamp, Unix seconds.
-    pub created: Option<i64>,
-    /// deletionTimestamp is set.
-    pub deleting: bool,
-}
-
-impl From<ObjectMeta> for ObservedMeta {
-    fn from(meta: ObjectMeta) -> Self {
-        let ObjectMeta {
-            name,
-            namespace,
-            uid,
-            resource_version,
-            labels,
-            annotations,
-            creation_timestamp,
-            deletion_timestamp,
-            ..
-        } = meta;
-        Self {
-            name: name.unwrap_or_default(),
-            namespace,
-            uid,
-            resource_version,
-            labels: labels.into(),
-            annotations: annotations.into(),
-            created: creation_timestamp.map(|t| t.0.as_second()),
-            deleting: deletion_timestamp.is_some(),
-        }
-    }
-}
-
-/// A Namespace as the plan sees it.
-pub type ObservedNamespace = ObservedMeta;
-
-impl From<Namespace> for ObservedMeta {
-    fn from(ns: Namespace) -> Self {
-        ns.metadata.into()
-    }
-}
-
-/// A ServiceAccount as the plan sees it (its uid is never needed).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObservedServiceAccount {
-    pub meta: ObservedMeta,
-}
-
-impl From<ServiceAccount> for ObservedServiceAccount {
-    fn from(sa: ServiceAccount) -> Self {
-        let mut meta = ObservedMeta::from(sa.metadata);
-        meta.uid = None;
-        meta.resource_version = None;
-        Self { meta }
-    }
-}
-
-/// A Role as the plan sees it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservedRole {
-    pub meta: ObservedMeta,
-    pub rules: Option<Vec<PolicyRule>>,
-}
-
-impl From<Role> for ObservedRole {
-    fn from(role: Role) -> Self {
-        let mut meta = ObservedMeta::from(role.metadata);
-        meta.uid = None;
-        meta.resource_version = None;
-        Self {
-            meta,
-            rules: role.rules,
-        }
-    }
-}
-
-/// A RoleBinding as the plan sees it (uid kept: a drifted roleRef means
-/// deleting exactly this one).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservedRoleBinding {
-    pub meta: ObservedMeta,
-    pub role_ref: RoleRef,
-    pub subjects: Option<Vec<Subject>>,
-}
-
-impl From<RoleBinding> for ObservedRoleBinding {
-    fn from(rb: RoleBinding) -> Self {
-        let mut meta = ObservedMeta::from(rb.metadata);
-        meta.resource_version = None;
-        Self {
-            meta,
-            role_ref: rb.role_ref,
-            subjects: rb.subjects,
-        }
-    }
-}
-
-/// Everything observed: each kind filtered to the selector and sorted by
-/// namespace, so that the sets are views into it rather than copies.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Observed {
-    pub namespaces: Vec<ObservedNamespace>,
-    pub service_accounts: Vec<ObservedServiceAccount>,
-    pub roles: Vec<ObservedRole>,
-    pub role_bindings: Vec<ObservedRoleBinding>,
-}
-
-/// One namespace's share of [`Observed`]: everything carrying the selector
-/// found under one namespace name.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ObservedSet<'a> {
-    pub name: &'a str,
-    /// The Namespace itself, if it carries the selector (is managed).
-    pub namespace: Option<&'a ObservedNamespace>,
-    pub service_accounts: &'a [ObservedServiceAccount],
-    pub roles: &'a [ObservedRole],
-    pub role_bindings: &'a [ObservedRoleBinding],
-}
-
-/// Whether `labels` hold exactly `selector`'s key=value.
-pub fn carries(selector: &Selector, labels: &Pairs) -> bool {
-    labels.get(selector.key()) == Some(selector.value())
-}
-
-impl Observed {
-    /// Objects that do not carry the selector are dropped here, whatever the
-    /// server returned: nothing without it is ever planned for. In place: no copies.
-    pub fn new(
-        selector: &Selector,
-        namespaces: Vec<ObservedNamespace>,
-        service_accounts: Vec<ObservedServiceAccount>,
-        roles: Vec<ObservedRole>,
-        role_bindings: Vec<ObservedRoleBinding>,
-    ) -> Self {
-        let mut o = Self {
-            namespaces,
-            service_accounts,
-            roles,
-            role_bindings,
-        };
-        let keep = |meta: &ObservedMeta| carries(selector, &meta.labels) && meta.namespace.is_some();
-        o.namespaces.retain(|ns| carries(selector, &ns.labels));
-        o.service_accounts.retain(|x| keep(&x.meta));
-        o.roles.retain(|x| keep(&x.meta));
-        o.role_bindings.retain(|x| keep(&x.meta));
-        o.namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        o.service_accounts
-            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
-        o.roles
-            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
-        o.role_bindings
-            .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
-        o
-    }
-
-    /// The sets, sorted by namespace name.
-    pub fn sets(&self) -> Vec<ObservedSet<'_>> {
-        /// The run of `items` from `*at` that belong to namespace `name`.
-        fn run<'a, T>(
-            items: &'a [T],
-            at: &mut usize,
-            name: &str,
-            ns: impl Fn(&T) -> Option<&str>,
-        ) -> &'a [T] {
-            let start = *at;
-            let len = items
-                .get(start..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(|x| ns(x) == Some(name))
-                .count();
-            *at = start + len;
-            items.get(start..start + len).unwrap_or_default()
-        }
-        let mut sets = Vec::new();
-        let (mut n, mut s, mut r, mut b) = (0, 0, 0, 0);
-        loop {
-            let heads = [
-                self.namespaces.get(n).map(|x| x.name.as_str()),
-                self.service_accounts
-                    .get(s)
-                    .and_then(|x| x.meta.namespace.as_deref()),
-                self.roles.get(r).and_then(|x| x.meta.namespace.as_deref()),
-                self.role_bindings
-                    .get(b)
-                    .and_then(|x| x.meta.namespace.as_deref()),
-            ];
-            let Some(name) = heads.into_iter().flatten().min() else {
-                return sets;
-            };
-            let namespace = self.namespaces.get(n).filter(|x| x.name == name);
-            n += usize::from(namespace.is_some());
-            sets.push(ObservedSet {
-                name,
-                namespace,
-                service_accounts: run(&self.service_accounts, &mut s, name, |x| {
-                    x.meta.namespace.as_deref()
-                }),
-                roles: run(&self.roles, &mut r, name, |x| x.meta.namespace.as_deref()),
-                role_bindings: run(&self.role_bindings, &mut b, name, |x| x.meta.namespace.as_deref()),
-            });
-        }
-    }
-}
-
-/// A kind and name, for reporting objects.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ObjectId {
-    pub kind: &'static str,
-    pub namespace: Option<String>,
-    pub name: String,
-}
-
-impl ObjectId {
-    fn of(kind: &'static str, meta: &ObservedMeta) -> Self {
-        Self {
-            kind,
-            namespace: meta.namespace.clone(),
-            name: meta.name.clone(),
-        }
-    }
-}
-
-/// Why an object is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Drift {
-    /// Not found (or found without the selector label).
-    Missing,
-    /// A desired label is absent or has another value.
-    Labels,
-    /// A desired annotation is absent or has another value.
-    Annotations,
-    /// RoleBinding subjects differ.
-    Subjects,
-    /// RoleBinding roleRef differs (immutable: the binding is recreated).
-    RoleRef,
-    /// Role rules differ.
-    Rules,
-}
-
-impl Drift {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::Labels => "labels",
-            Self::Annotations => "annotations",
-            Self::Subjects => "subjects",
-            Self::RoleRef => "roleRef",
-            Self::Rules => "rules",
-        }
-    }
-}
-
-/// An object to server-side apply, as the desired set has it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Desired {
-    Namespace(Box<Namespace>),
-    ServiceAccount(Box<ServiceAccount>),
-    Role(Box<Role>),
-    RoleBinding(Box<RoleBinding>),
-}
-
-impl Desired {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Namespace(_) => "Namespace",
-            Self::ServiceAccount(_) => "ServiceAccount",
-            Self::Role(_) => "Role",
-            Self::RoleBinding(_) => "RoleBinding",
-        }
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            Self::Namespace(o) => o.name_any(),
-            Self::ServiceAccount(o) => o.name_any(),
-            Self::Role(o) => o.name_any(),
-            Self::RoleBinding(o) => o.name_any(),
-        }
-    }
-}
-
-/// One write of a repair.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Write {
-    pub object: Desired,
-    pub reasons: Vec<Drift>,
-    /// Delete the existing object with this uid first (a RoleBinding whose
-    /// immutable roleRef drifted), then apply.
-    pub recreate_uid: Option<String>,
 }
 
 /// What to do with one namespace.
@@ -537,10 +154,7 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
             untenanted: false,
         };
     };
-    let tenant = ns
-        .labels
-        .get(TENANT_LABEL)
-        .and_then(|t| t.parse::<TenantName>().ok());
+    let tenant = labels::tenant_of(&ns.labels);
     let untenanted = tenant.is_none();
     let done = |action, strays| SetPlan {
         namespace: name.clone(),
@@ -552,7 +166,7 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
         return done(Action::SkipTerminating, Vec::new());
     }
     let label = ns.labels.get(EXPIRY_LABEL);
-    match label.and_then(|v| v.parse::<Expiry>().ok()) {
+    match labels::expiry_of(&ns.labels) {
         Some(expiry) if expiry.is_due(now) => done(
             Action::Delete {
                 expiry,
@@ -610,316 +224,21 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
 /// For a namespace without a tenant: only the expiry label and annotation,
 /// applied by us; its other labels and contents stay someone else's.
 fn expiry_only(name: &str, expiry: Expiry) -> Write {
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), expiry.to_string())])),
-            annotations: Some(set_annotations(expiry)),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
     Write {
-        object: Desired::Namespace(Box::new(namespace)),
+        object: Object::Namespace(Box::new(expiry_only_namespace(name, expiry))),
         reasons: vec![Drift::Labels],
         recreate_uid: None,
     }
 }
 
-fn contents(observed: &ObservedSet<'_>) -> Vec<ObjectId> {
-    let mut ids: Vec<ObjectId> = observed
-        .service_accounts
-        .iter()
-        .map(|o| ObjectId::of("ServiceAccount", &o.meta))
-        .chain(observed.roles.iter().map(|o| ObjectId::of("Role", &o.meta)))
-        .chain(
-            observed
-                .role_bindings
-                .iter()
-                .map(|o| ObjectId::of("RoleBinding", &o.meta)),
-        )
-        .collect();
-    ids.sort();
-    ids
-}
-
-/// Observed objects the desired set does not name.
-fn strays(desired: &DesiredSet, observed: &ObservedSet<'_>) -> Vec<ObjectId> {
-    let DesiredSet {
-        namespace: _,
-        service_account,
-        role_binding,
-        role,
-    } = desired;
-    let sa_names = [service_account.name_any()];
-    let mut rb_names = vec![role_binding.name_any()];
-    let mut role_names = Vec::new();
-    if let Some(NamespacedRole { role, binding }) = role {
-        rb_names.push(binding.name_any());
-        role_names.push(role.name_any());
-    }
-    let mut ids: Vec<ObjectId> = observed
-        .service_accounts
-        .iter()
-        .filter(|o| !sa_names.contains(&o.meta.name))
-        .map(|o| ObjectId::of("ServiceAccount", &o.meta))
-        .chain(
-            observed
-                .roles
-                .iter()
-                .filter(|o| !role_names.contains(&o.meta.name))
-                .map(|o| ObjectId::of("Role", &o.meta)),
-        )
-        .chain(
-            observed
-                .role_bindings
-                .iter()
-                .filter(|o| !rb_names.contains(&o.meta.name))
-                .map(|o| ObjectId::of("RoleBinding", &o.meta)),
-        )
-        .collect();
-    ids.sort();
-    ids
-}
-
-/// The writes that bring `observed` to `desired`, Namespace first. The
-/// desired set is destructured without `..` so a new part cannot be missed.
-fn diff(desired: &DesiredSet, ns: &ObservedNamespace, observed: &ObservedSet<'_>) -> Vec<Write> {
-    let DesiredSet {
-        namespace,
-        service_account,
-        role_binding,
-        role,
-    } = desired;
-    let mut writes = Vec::new();
-    let reasons = meta_drift(&namespace.metadata, ns);
-    if !reasons.is_empty() {
-        writes.push(Write {
-            object: Desired::Namespace(Box::new(namespace.clone())),
-            reasons,
-            recreate_uid: None,
-        });
-    }
-    let found = observed
-        .service_accounts
-        .iter()
-        .find(|o| o.meta.name == service_account.name_any());
-    let reasons = match found {
-        None => vec![Drift::Missing],
-        Some(sa) => meta_drift(&service_account.metadata, &sa.meta),
-    };
-    if !reasons.is_empty() {
-        writes.push(Write {
-            object: Desired::ServiceAccount(Box::new(service_account.clone())),
-            reasons,
-            recreate_uid: None,
-        });
-    }
-    writes.extend(binding_write(role_binding, observed.role_bindings));
-    if let Some(NamespacedRole { role, binding }) = role {
-        let reasons = match observed.roles.iter().find(|o| o.meta.name == role.name_any()) {
-            None => vec![Drift::Missing],
-            Some(found) => {
-                let mut reasons = meta_drift(&role.metadata, &found.meta);
-                if !same_rules(role.rules.as_deref(), found.rules.as_deref()) {
-                    reasons.push(Drift::Rules);
-                }
-                reasons
-            }
-        };
-        if !reasons.is_empty() {
-            writes.push(Write {
-                object: Desired::Role(Box::new(role.clone())),
-                reasons,
-                recreate_uid: None,
-            });
-        }
-        writes.extend(binding_write(binding, observed.role_bindings));
-    }
-    writes
-}
-
-fn binding_write(desired: &RoleBinding, observed: &[ObservedRoleBinding]) -> Option<Write> {
-    let found = observed.iter().find(|o| o.meta.name == desired.name_any());
-    let (reasons, recreate_uid) = match found {
-        None => (vec![Drift::Missing], None),
-        Some(found) => {
-            let mut reasons = meta_drift(&desired.metadata, &found.meta);
-            if !same_subjects(desired.subjects.as_deref(), found.subjects.as_deref()) {
-                reasons.push(Drift::Subjects);
-            }
-            if same_role_ref(&desired.role_ref, &found.role_ref) {
-                (reasons, None)
-            } else {
-                reasons.push(Drift::RoleRef);
-                (reasons, Some(found.meta.uid.clone().unwrap_or_default()))
-            }
-        }
-    };
-    (!reasons.is_empty()).then(|| Write {
-        object: Desired::RoleBinding(Box::new(desired.clone())),
-        reasons,
-        recreate_uid,
-    })
-}
-
-/// Desired labels and annotations must be present with their values; others
-/// (added by people or Kubernetes) are fine.
-fn meta_drift(desired: &ObjectMeta, observed: &ObservedMeta) -> Vec<Drift> {
-    let mut reasons = Vec::new();
-    if !observed.labels.contains_all(desired.labels.as_ref()) {
-        reasons.push(Drift::Labels);
-    }
-    if !observed.annotations.contains_all(desired.annotations.as_ref()) {
-        reasons.push(Drift::Annotations);
-    }
-    reasons
-}
-
-fn same_role_ref(a: &RoleRef, b: &RoleRef) -> bool {
-    a.api_group == b.api_group && a.kind == b.kind && a.name == b.name
-}
-
-/// Subjects compared the way the API server stores them (absent and empty
-/// strings are the same; the order of the atomic list matters).
-fn same_subjects(a: Option<&[Subject]>, b: Option<&[Subject]>) -> bool {
-    let norm = |s: Option<&[Subject]>| -> Vec<(String, String, String, String)> {
-        s.unwrap_or_default()
-            .iter()
-            .map(|s| {
-                (
-                    s.kind.clone(),
-                    s.name.clone(),
-                    s.namespace.clone().unwrap_or_default(),
-                    s.api_group.clone().unwrap_or_default(),
-                )
-            })
-            .collect()
-    };
-    norm(a) == norm(b)
-}
-
-/// Rules compared with absent and empty lists the same (the server drops empty ones).
-fn same_rules(a: Option<&[PolicyRule]>, b: Option<&[PolicyRule]>) -> bool {
-    type Norm = [Vec<String>; 5];
-    let norm = |rules: Option<&[PolicyRule]>| -> Vec<Norm> {
-        rules
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
-                [
-                    list(&r.api_groups),
-                    list(&r.resources),
-                    list(&r.resource_names),
-                    list(&r.non_resource_urls),
-                    r.verbs.clone(),
-                ]
-            })
-            .collect()
-    };
-    norm(a) == norm(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-    const NOW: i64 = 1_800_000_000;
-    const HOUR: i64 = 3600;
-
-    fn selector() -> Selector {
-        "np-test/reaper=unit".parse().unwrap()
-    }
-
-    fn rules(verb: &str) -> Vec<PolicyRule> {
-        vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".to_owned()]),
-            verbs: vec![verb.to_owned()],
-            ..PolicyRule::default()
-        }]
-    }
-
-    fn config(role: bool) -> PlanConfig {
-        PlanConfig {
-            set: SetConfig {
-                selector: selector(),
-                cluster_role: "grant".to_owned(),
-                role_rules: role.then(|| rules("get")),
-            },
-            max_ttl: Duration::from_secs(3 * HOUR as u64),
-            max_deletions: None,
-        }
-    }
-
-    fn tenant() -> TenantName {
-        "ci".parse().unwrap()
-    }
-
-    /// The set as the provisioner made it, as the API server returns it.
-    fn observed(name: &str, expiry: i64, role: bool) -> Observed {
-        let DesiredSet {
-            mut namespace,
-            mut service_account,
-            mut role_binding,
-            role: nsrole,
-        } = desired_set(name, &tenant(), Expiry::from_unix(expiry), &config(role).set);
-        namespace.metadata.uid = Some(format!("uid-{name}"));
-        namespace.metadata.resource_version = Some("7".to_owned());
-        namespace.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(NOW - HOUR).unwrap()));
-        namespace
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
-        service_account.metadata.uid = Some("uid-sa".to_owned());
-        role_binding.metadata.uid = Some("uid-rb".to_owned());
-        let (roles, mut bindings) = match nsrole {
-            Some(NamespacedRole { role, binding }) => (vec![role.into()], vec![binding.into()]),
-            None => (vec![], vec![]),
-        };
-        bindings.insert(0, role_binding.into());
-        Observed {
-            namespaces: vec![namespace.into()],
-            service_accounts: vec![service_account.into()],
-            roles,
-            role_bindings: bindings,
-        }
-    }
-
-    fn live() -> Observed {
-        observed("np-live", NOW + HOUR, false)
-    }
-
-    fn ns_labels(set: &mut Observed) -> &mut Pairs {
-        &mut set.namespaces[0].labels
-    }
-
-    /// The plan for the one set of `o`.
-    fn plan_one(o: &Observed, now: i64, config: &PlanConfig) -> SetPlan {
-        let sets = o.sets();
-        assert_eq!(sets.len(), 1, "{sets:?}");
-        plan_set(&sets[0], now, config)
-    }
-
-    /// (kind, name, reasons, recreate) of each write, for compact expectations.
-    fn writes(action: &Action) -> Vec<(&'static str, String, Vec<Drift>, bool)> {
-        action
-            .writes()
-            .iter()
-            .map(|w| {
-                (
-                    w.object.kind(),
-                    w.object.name(),
-                    w.reasons.clone(),
-                    w.recreate_uid.is_some(),
-                )
-            })
-            .collect()
-    }
+    use crate::reaper::fixtures::*;
+    use crate::reaper::observation::{Observed, Pairs};
+    use crate::rules::labels::TENANT_LABEL;
+    use k8s_openapi::api::rbac::v1::Subject;
+    use kube::ResourceExt;
 
     #[test]
     fn table_of_cases() {
@@ -1189,32 +508,6 @@ mod tests {
     }
 
     #[test]
-    fn repairs_apply_exactly_the_desired_objects() {
-        let mut s = live();
-        s.role_bindings[0].role_ref.name = "cluster-admin".to_owned();
-        s.service_accounts.clear();
-        let got = plan_one(&s, NOW, &config(false));
-        let desired = desired_set(
-            "np-live",
-            &tenant(),
-            Expiry::from_unix(NOW + HOUR),
-            &config(false).set,
-        );
-        let Action::Repair { writes, .. } = got.action else {
-            panic!("{got:?}")
-        };
-        assert_eq!(
-            writes[0].object,
-            Desired::ServiceAccount(Box::new(desired.service_account))
-        );
-        assert_eq!(
-            writes[1].object,
-            Desired::RoleBinding(Box::new(desired.role_binding))
-        );
-        assert_eq!(writes[1].recreate_uid.as_deref(), Some("uid-rb"));
-    }
-
-    #[test]
     fn missing_or_garbage_expiry_becomes_creation_plus_max_ttl() {
         for previous in [None, Some("garbage"), Some("-5"), Some("")] {
             let mut s = live();
@@ -1234,7 +527,7 @@ mod tests {
             // Created an hour ago, max TTL three hours.
             assert_eq!(expiry.unix(), NOW + 2 * HOUR);
             assert_eq!(got_previous.as_deref(), previous);
-            let Desired::Namespace(ns) = &writes[0].object else {
+            let Object::Namespace(ns) = &writes[0].object else {
                 panic!()
             };
             assert_eq!(ns.labels()[EXPIRY_LABEL], (NOW + 2 * HOUR).to_string());
@@ -1264,7 +557,7 @@ mod tests {
         let [write] = got.action.writes() else {
             panic!("{got:?}")
         };
-        let Desired::Namespace(ns) = &write.object else {
+        let Object::Namespace(ns) = &write.object else {
             panic!()
         };
         // Only what we set: not the selector, not a tenant.
@@ -1290,32 +583,6 @@ mod tests {
             vec!["RoleBinding", "ServiceAccount"]
         );
         assert!(objects.iter().all(|o| o.namespace.as_deref() == Some("np-live")));
-    }
-
-    #[test]
-    fn strays_are_reported_beside_the_action() {
-        // A Role left over from an earlier --role-rules-file.
-        let mut s = observed("np-r", NOW + HOUR, true);
-        let got = plan_one(&s, NOW, &config(false));
-        assert_eq!(got.action.name(), "inSync");
-        assert_eq!(
-            got.strays
-                .iter()
-                .map(|o| (o.kind, o.name.as_str()))
-                .collect::<Vec<_>>(),
-            vec![
-                ("Role", "namespace-provisioner"),
-                ("RoleBinding", "namespace-provisioner-role")
-            ]
-        );
-        s.service_accounts.push(ObservedServiceAccount {
-            meta: ObservedMeta {
-                name: "other".to_owned(),
-                namespace: Some("np-r".to_owned()),
-                ..ObservedMeta::default()
-            },
-        });
-        assert_eq!(plan_one(&s, NOW, &config(true)).strays.len(), 1);
     }
 
     /// Several single-set observations as one, in arbitrary order.
@@ -1360,118 +627,6 @@ mod tests {
             actions(&cfg),
             vec!["deleteCapped", "deleteCapped", "deleteCapped", "inSync"]
         );
-    }
-
-    #[test]
-    fn grouping_keeps_only_the_exact_selector_and_slices_by_namespace() {
-        let a = live();
-        let mut foreign_sa = a.service_accounts[0].clone();
-        foreign_sa.meta.name = "foreign".to_owned();
-        foreign_sa.meta.labels.insert("np-test/reaper", "other-value");
-        let mut unlabelled_ns = a.namespaces[0].clone();
-        unlabelled_ns.name = "np-unlabelled".to_owned();
-        unlabelled_ns.labels = Some(BTreeMap::from([(EXPIRY_LABEL.to_owned(), "1".to_owned())])).into();
-        let mut elsewhere = a.role_bindings[0].clone();
-        elsewhere.meta.namespace = Some("kube-system".to_owned());
-        let mut no_namespace = a.role_bindings[0].clone();
-        no_namespace.meta.namespace = None;
-        let b = observed("np-b", NOW + HOUR, true);
-        let all = Observed::new(
-            &selector(),
-            vec![b.namespaces[0].clone(), a.namespaces[0].clone(), unlabelled_ns],
-            vec![
-                a.service_accounts[0].clone(),
-                foreign_sa,
-                b.service_accounts[0].clone(),
-            ],
-            b.roles.clone(),
-            vec![
-                a.role_bindings[0].clone(),
-                elsewhere,
-                b.role_bindings[1].clone(),
-                no_namespace,
-                b.role_bindings[0].clone(),
-            ],
-        );
-        let sets = all.sets();
-        assert_eq!(
-            sets.iter().map(|s| s.name).collect::<Vec<_>>(),
-            vec!["kube-system", "np-b", "np-live"]
-        );
-        assert!(sets[0].namespace.is_none());
-        assert_eq!(sets[0].role_bindings.len(), 1);
-        assert_eq!(sets[1].namespace.map(|n| n.name.as_str()), Some("np-b"));
-        assert_eq!(
-            (
-                sets[1].service_accounts.len(),
-                sets[1].roles.len(),
-                sets[1].role_bindings.len()
-            ),
-            (1, 1, 2)
-        );
-        assert_eq!(
-            (
-                sets[2].service_accounts.len(),
-                sets[2].roles.len(),
-                sets[2].role_bindings.len()
-            ),
-            (1, 0, 1)
-        );
-        let planned = plan(&sets, NOW, &config(false));
-        assert_eq!(planned.sets[0].action.name(), "reportOrphan");
-        assert_eq!(planned.sets[2].action.name(), "inSync");
-        assert!(Observed::default().sets().is_empty());
-    }
-
-    #[test]
-    fn pairs_stay_sorted_and_behave_like_a_map() {
-        let mut p: Pairs = Some(BTreeMap::from([
-            ("b".to_owned(), "2".to_owned()),
-            ("a".to_owned(), "1".to_owned()),
-        ]))
-        .into();
-        assert_eq!((p.get("a"), p.get("b"), p.get("c")), (Some("1"), Some("2"), None));
-        p.insert("c", "3");
-        p.insert("0", "0");
-        p.insert("a", "one");
-        assert_eq!(p.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["0", "a", "b", "c"]);
-        assert_eq!(Pairs::default().get("a"), None);
-        assert_eq!(p.get("a"), Some("one"));
-        p.remove("b");
-        assert_eq!(p.get("b"), None);
-        assert!(p.contains_all(Some(&BTreeMap::from([("c".to_owned(), "3".to_owned())]))));
-        assert!(!p.contains_all(Some(&BTreeMap::from([("c".to_owned(), "4".to_owned())]))));
-        assert!(p.contains_all(None));
-    }
-
-    #[test]
-    fn observations_keep_what_the_plan_reads_and_nothing_else() {
-        let set = desired_set("np-x", &tenant(), Expiry::from_unix(NOW), &config(true).set);
-        let mut ns = set.namespace.clone();
-        ns.metadata.uid = Some("u".to_owned());
-        ns.metadata.resource_version = Some("9".to_owned());
-        ns.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
-        ns.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(NOW).unwrap()));
-        ns.metadata.finalizers = Some(vec!["x".to_owned()]);
-        let seen = ObservedNamespace::from(ns);
-        assert_eq!(seen.name, "np-x");
-        assert_eq!(
-            (seen.uid.as_deref(), seen.resource_version.as_deref()),
-            (Some("u"), Some("9"))
-        );
-        assert_eq!((seen.created, seen.deleting), (Some(NOW), true));
-        assert_eq!(seen.labels.get(TENANT_LABEL), Some("ci"));
-        assert!(carries(&selector(), &seen.labels));
-        let mut rb = set.role_binding.clone();
-        rb.metadata.uid = Some("rb".to_owned());
-        let seen = ObservedRoleBinding::from(rb);
-        assert_eq!(seen.meta.uid.as_deref(), Some("rb"));
-        assert_eq!(seen.role_ref, set.role_binding.role_ref);
-        let mut sa = set.service_account.clone();
-        sa.metadata.uid = Some("sa".to_owned());
-        assert_eq!(ObservedServiceAccount::from(sa).meta.uid, None);
-        let role = set.role.unwrap().role;
-        assert_eq!(ObservedRole::from(role.clone()).rules, role.rules);
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::execute::{Outcome, chain};
-use super::plan::{Action, ObjectId, Plan, SetPlan};
+use super::execute::Outcome;
+use super::observation::ObjectId;
+use super::plan::{Action, Plan, SetPlan};
+use crate::telemetry::chain;
 
 /// How long each phase took.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -300,7 +302,7 @@ fn entry(set: &SetPlan, outcome: Option<&Outcome>) -> Entry {
             .writes()
             .iter()
             .map(|w| WriteEntry {
-                kind: w.object.kind(),
+                kind: w.object.kind().as_str(),
                 name: w.object.name(),
                 reasons: w.reasons.iter().map(|r| r.as_str()).collect(),
                 recreate: w.recreate_uid.is_some(),
@@ -321,9 +323,10 @@ fn entry(set: &SetPlan, outcome: Option<&Outcome>) -> Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::Expiry;
+    use crate::reaper::diff::{Drift, Write};
     use crate::reaper::execute::ExecuteError;
-    use crate::reaper::plan::{Desired, Drift, Write};
+    use crate::rules::kinds::Object;
+    use crate::rules::params::Expiry;
     use k8s_openapi::api::core::v1::ServiceAccount;
 
     fn set(namespace: &str, action: Action) -> SetPlan {
@@ -337,7 +340,7 @@ mod tests {
 
     fn sample() -> Plan {
         let write = Write {
-            object: Desired::ServiceAccount(Box::new(ServiceAccount {
+            object: Object::ServiceAccount(Box::new(ServiceAccount {
                 metadata: kube::api::ObjectMeta {
                     name: Some("namespace-provisioner".to_owned()),
                     ..Default::default()

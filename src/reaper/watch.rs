@@ -1,38 +1,39 @@
-//! Watch mode: a kube-runtime [`Controller`] over managed Namespaces, woken
-//! by changes to them and to selector-labelled ServiceAccounts, Roles and
-//! RoleBindings (mapped to their namespace), and requeued at each
+//! Watch mode: a kube-runtime controller over managed Namespaces
+//! ([`k8s::managed_controller`]), woken by changes to them and to
+//! selector-labelled objects of every other managed kind (mapped to their
+//! namespace), and requeued at each
 //! namespace's expiry instant; no polling loop. Each reconcile observes one
 //! namespace and runs the same pure [`plan::plan_set`] as a sweep.
 //!
 //! Only the holder of a `coordination.k8s.io` Lease (kube-lease-manager)
 //! runs the controller. Losing the Lease, or failing to confirm it, stops the
 //! controller at once; shutdown stops it gracefully and releases the Lease.
-//! Does Kubernetes I/O.
+//! Does Kubernetes I/O through [`crate::k8s`].
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::runtime::controller::{self, Action as Requeue, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::controller::{self, Action as Requeue};
+use kube::{Client, ResourceExt};
+use kube_lease_manager::LeaseManager;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::execute::{Executor, Outcome, chain};
-use super::metrics::{self, ErrorLabels, InFlight, Metrics};
+use super::execute::{ExecuteError, Executor, Outcome};
+use super::metrics::{self, InFlight, Metrics};
 use super::plan::{self, PlanConfig};
 use super::{ReaperError, observe_namespace};
-use crate::params::Expiry;
+use crate::clock::{system_clock, system_clock_f64};
+use crate::k8s;
+use crate::rules::params::Expiry;
+use crate::telemetry::{ErrorLabels, chain};
 
 /// The leader Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +105,12 @@ pub enum WatchError {
 pub enum ReconcileError {
     #[error(transparent)]
     Observe(#[from] ReaperError),
-    #[error("{failed} write(s) for namespace {namespace} failed, first: {first}")]
+    #[error("{failed} write(s) for namespace {namespace} failed, the first")]
     Execute {
         namespace: String,
         failed: usize,
-        first: String,
-        kind: &'static str,
+        #[source]
+        first: ExecuteError,
     },
 }
 
@@ -118,7 +119,7 @@ impl ReconcileError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Observe(e) => e.kind(),
-            Self::Execute { kind, .. } => kind,
+            Self::Execute { first, .. } => first.kind(),
         }
     }
 }
@@ -215,13 +216,15 @@ async fn build_manager(
     client: &Client,
     lease: &LeaseConfig,
 ) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
-    LeaseManagerBuilder::new(client.clone(), &lease.name)
-        .with_namespace(&lease.namespace)
-        .with_identity(&lease.identity)
-        .with_duration(lease.duration_secs)
-        .with_grace(lease.grace_secs)
-        .build()
-        .await
+    k8s::build_lease_manager(
+        client,
+        &lease.name,
+        &lease.namespace,
+        &lease.identity,
+        lease.duration_secs,
+        lease.grace_secs,
+    )
+    .await
 }
 
 enum LeaseEvent {
@@ -309,22 +312,9 @@ async fn lead(
     }
 }
 
-fn to_namespace<K: ResourceExt>(object: K) -> Option<ObjectRef<Namespace>> {
-    object.namespace().map(|ns| ObjectRef::new(&ns))
-}
-
 async fn run_controller(context: Arc<Context>, concurrency: u16, stopped: oneshot::Receiver<()>) {
-    let client = context.client.clone();
     let selector = context.plan.set.selector.to_label_selector();
-    let wc = watcher::Config::default().labels(&selector);
-    Controller::new(Api::<Namespace>::all(client.clone()), wc.clone())
-        .watches(
-            Api::<ServiceAccount>::all(client.clone()),
-            wc.clone(),
-            to_namespace,
-        )
-        .watches(Api::<Role>::all(client.clone()), wc.clone(), to_namespace)
-        .watches(Api::<RoleBinding>::all(client), wc, to_namespace)
+    k8s::managed_controller(&context.client, &selector)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stopped.map(drop))
         .run(reconcile, error_policy, context)
@@ -338,14 +328,6 @@ async fn run_controller(context: Arc<Context>, concurrency: u16, stopped: onesho
         })
         .await;
     info!("controller stopped");
-}
-
-fn unix_now() -> (i64, f64) {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    (
-        i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        since.as_secs_f64(),
-    )
 }
 
 /// When to look again: at the expiry instant (plus a margin), at most a day out.
@@ -372,7 +354,7 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
         context.page_size,
     )
     .await?;
-    let (now, now_f) = unix_now();
+    let (now, now_f) = (system_clock(), system_clock_f64());
     // Nothing carries the selector any more (the labels were changed): not ours.
     let Some(observed) = observed.sets().first().copied() else {
         return Ok(Requeue::await_change());
@@ -380,16 +362,16 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     let set = plan::plan_set(&observed, now, &context.plan);
     debug!(namespace = %name, action = set.action.name(), "reconcile");
     let outcome = context.executor.execute_set(&set).await;
-    context.metrics.record(&set, &outcome, unix_now().1);
-    if let Outcome::Failed { errors, .. } = &outcome
-        && let Some(first) = errors.first()
-    {
-        return Err(ReconcileError::Execute {
-            namespace: name,
-            failed: errors.len(),
-            first: chain(first),
-            kind: first.kind(),
-        });
+    context.metrics.record(&set, &outcome, system_clock_f64());
+    if let Outcome::Failed { errors, .. } = outcome {
+        let failed = errors.len();
+        if let Some(first) = errors.into_iter().next() {
+            return Err(ReconcileError::Execute {
+                namespace: name,
+                failed,
+                first,
+            });
+        }
     }
     Ok(requeue_at(set.action.next_look(), now_f))
 }
@@ -398,9 +380,7 @@ fn error_policy(namespace: Arc<Namespace>, error: &ReconcileError, context: Arc<
     context
         .metrics
         .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            kind: error.kind().to_owned(),
-        })
+        .get_or_create(&ErrorLabels::new(error.kind()))
         .inc();
     warn!(namespace = %namespace.name_any(), error = %chain(error), retry_in = ?ERROR_REQUEUE, "reconcile failed");
     Requeue::requeue(ERROR_REQUEUE)

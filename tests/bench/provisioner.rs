@@ -62,14 +62,21 @@ async fn kube_requests(internal: &str) -> u64 {
         .sum()
 }
 
-async fn via_provisioner(addr: &str, count: usize, concurrency: usize) -> Sample {
+/// Run `op` `count` times, `concurrency` at a time: each latency and the wall time.
+async fn timed<F, Fut>(count: usize, concurrency: usize, op: F) -> Sample
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let started = Instant::now();
     let latencies = futures::stream::iter(0..count)
-        .map(|_| async move {
-            let t = Instant::now();
-            let answer = support::http(addr, "POST", "/api/v1/namespace?ttl=10m", Some(TOKEN), None).await;
-            assert_eq!(answer.status, 201, "{}", answer.body);
-            t.elapsed()
+        .map(|_| {
+            let call = op();
+            async move {
+                let t = Instant::now();
+                call.await;
+                t.elapsed()
+            }
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -80,59 +87,57 @@ async fn via_provisioner(addr: &str, count: usize, concurrency: usize) -> Sample
     }
 }
 
+async fn via_provisioner(addr: &str, count: usize, concurrency: usize) -> Sample {
+    timed(count, concurrency, || async move {
+        let answer = support::http(addr, "POST", "/api/v1/namespace?ttl=10m", Some(TOKEN), None).await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    })
+    .await
+}
+
 /// The physical minimum: the three dependent API calls, nothing else.
 async fn bare(client: &Client, selector_value: &str, count: usize, concurrency: usize) -> Sample {
-    let started = Instant::now();
-    let latencies = futures::stream::iter(0..count)
-        .map(|_| async move {
-            let t = Instant::now();
-            let ns = Api::<Namespace>::all(client.clone())
-                .create(
-                    &PostParams::default(),
-                    &Namespace {
-                        metadata: ObjectMeta {
-                            generate_name: Some("bare-".into()),
-                            labels: Some([(SELECTOR_KEY.to_owned(), selector_value.to_owned())].into()),
-                            ..ObjectMeta::default()
-                        },
-                        ..Namespace::default()
-                    },
-                )
-                .await
-                .unwrap();
-            let name = ns.name_any();
-            let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
-            sas.create(
+    timed(count, concurrency, || async move {
+        let ns = Api::<Namespace>::all(client.clone())
+            .create(
                 &PostParams::default(),
-                &ServiceAccount {
+                &Namespace {
                     metadata: ObjectMeta {
-                        name: Some("namespace-provisioner".into()),
+                        generate_name: Some("bare-".into()),
+                        labels: Some([(SELECTOR_KEY.to_owned(), selector_value.to_owned())].into()),
                         ..ObjectMeta::default()
                     },
-                    ..ServiceAccount::default()
+                    ..Namespace::default()
                 },
             )
             .await
             .unwrap();
-            let request = TokenRequest {
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(600),
-                    ..TokenRequestSpec::default()
+        let name = ns.name_any();
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+        sas.create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("namespace-provisioner".into()),
+                    ..ObjectMeta::default()
                 },
-                ..TokenRequest::default()
-            };
-            sas.create_token_request("namespace-provisioner", &PostParams::default(), &request)
-                .await
-                .unwrap();
-            t.elapsed()
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    Sample {
-        latencies,
-        wall: started.elapsed(),
-    }
+                ..ServiceAccount::default()
+            },
+        )
+        .await
+        .unwrap();
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        sas.create_token_request("namespace-provisioner", &PostParams::default(), &request)
+            .await
+            .unwrap();
+    })
+    .await
 }
 
 async fn delete_all(client: &Client, selector: &str) {
@@ -178,25 +183,21 @@ async fn run() {
     support::create_cluster_role(&admin, &grant, Vec::new()).await;
     let prov_value = support::unique("prov");
     let bare_value = support::unique("bare");
-    let port = support::free_port();
-    let internal_port = support::free_port();
-    let mut process = support::Process::start(
-        env!("CARGO_BIN_EXE_provisioner"),
+    let served = support::process::start_provisioner(
+        "provisioner",
         &[],
         &[
-            ("NP_LISTEN", &format!("127.0.0.1:{port}")),
-            ("NP_INTERNAL_LISTEN", &format!("127.0.0.1:{internal_port}")),
-            ("NP_TOKEN", TOKEN),
-            ("NP_KUBECONFIG", cluster.kubeconfig.to_str().unwrap()),
-            ("NP_SELECTOR", &format!("{SELECTOR_KEY}={prov_value}")),
-            ("NP_CLUSTER_ROLE", &grant),
-            ("NP_LOG", "warn"),
+            ("NP_TOKEN", TOKEN.to_owned()),
+            ("NP_KUBECONFIG", cluster.kubeconfig.display().to_string()),
+            ("NP_SELECTOR", format!("{SELECTOR_KEY}={prov_value}")),
+            ("NP_CLUSTER_ROLE", grant.clone()),
+            ("NP_LOG", "warn".to_owned()),
         ],
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let internal = format!("127.0.0.1:{internal_port}");
-    support::wait_http_ok(&internal, "/readyz", &mut process).await;
-    let pid = process.child.id();
+        "/readyz",
+    )
+    .await;
+    let (addr, internal, process) = (served.addr, served.internal, served.process);
+    let pid = process.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = status_kib(pid, "VmRSS");
 
@@ -234,7 +235,7 @@ async fn run() {
         loaded_rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0
     );
-    let (status, _) = process.terminate();
+    let (status, _) = process.terminate().await;
     assert!(status.success());
     delete_all(&admin, &format!("{SELECTOR_KEY}={prov_value}")).await;
     delete_all(&admin, &format!("{SELECTOR_KEY}={bare_value}")).await;

@@ -28,7 +28,6 @@ use kube::{Client, ResourceExt};
 use namespace_provisioner::desired::{SetConfig, desired_set};
 use namespace_provisioner::k8s;
 use namespace_provisioner::params::{Expiry, Selector, TenantName};
-use namespace_provisioner::provision::system_clock;
 use namespace_provisioner::reaper::plan::PlanConfig;
 use namespace_provisioner::reaper::watch::{LeaseConfig, WatchConfig};
 use namespace_provisioner::reaper::{self, SweepConfig};
@@ -178,7 +177,7 @@ async fn create_sets(
                 // A running watcher may complete the set first: same objects.
                 let created = |r: Result<(), kube::Error>| match r {
                     Ok(()) => {}
-                    Err(e) if k8s::status_code(&e) == Some(409) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => panic!("create in {ns}: {e}"),
                 };
                 created(
@@ -296,7 +295,7 @@ async fn bench_sweep(
     let selector: Selector = format!("np-bench/reaper=n{n}").parse().unwrap();
     let label = selector.to_label_selector();
     let config = set_config(&selector);
-    let now = system_clock();
+    let now = support::now();
     create_sets(client, &config, &format!("bench{n}"), n, |i| {
         if i % EVERY == 0 { now - 60 } else { now + 86_400 }
     })
@@ -335,7 +334,7 @@ async fn bench_sweep(
         bare.push(started.elapsed());
         pages = log.len();
         let started = Instant::now();
-        let report = reaper::sweep(client, &sweep_config, system_clock())
+        let report = reaper::sweep(client, &sweep_config, support::now())
             .await
             .unwrap();
         dry.push(started.elapsed());
@@ -357,7 +356,7 @@ async fn bench_sweep(
     // The sweep that does the work: deletes, repairs.
     log.clear();
     let started = Instant::now();
-    let report = reaper::sweep(client, &writing, system_clock()).await.unwrap();
+    let report = reaper::sweep(client, &writing, support::now()).await.unwrap();
     let wall = started.elapsed();
     let s = &report.summary;
     assert_eq!(
@@ -397,7 +396,7 @@ async fn bench_sweep(
         bare.push(started.elapsed());
         log.clear();
         let started = Instant::now();
-        let report = reaper::sweep(client, &writing, system_clock()).await.unwrap();
+        let report = reaper::sweep(client, &writing, support::now()).await.unwrap();
         steady.push(started.elapsed());
         assert_eq!(report.summary.writes, 0, "{}", report.to_text());
         steady_requests = log.len();
@@ -486,11 +485,11 @@ async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {
     .await;
 
     // Expiries spread over 10 seconds, starting once all are created.
-    let start = system_clock() + 15;
+    let start = support::now() + 15;
     let expiry_of = |i: usize| start + (i % 10) as i64;
     create_sets(client, &config, "benchw", n, expiry_of).await;
     assert!(
-        system_clock() < start,
+        support::now() < start,
         "creating {n} sets took too long; raise the head start"
     );
     let mut expiries = BTreeMap::new();

@@ -1,18 +1,22 @@
-//! Support for the deployment tests (tests/deploy.rs, tests/lambda.rs): apply
-//! the repository's manifests once per test process, credentials for the
-//! ServiceAccounts they create, the real binaries as child processes on
-//! loopback ports (HTTP through `support::http`).
+//! Support for the deployment tests (tests/deploy_*.rs, tests/lambda.rs):
+//! apply the repository's manifests once per test process, credentials for
+//! the ServiceAccounts they create, kubectl as the admin. Child processes,
+//! HTTP and waiting are `support`'s (`Running` and `wait_ok` are its
+//! `Process` and `wait_http_ok_within` under the names these tests know).
 //!
 //! Everything here works against the real control plane of `support`; a
 //! missing prerequisite fails the calling test with the reason.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use crate::support;
+#[allow(unused_imports)]
+pub use crate::support::process::wait_http_ok_within as wait_ok;
+#[allow(unused_imports)]
+pub use crate::support::{Process as Running, text};
 
 /// Namespace the manifests run in (cronjob/base/namespace.yaml, function/namespace.yaml).
 pub const NS: &str = "namespace-provisioner";
@@ -37,29 +41,12 @@ fn admin_kubeconfig() -> PathBuf {
 
 /// kubectl as the cluster admin, run from the repository root.
 pub fn kubectl(args: &[&str]) -> Output {
-    Command::new(support::cluster_bin())
-        .arg("kubectl")
-        .arg("--kubeconfig")
-        .arg(admin_kubeconfig())
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run kubectl")
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    support::kubectl(&admin_kubeconfig(), args)
 }
 
 /// Like [`kubectl`], panicking with its output unless it succeeds.
 pub fn kubectl_ok(args: &[&str]) -> String {
-    let out = kubectl(args);
-    assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    support::kubectl_ok(&admin_kubeconfig(), args)
 }
 
 /// What applying the manifests printed, for the test that checks it.
@@ -131,112 +118,18 @@ pub fn can_i(kubeconfig: &Path, args: &[&str]) -> bool {
     }
 }
 
+/// The selector key the admission policies know (function/admission-policy.yaml).
+pub const SELECTOR_KEY: &str = "controller.observatorium.io";
+
 /// A label selector unique to one test, under the key the admission policies know.
 pub fn unique_selector() -> String {
-    format!("controller.observatorium.io={}", support::unique("np-deploy"))
+    format!("{SELECTOR_KEY}={}", support::unique("np-deploy"))
 }
 
-/// A child process of a test, its stdout+stderr in a log file; killed when dropped.
-pub struct Running {
-    pub name: String,
-    child: Option<Child>,
-    log: tempfile::NamedTempFile,
-}
-
-impl Running {
-    pub fn spawn(name: &str, program: &Path, args: &[String], envs: &[(&str, String)]) -> Running {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let out = log.reopen().unwrap();
-        let err = log.reopen().unwrap();
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .current_dir(repo());
-        // Nothing from the test's own environment decides how they run.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("NP_") || key.starts_with("AWS_") || key == "KUBECONFIG" {
-                cmd.env_remove(key);
-            }
-        }
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name} ({}): {e}", program.display()));
-        Running {
-            name: name.to_owned(),
-            child: Some(child),
-            log,
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Panic with the log if the process has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("{} exited early ({status}):\n{}", self.name, self.log());
-        }
-    }
-
-    /// SIGTERM, then wait (bounded) for a clean exit.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {}", child.id());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if tokio::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "{} did not stop within 30s of SIGTERM:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Wait (bounded) for the process to exit by itself.
-    pub async fn wait(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let mut child = self.child.take().unwrap();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status, self.log());
-            }
-            if tokio::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{} did not finish within {timeout:?}:\n{}", self.name, self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A test's fixture under the key the admission policies know; its sets bind
+/// the shipped grant ClusterRole.
+pub async fn fixture() -> support::Fixture {
+    support::Fixture::new(SELECTOR_KEY).await.with_grant(GRANT)
 }
 
 /// Lines of a log that say the API refused something for lack of permission.
@@ -247,24 +140,4 @@ pub fn forbidden_lines(log: &str) -> Vec<&str> {
             l.contains("forbidden") || (l.contains("cannot ") && l.contains("system:serviceaccount"))
         })
         .collect()
-}
-
-/// Poll `GET http://addr/path` until it answers 200, or fail with `proc`'s log.
-pub async fn wait_ok(addr: &str, path: &str, proc: &mut Running, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        proc.assert_running();
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && support::http(addr, "GET", path, None, None).await.status == 200
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "http://{addr}{path} did not answer 200 within {timeout:?}; {} log:\n{}",
-            proc.name,
-            proc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -5,13 +5,32 @@
 //!
 //! A missing prerequisite (Go, a module download) fails the test with the
 //! reason; nothing here skips.
+//!
+//! The rest lives in one place each: [`wait`] (the one wait-until helper),
+//! [`process`] (the one child-process wrapper), [`http`] (the one HTTP
+//! client), [`fixture`] (the one per-test guard: selector, sets, dump on
+//! failure, cleanup by label).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod fixture;
+pub mod http;
+pub mod process;
+pub mod wait;
+
+// Each test binary uses a part of these.
+#[allow(unused_imports)]
+pub use fixture::Fixture;
+#[allow(unused_imports)]
+pub use http::{Answer, answer, http, metric, request, try_http};
+#[allow(unused_imports)]
+pub use process::{Process, wait_http_ok};
+#[allow(unused_imports)]
+pub use wait::eventually;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
@@ -108,14 +127,7 @@ impl Cluster {
         let bin = cluster_bin();
         let logs = repo_root().join("target/cluster/logs");
         std::fs::create_dir_all(&logs).expect("create target/cluster/logs");
-        let log_path = logs.join(format!(
-            "{}-{}.log",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
+        let log_path = logs.join(format!("{}-{}.log", std::process::id(), unique("run")));
         let log = std::fs::File::create(&log_path).expect("create cluster log");
         let mut child = Command::new(&bin)
             .args(["serve", "--exit-on-stdin-eof"])
@@ -271,13 +283,15 @@ pub fn temp_file(contents: &str) -> tempfile::NamedTempFile {
     f
 }
 
-/// Run the real kubectl (from the harness) with `kubeconfig`.
+/// Run the real kubectl (from the harness) with `kubeconfig`, from the
+/// repository root (so `-k function` and `-f cronjob/...` resolve).
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(cluster_bin())
         .arg("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(args)
+        .current_dir(repo_root())
         .output()
         .expect("run kubectl")
 }
@@ -285,40 +299,31 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
 /// Like [`kubectl`], panicking with its output unless it succeeds.
 pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
     let out = kubectl(kubeconfig, args);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kubectl {args:?} failed:\n{}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Wait until `check` returns true, polling the API (not sleeping blind), or fail after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// A finished command's stdout then stderr, as text (for failure messages).
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The one "now" of the tests: Unix seconds by the wall clock (the clock the
+/// provisioner and the reaper read, so expiries compare).
+pub fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
 }
 
 /// Requests a client sent: method, path and query, and when.
 #[derive(Default)]
-pub struct RequestLog(Mutex<Vec<(http::Method, String, std::time::SystemTime)>>);
+pub struct RequestLog(Mutex<Vec<(::http::Method, String, std::time::SystemTime)>>);
 
 impl RequestLog {
-    pub fn entries(&self) -> Vec<(http::Method, String, std::time::SystemTime)> {
+    pub fn entries(&self) -> Vec<(::http::Method, String, std::time::SystemTime)> {
         self.0.lock().unwrap().clone()
     }
 
@@ -327,7 +332,7 @@ impl RequestLog {
     }
 
     /// How many requests of `method` whose path (before `?`) satisfies `path`.
-    pub fn count(&self, method: &http::Method, path: impl Fn(&str) -> bool) -> usize {
+    pub fn count(&self, method: &::http::Method, path: impl Fn(&str) -> bool) -> usize {
         self.0
             .lock()
             .unwrap()
@@ -354,7 +359,7 @@ pub async fn counting_client_for(kubeconfig: &Path) -> (Client, std::sync::Arc<R
         .expect("load kubeconfig");
     let log = std::sync::Arc::new(RequestLog::default());
     let record = log.clone();
-    let layer = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+    let layer = tower::util::MapRequestLayer::new(move |request: ::http::Request<kube::client::Body>| {
         let path = request
             .uri()
             .path_and_query()
@@ -374,59 +379,6 @@ pub async fn counting_client_for(kubeconfig: &Path) -> (Client, std::sync::Arc<R
     (client, log)
 }
 
-/// An HTTP answer, body as text.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// A request as the API's callers send it: optional bearer token, JSON body.
-pub fn request(method: &str, uri: &str, token: Option<&str>, body: Option<&str>) -> http::Request<String> {
-    let mut request = http::Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    if body.is_some() {
-        request = request.header("content-type", "application/json");
-    }
-    request.body(body.unwrap_or_default().to_owned()).unwrap()
-}
-
-/// Collect a response, whichever transport carried it.
-pub async fn answer<B>(response: http::Response<B>) -> Answer
-where
-    B: http_body::Body,
-    B::Error: std::fmt::Debug,
-{
-    use http_body_util::BodyExt;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
-}
-
-/// One HTTP/1.1 request over a real socket.
-pub async fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
-    use http_body_util::Full;
-    use hyper_util::client::legacy::Client as HttpClient;
-    use hyper_util::rt::TokioExecutor;
-    let client: HttpClient<_, Full<bytes::Bytes>> = HttpClient::builder(TokioExecutor::new()).build_http();
-    let request = request(method, &format!("http://{addr}{path}"), token, body).map(|b| Full::new(b.into()));
-    answer(client.request(request).await.expect("HTTP request")).await
-}
-
 /// Create a Namespace named `name` with `labels`.
 pub async fn create_namespace(
     client: &Client,
@@ -438,20 +390,7 @@ pub async fn create_namespace(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(name.to_owned()),
-                    labels: Some(labels),
-                    ..Default::default()
-                },
-                ..Namespace::default()
-            },
-        )
-        .await
-        .unwrap()
+    create_named(&Api::<Namespace>::all(client.clone()), name, labels).await
 }
 
 /// Create a ClusterRole named `name` with `rules`.
@@ -460,13 +399,29 @@ pub async fn create_cluster_role(
     name: &str,
     rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
 ) {
+    create_cluster_role_labelled(client, name, rules, &[]).await;
+}
+
+/// Create a ClusterRole named `name` with `rules` and `labels` (a fixture's
+/// owner label, so it is cleaned up with the test).
+pub async fn create_cluster_role_labelled(
+    client: &Client,
+    name: &str,
+    rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    labels: &[(&str, &str)],
+) {
     use k8s_openapi::api::rbac::v1::ClusterRole;
+    let labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Api::<ClusterRole>::all(client.clone())
         .create(
             &PostParams::default(),
             &ClusterRole {
                 metadata: kube::api::ObjectMeta {
                     name: Some(name.to_owned()),
+                    labels: Some(labels),
                     ..Default::default()
                 },
                 rules: Some(rules),
@@ -486,80 +441,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A real binary of this crate running as a child process; killed on drop.
-pub struct Process {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Process {
-    /// Start `bin` with `args` and `envs`, logs to a file under target/.
-    pub fn start(bin: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
-        let logs = repo_root().join("target/test-logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let log = logs.join(format!(
-            "{}-{}.log",
-            Path::new(bin).file_name().unwrap().to_string_lossy(),
-            unique("run")
-        ));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .args(args)
-            // Only what the test passes: no stray NP_* from the developer's shell.
-            .env_remove("NP_TOKEN")
-            .env_remove("NP_TOKEN_FILE")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        Process { child, log }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then the exit status and everything the process logged.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        let status = self.child.wait().expect("wait");
-        (status, self.log_text())
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Wait until `GET http://addr/path` answers 200.
-pub async fn wait_http_ok(addr: &str, path: &str, process: &mut Process) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = process.child.try_wait() {
-            panic!("process exited early ({status}); log:\n{}", process.log_text());
-        }
-        let probe = tokio::net::TcpStream::connect(addr).await.is_ok();
-        if probe && http(addr, "GET", path, None, None).await.status == 200 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{addr}{path} not ready; log:\n{}",
-            process.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Decode a JWT's claims (no verification: the API server already did that).
 pub fn jwt_claims(token: &str) -> serde_json::Value {
     use base64::Engine;
@@ -570,22 +451,6 @@ pub fn jwt_claims(token: &str) -> serde_json::Value {
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
-/// `GET http://{addr}{path}` (HTTP/1.0, no client library): status and body,
-/// or `None` when nothing answers.
-pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
 /// An RBAC rule, for tests that build Roles and ClusterRoles.
 pub fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> k8s_openapi::api::rbac::v1::PolicyRule {
     k8s_openapi::api::rbac::v1::PolicyRule {
@@ -594,4 +459,23 @@ pub fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> k8s_openapi:
         verbs: verbs.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
+}
+
+/// Create an object of kind `K` with only a name and `labels` (a ConfigMap,
+/// a ServiceAccount, a Namespace, ...) through `api`.
+pub async fn create_named<K>(
+    api: &Api<K>,
+    name: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> K
+where
+    K: kube::Resource + Default + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut object = K::default();
+    let meta = object.meta_mut();
+    meta.name = Some(name.to_owned());
+    meta.labels = Some(labels);
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use crate::params::TenantName;
+use crate::rules::params::TenantName;
 
 /// Tenant of the single token given by `NP_TOKEN` or `--token`.
 pub const DEFAULT_TENANT: &str = "default";
@@ -34,10 +34,12 @@ pub enum TokensError {
     #[error("token file line {line}: {source}")]
     Tenant {
         line: usize,
-        source: crate::params::TenantNameError,
+        source: crate::rules::params::TenantNameError,
     },
     #[error("token file: {source}")]
-    YamlTenant { source: crate::params::TenantNameError },
+    YamlTenant {
+        source: crate::rules::params::TenantNameError,
+    },
     #[error("token for tenant {tenant} is shorter than 16 characters; use a random token of at least 16")]
     TooShort { tenant: String },
     #[error("the same token is given to tenants {first} and {second}; every tenant needs its own")]

@@ -124,7 +124,7 @@ impl TtlPolicy {
     }
 }
 
-/// The expiry instant, in Unix seconds, as stored in [`crate::labels::EXPIRY_LABEL`].
+/// The expiry instant, in Unix seconds, as stored in [`crate::rules::labels::EXPIRY_LABEL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Expiry(i64);
 

@@ -1,195 +1,20 @@
-//! Command-line flags shared by both binaries (one definition, so the
-//! provisioner and the reaper agree on defaults), and their conversion into
-//! validated configuration. The only module that knows about clap.
+//! The reaper's command line: its flags, their validation into a
+//! [`ReaperMode`], and [`run`]. Reads the environment and `/proc` for the
+//! Lease defaults; Kubernetes I/O happens in [`crate::reaper`].
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
-use k8s_openapi::api::rbac::v1::PolicyRule;
 use thiserror::Error;
 
-use crate::desired::SetConfig;
-use crate::labels::DEFAULT_SELECTOR;
-use crate::params::{Selector, TtlPolicy, TtlPolicyError};
-use crate::reaper::SweepConfig;
+use super::{ConfigError, SharedArgs, shutdown_signal};
+use crate::k8s::ClientError;
 use crate::reaper::plan::PlanConfig;
-use crate::reaper::watch::{LeaseConfig, LeaseConfigError, WatchConfig};
-
-/// What a managed set is and how long it may live.
-#[derive(Debug, Clone, Args)]
-pub struct PolicyArgs {
-    /// Label (key=value) that marks every object we manage; the reaper touches nothing without it.
-    #[arg(long, env = "NP_SELECTOR", default_value = DEFAULT_SELECTOR)]
-    pub selector: Selector,
-
-    /// ClusterRole bound (by a RoleBinding) inside every managed namespace.
-    #[arg(long, env = "NP_CLUSTER_ROLE", default_value = "namespace-provisioner-grant")]
-    pub cluster_role: String,
-
-    /// YAML or JSON list of RBAC PolicyRules for an extra namespaced Role in every managed namespace.
-    #[arg(long, env = "NP_ROLE_RULES_FILE")]
-    pub role_rules_file: Option<PathBuf>,
-
-    /// Lifetime of a namespace when the caller asks for none (or for 0).
-    #[arg(long, env = "NP_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
-
-    /// Longest lifetime a caller may ask for (default: --ttl). The reaper gives
-    /// managed namespaces without a valid expiry creationTimestamp + this.
-    #[arg(long, env = "NP_MAX_TTL", value_parser = humantime::parse_duration)]
-    pub max_ttl: Option<Duration>,
-}
-
-/// How to reach the Kubernetes API.
-#[derive(Debug, Clone, Args)]
-pub struct KubeArgs {
-    /// Kubeconfig file (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
-    #[arg(long, env = "NP_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// Kubeconfig context to use (default: its current context).
-    #[arg(long, env = "NP_CONTEXT")]
-    pub context: Option<String>,
-
-    /// Objects per page when listing.
-    #[arg(long, env = "NP_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub page_size: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logging.
-#[derive(Debug, Clone, Args)]
-pub struct LogArgs {
-    /// Log format.
-    #[arg(long, env = "NP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `namespace_provisioner=debug,info`.
-    #[arg(long, env = "NP_LOG", default_value = "info")]
-    pub log: String,
-}
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error(transparent)]
-    Ttl(#[from] TtlPolicyError),
-    #[error("--cluster-role must name a ClusterRole")]
-    EmptyClusterRole,
-    #[error("read --role-rules-file {path}")]
-    ReadRules {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("--role-rules-file {path} is not a YAML/JSON list of PolicyRules: {reason}")]
-    ParseRules { path: String, reason: String },
-    #[error("--role-rules-file {path} holds no rules")]
-    NoRules { path: String },
-}
-
-impl PolicyArgs {
-    pub fn ttl_policy(&self) -> Result<TtlPolicy, ConfigError> {
-        Ok(TtlPolicy::new(self.ttl, self.max_ttl)?)
-    }
-
-    pub fn set_config(&self) -> Result<SetConfig, ConfigError> {
-        if self.cluster_role.trim().is_empty() {
-            return Err(ConfigError::EmptyClusterRole);
-        }
-        let role_rules = match &self.role_rules_file {
-            None => None,
-            Some(path) => Some(read_rules(path)?),
-        };
-        Ok(SetConfig {
-            selector: self.selector.clone(),
-            cluster_role: self.cluster_role.clone(),
-            role_rules,
-        })
-    }
-}
-
-fn read_rules(path: &std::path::Path) -> Result<Vec<PolicyRule>, ConfigError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadRules {
-        path: shown.clone(),
-        source,
-    })?;
-    let rules: Vec<PolicyRule> = serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::ParseRules {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
-    if rules.is_empty() {
-        return Err(ConfigError::NoRules { path: shown });
-    }
-    Ok(rules)
-}
-
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("load Kubernetes client configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    #[error("load kubeconfig")]
-    Kubeconfig(#[source] kube::config::KubeconfigError),
-    #[error("build Kubernetes client")]
-    Build(#[source] kube::Error),
-}
-
-impl KubeArgs {
-    /// A client from the flags, or inferred like kubectl does.
-    pub async fn client(&self) -> Result<(kube::Client, kube::Config), ClientError> {
-        let config = self.config().await?;
-        let client = kube::Client::try_from(config.clone()).map_err(ClientError::Build)?;
-        Ok((client, config))
-    }
-
-    /// Client configuration from the flags, or inferred like kubectl does.
-    pub async fn config(&self) -> Result<kube::Config, ClientError> {
-        let options = kube::config::KubeConfigOptions {
-            context: self.context.clone(),
-            ..Default::default()
-        };
-        let config = match (&self.kubeconfig, &self.context) {
-            (None, None) => kube::Config::infer().await.map_err(ClientError::Infer)?,
-            (Some(path), _) => {
-                let file = kube::config::Kubeconfig::read_from(path).map_err(ClientError::Kubeconfig)?;
-                kube::Config::from_custom_kubeconfig(file, &options)
-                    .await
-                    .map_err(ClientError::Kubeconfig)?
-            }
-            (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(ClientError::Kubeconfig)?,
-        };
-        Ok(config)
-    }
-}
-
-impl LogArgs {
-    /// Install the global tracing subscriber (stderr, text or JSON).
-    pub fn init(&self) -> Result<(), String> {
-        let filter = tracing_subscriber::EnvFilter::try_new(&self.log)
-            .map_err(|e| format!("--log {:?} is not a valid filter: {e}", self.log))?;
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        let result = match self.log_format {
-            LogFormat::Text => builder.try_init(),
-            LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        };
-        result.map_err(|e| e.to_string())
-    }
-}
-
-// The reaper's command line (`bin/reaper.rs`).
+use crate::reaper::watch::{self, LeaseConfig, LeaseConfigError, WatchConfig, WatchError};
+use crate::reaper::{self, ReaperError, SweepConfig};
 
 /// Format of the reaper's report on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,8 +32,14 @@ pub const DEFAULT_MAX_DELETIONS: &str = "500";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeletionCap(pub Option<u32>);
 
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{input:?} is neither a number of namespaces nor `unlimited`")]
+pub struct DeletionCapError {
+    input: String,
+}
+
 impl FromStr for DeletionCap {
-    type Err = String;
+    type Err = DeletionCapError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s.eq_ignore_ascii_case("unlimited") {
@@ -216,7 +47,7 @@ impl FromStr for DeletionCap {
         }
         s.parse::<u32>()
             .map(|n| Self(Some(n)))
-            .map_err(|_| format!("{s:?} is neither a number of namespaces nor `unlimited`"))
+            .map_err(|_| DeletionCapError { input: s.to_owned() })
     }
 }
 
@@ -277,13 +108,7 @@ pub struct ReaperArgs {
     pub lease: LeaseArgs,
 
     #[command(flatten)]
-    pub policy: PolicyArgs,
-
-    #[command(flatten)]
-    pub kube: KubeArgs,
-
-    #[command(flatten)]
-    pub log: LogArgs,
+    pub shared: SharedArgs,
 }
 
 /// Leader election and the internal listener, for --watch.
@@ -336,8 +161,8 @@ const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/ser
 
 impl ReaperArgs {
     pub fn mode(&self) -> Result<ReaperMode, ReaperArgsError> {
-        let set = self.policy.set_config()?;
-        let max_ttl = self.policy.ttl_policy()?.max();
+        let set = self.shared.policy.set_config()?;
+        let max_ttl = self.shared.policy.ttl_policy()?.max();
         let identity = self.lease.lease_identity.clone().unwrap_or_else(|| {
             default_identity(
                 std::env::var("POD_NAME")
@@ -367,7 +192,7 @@ impl ReaperArgs {
                         max_ttl,
                         max_deletions: None,
                     },
-                    page_size: self.kube.page_size,
+                    page_size: self.shared.kube.page_size,
                     concurrency: self.concurrency,
                     lease,
                 },
@@ -380,7 +205,7 @@ impl ReaperArgs {
                 max_ttl,
                 max_deletions: self.max_deletions.0,
             },
-            page_size: self.kube.page_size,
+            page_size: self.shared.kube.page_size,
             concurrency: usize::from(self.concurrency),
             dry_run: self.dry_run,
             instance: identity,
@@ -413,105 +238,72 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// Resolves on the first SIGTERM or SIGINT: how both binaries learn to stop.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+/// What a run came to, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    /// A sweep; `failed` when some set failed (what was done stays done).
+    Swept { failed: bool },
+    /// Watch mode stopped on a signal.
+    Watched,
+}
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Args(#[from] ReaperArgsError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Sweep(#[from] ReaperError),
+    #[error("encode the report as JSON")]
+    Report(#[source] serde_json::Error),
+    #[error("listen on --metrics-addr {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+}
+
+/// Validate the flags, build the client and sweep once (printing the report
+/// on stdout) or watch until SIGTERM/SIGINT.
+pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
+    let mode = args.mode()?;
+    let client = args.shared.kube.client().await?;
+    match mode {
+        ReaperMode::Sweep(config) => {
+            let report = reaper::run(&client, &config).await?;
+            let text = match args.output {
+                OutputFormat::Text => report.to_text(),
+                OutputFormat::Json => report.to_json().map_err(RunError::Report)? + "\n",
+            };
+            print!("{text}");
+            Ok(Ran::Swept {
+                failed: report.failed(),
+            })
         }
-    })
-}
-
-/// A binary's `--help` as the generated reference in `docs/cli/` holds it:
-/// fixed width, env values hidden so it does not depend on the shell.
-pub fn reference_help(command: clap::Command) -> String {
-    command
-        .term_width(100)
-        .mut_args(|a| a.hide_env_values(true))
-        .render_long_help()
-        .to_string()
-}
-
-/// Flags that cannot be set from the environment (there should be none).
-pub fn flags_without_env(command: &clap::Command) -> Vec<String> {
-    command
-        .get_arguments()
-        .filter(|a| !["help", "version"].contains(&a.get_id().as_str()) && a.get_env().is_none())
-        .map(|a| a.get_id().to_string())
-        .collect()
+        ReaperMode::Watch { config, metrics_addr } => {
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .map_err(|source| RunError::Listen {
+                    addr: metrics_addr,
+                    source,
+                })?;
+            let signals = shutdown_signal().map_err(RunError::Signals)?;
+            watch::watch(client, config, listener, signals).await?;
+            Ok(Ran::Watched)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Both {
-        #[command(flatten)]
-        policy: PolicyArgs,
-        #[command(flatten)]
-        kube: KubeArgs,
-        #[command(flatten)]
-        log: LogArgs,
-    }
-
-    #[test]
-    fn defaults_match_the_design() {
-        let args = Both::try_parse_from(["x"]).unwrap();
-        assert_eq!(args.policy.selector.to_string(), DEFAULT_SELECTOR);
-        assert_eq!(args.policy.cluster_role, "namespace-provisioner-grant");
-        let policy = args.policy.ttl_policy().unwrap();
-        assert_eq!(policy.default_ttl(), Duration::from_secs(3600));
-        assert_eq!(policy.max(), Duration::from_secs(3600));
-        assert_eq!(args.kube.page_size, 500);
-    }
-
-    #[test]
-    fn bad_values_are_refused_with_the_flag_named() {
-        let err = Both::try_parse_from(["x", "--selector", "nope"])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("--selector"), "{err}");
-        let err = Both::try_parse_from(["x", "--ttl", "soon"])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("--ttl"), "{err}");
-        let err = Both::try_parse_from(["x", "--page-size", "0"])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("--page-size"), "{err}");
-        let args = Both::try_parse_from(["x", "--ttl", "2h", "--max-ttl", "1h"]).unwrap();
-        assert!(args.policy.ttl_policy().is_err());
-    }
-
-    #[test]
-    fn role_rules_file_is_read_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("rules.yaml");
-        std::fs::write(
-            &good,
-            "- apiGroups: [\"\"]\n  resources: [configmaps]\n  verbs: [get]\n",
-        )
-        .unwrap();
-        let args = Both::try_parse_from(["x", "--role-rules-file", good.to_str().unwrap()]).unwrap();
-        let set = args.policy.set_config().unwrap();
-        assert_eq!(set.role_rules.unwrap()[0].verbs, vec!["get"]);
-        let empty = dir.path().join("empty.yaml");
-        std::fs::write(&empty, "[]").unwrap();
-        let args = Both::try_parse_from(["x", "--role-rules-file", empty.to_str().unwrap()]).unwrap();
-        assert!(matches!(
-            args.policy.set_config(),
-            Err(ConfigError::NoRules { .. })
-        ));
-    }
+    use crate::rules::labels::DEFAULT_SELECTOR;
 
     #[test]
     fn reaper_args_are_consistent() {

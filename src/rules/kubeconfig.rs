@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use kube::config::{AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext};
 use secrecy::SecretString;
 
-use crate::params::ServerUrl;
+use crate::rules::params::ServerUrl;
 
 /// Everything a kubeconfig for one managed namespace needs.
 pub struct Credentials<'a> {

@@ -2,14 +2,12 @@
 //! and what the reaper compares against and repairs to. Pure: no client, no
 //! clock, no randomness.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::ObjectMeta;
 
-use crate::labels::{EXPIRES_AT_ANNOTATION, EXPIRY_LABEL, OBJECT_NAME, ROLE_BINDING_FOR_ROLE, TENANT_LABEL};
-use crate::params::{Expiry, Selector, TenantName};
+use super::labels::{OBJECT_NAME, ROLE_BINDING_FOR_ROLE, expiry_labels, set_annotations, set_labels};
+use super::params::{Expiry, NamePrefix, Selector, TenantName};
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -39,28 +37,60 @@ pub struct DesiredSet {
     pub role: Option<NamespacedRole>,
 }
 
-/// Labels every object of a set carries.
-pub fn set_labels(selector: &Selector, tenant: &TenantName, expiry: Expiry) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (selector.key().to_owned(), selector.value().to_owned()),
-        (EXPIRY_LABEL.to_owned(), expiry.to_string()),
-        (TENANT_LABEL.to_owned(), tenant.to_string()),
-    ])
+/// Metadata every object of a set carries.
+fn set_meta(
+    selector: &Selector,
+    tenant: &TenantName,
+    expiry: Expiry,
+    name: &str,
+    namespace: Option<&str>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(set_labels(selector, tenant, expiry)),
+        annotations: Some(set_annotations(expiry)),
+        ..ObjectMeta::default()
+    }
 }
 
-/// Annotations every object of a set carries.
-pub fn set_annotations(expiry: Expiry) -> BTreeMap<String, String> {
-    BTreeMap::from([(EXPIRES_AT_ANNOTATION.to_owned(), expiry.rfc3339())])
+/// The set's Namespace before its name is chosen: the desired Namespace
+/// with `generateName: <prefix>-` instead of a name. Labelled from this first
+/// write, so a crash right after it leaves something the reaper can find.
+pub fn namespace_to_create(
+    prefix: &NamePrefix,
+    tenant: &TenantName,
+    expiry: Expiry,
+    config: &SetConfig,
+) -> Namespace {
+    let mut metadata = set_meta(&config.selector, tenant, expiry, "", None);
+    metadata.name = None;
+    metadata.generate_name = Some(format!("{}-", prefix.as_str()));
+    Namespace {
+        metadata,
+        ..Namespace::default()
+    }
+}
+
+/// For a managed namespace without a tenant (e.g. adopted from the original
+/// tool): only the expiry label and annotation are ours to write; its other
+/// labels and its contents stay someone else's.
+pub fn expiry_only_namespace(name: &str, expiry: Expiry) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(expiry_labels(expiry)),
+            annotations: Some(set_annotations(expiry)),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
 }
 
 /// The complete set for namespace `name`.
 pub fn desired_set(name: &str, tenant: &TenantName, expiry: Expiry, config: &SetConfig) -> DesiredSet {
-    let meta = |object_name: &str, namespace: Option<&str>| ObjectMeta {
-        name: Some(object_name.to_owned()),
-        namespace: namespace.map(str::to_owned),
-        labels: Some(set_labels(&config.selector, tenant, expiry)),
-        annotations: Some(set_annotations(expiry)),
-        ..ObjectMeta::default()
+    let meta = |object_name: &str, namespace: Option<&str>| {
+        set_meta(&config.selector, tenant, expiry, object_name, namespace)
     };
     let subject = Subject {
         kind: "ServiceAccount".to_owned(),
@@ -142,6 +172,18 @@ mod tests {
             Some("np-abcde")
         );
         assert!(set.role.is_none());
+    }
+
+    #[test]
+    fn the_namespace_to_create_is_the_desired_one_with_a_generated_name() {
+        let tenant: TenantName = "ci".parse().unwrap();
+        let expiry = Expiry::from_unix(1_800_000_000);
+        let created = namespace_to_create(&"np".parse().unwrap(), &tenant, expiry, &config(None));
+        assert_eq!(created.metadata.generate_name.as_deref(), Some("np-"));
+        assert_eq!(created.metadata.name, None);
+        let desired = desired_set("np-x", &tenant, expiry, &config(None)).namespace;
+        assert_eq!(created.metadata.labels, desired.metadata.labels);
+        assert_eq!(created.metadata.annotations, desired.metadata.annotations);
     }
 
     #[test]

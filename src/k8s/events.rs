@@ -1,0 +1,50 @@
+//! Events the reaper records on the objects it acts on. Does Kubernetes I/O.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use super::KubeError;
+
+/// Writes Events as one controller instance (`reportingController`/`reportingInstance`).
+#[derive(Clone)]
+pub struct EventRecorder(Recorder);
+
+impl EventRecorder {
+    pub fn new(client: Client, controller: &str, instance: &str) -> Self {
+        Self(Recorder::new(
+            client,
+            Reporter {
+                controller: controller.to_owned(),
+                instance: Some(instance.to_owned()),
+            },
+        ))
+    }
+
+    /// A Normal Event on the Namespace `name` (uid `uid`). Namespaces are
+    /// cluster-scoped, so it is written to `default`.
+    pub async fn on_namespace(
+        &self,
+        name: &str,
+        uid: &str,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<(), KubeError> {
+        let reference = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Namespace".to_owned()),
+            name: Some(name.to_owned()),
+            uid: Some(uid.to_owned()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        Ok(self.0.publish(&event, &reference).await?)
+    }
+}

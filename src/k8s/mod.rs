@@ -1,0 +1,99 @@
+//! The one room that talks to Kubernetes. Every API call of the crate goes
+//! through here: building the client, paginated LIST by selector, server-side
+//! apply under one field manager, Namespace create/get/delete with uid
+//! preconditions, TokenRequest, Events, the leader Lease, the readiness probe
+//! and the watch streams. Does Kubernetes I/O; knows no product rule beyond
+//! what [`crate::rules`] hands it.
+//!
+//! Callers never read `kube::Error`: they get a [`KubeError`] and ask it
+//! domain questions (`is_unavailable()`, `is_conflict()`, `is_gone()`).
+//!
+//! The managed kinds are one list of data, [`MANAGED_KINDS`] (defined with
+//! the rules, re-exported here), and every
+//! per-kind operation ([`list_kind`], [`apply_object`], [`delete_object`],
+//! [`managed_controller`]) is driven by it.
+
+mod client;
+mod events;
+mod list;
+mod token;
+mod watch;
+mod write;
+
+pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
+pub use client::{ClientError, client_config, counted_client, ping};
+pub use events::EventRecorder;
+pub use list::{list_all, list_all_map, list_kind, list_namespaces};
+pub use token::{
+    IssuedToken, MIN_TOKEN_SECONDS, TokenRequestError, request_token, token_seconds, trusted_ca_pem,
+};
+pub use watch::{build_lease_manager, managed_controller};
+pub use write::{
+    ApplyError, apply, apply_contents, apply_namespace, apply_object, create_namespace, delete_namespace,
+    delete_namespace_unchanged, delete_object, get_namespace, post_params,
+};
+
+/// A failed Kubernetes API call, asked domain questions instead of being
+/// matched on. Displays as the underlying error (which stays its source
+/// chain), so log lines read as before.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct KubeError(#[from] kube::Error);
+
+impl KubeError {
+    /// The API server is not answering (503 territory) rather than refusing.
+    pub fn is_unavailable(&self) -> bool {
+        match &self.0 {
+            kube::Error::Api(status) => matches!(status.code, 429 | 500 | 502 | 503 | 504),
+            kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A precondition or concurrent write conflicted (HTTP 409).
+    pub fn is_conflict(&self) -> bool {
+        self.status_code() == Some(409)
+    }
+
+    /// The object is not there (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        self.status_code() == Some(404)
+    }
+
+    /// Gone, or replaced by another object of the same name: either way not
+    /// the object we meant (404 or a failed uid precondition, 409).
+    pub fn is_gone(&self) -> bool {
+        self.is_not_found() || self.is_conflict()
+    }
+
+    /// The HTTP status of an API refusal, if it was one.
+    pub fn status_code(&self) -> Option<u16> {
+        match &self.0 {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> KubeError {
+        KubeError(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            ..kube::core::Status::default()
+        })))
+    }
+
+    #[test]
+    fn domain_questions_read_the_status() {
+        assert!(status(503).is_unavailable());
+        assert!(status(429).is_unavailable());
+        assert!(!status(403).is_unavailable());
+        assert!(status(409).is_conflict() && status(409).is_gone());
+        assert!(status(404).is_not_found() && status(404).is_gone());
+        assert!(!status(500).is_gone());
+        assert_eq!(status(422).status_code(), Some(422));
+    }
+}
