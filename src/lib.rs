@@ -14,4 +14,5 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod params;
 pub mod provision;
+pub mod quota;
 pub mod reaper;
