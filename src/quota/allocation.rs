@@ -87,8 +87,59 @@ pub enum Refusal {
     DoesNotFit(Vec<Shortfall>),
     #[error("the budget was lowered below what is allocated ({}); no new child until children are deleted or the budget is raised", describe_over(.0))]
     BudgetOverAllocated(Vec<OverAllocation>),
+    #[error("the parent's own usage grew past its lowered remainder ({}); the reservation is rolled back", describe_overruns(.0))]
+    ParentGrew(Vec<Overrun>),
     #[error(transparent)]
     Arithmetic(#[from] ResourcesError),
+}
+
+impl Refusal {
+    /// Stable label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::DoesNotFit(_) => "does_not_fit",
+            Refusal::BudgetOverAllocated(_) => "budget_over_allocated",
+            Refusal::ParentGrew(_) => "parent_grew",
+            Refusal::Arithmetic(_) => "arithmetic",
+        }
+    }
+}
+
+/// A resource the parent uses more of than its remainder quota now allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Overrun {
+    pub resource: String,
+    pub hard: String,
+    pub used: String,
+}
+
+fn describe_overruns(overruns: &[Overrun]) -> String {
+    overruns
+        .iter()
+        .map(|o| format!("{} hard {}, used {}", o.resource, o.hard, o.used))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Step 6 of the create (module docs of [`crate::quota`]): after the remainder quota was
+/// lowered, its re-read `status.used` must be within the new `hard`. Usage admitted before the
+/// lowering may have outgrown it (the fit check read an older usage); then the reservation must
+/// be released, or parent + children could exceed the budget.
+pub fn check_parent_within(remainder: &Resources, parent_used: &Resources) -> Result<(), Refusal> {
+    let overruns: Vec<Overrun> = remainder
+        .iter()
+        .filter(|(name, hard)| parent_used.get(name) > *hard)
+        .map(|(name, hard)| Overrun {
+            resource: name.to_owned(),
+            hard: hard.to_string(),
+            used: parent_used.get(name).to_string(),
+        })
+        .collect();
+    if overruns.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal::ParentGrew(overruns))
+    }
 }
 
 fn describe_shortfalls(shortfalls: &[Shortfall]) -> String {
@@ -321,6 +372,18 @@ mod tests {
             message.contains("requests.memory asked 1Gi, left 512Mi"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_parent_that_grew_past_its_lowered_remainder_is_caught() {
+        let lowered = res(&[("requests.cpu", "1"), ("count/pods", "2")]);
+        assert_eq!(
+            check_parent_within(&lowered, &res(&[("requests.cpu", "1")])),
+            Ok(())
+        );
+        let grew = check_parent_within(&lowered, &res(&[("requests.cpu", "1001m")]));
+        assert!(matches!(grew, Err(Refusal::ParentGrew(ref o)) if o.len() == 1 && o[0].used == "1001m"));
+        assert_eq!(grew.map_err(|r| r.kind()), Err("parent_grew"));
     }
 
     #[test]

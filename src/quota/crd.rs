@@ -49,6 +49,20 @@ pub struct HierarchicalResourceQuotaSpec {
     pub default_allocation: Option<ResourceList>,
 }
 
+impl HierarchicalResourceQuotaSpec {
+    /// `spec.hard`, exact.
+    pub fn budget(&self) -> Result<Resources, ResourcesError> {
+        Resources::parse(&self.hard)
+    }
+
+    /// `spec.defaultAllocation`, exact; empty when absent.
+    pub fn default_allocation(&self) -> Result<Resources, ResourcesError> {
+        self.default_allocation
+            .as_ref()
+            .map_or_else(|| Ok(Resources::default()), Resources::parse)
+    }
+}
+
 /// A Kubernetes quantity without a sign or with `+`: the API server refuses a negative or
 /// malformed budget at admission, before we ever read it. (k8s-openapi's own Quantity schema
 /// carries a page of description on every map value and no pattern.)
@@ -272,7 +286,11 @@ spec:
 "#;
         let hrq: HierarchicalResourceQuota = serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            Resources::parse(&hrq.spec.hard),
+            hrq.spec.default_allocation(),
+            Ok(res(&[("requests.cpu", "500m")]))
+        );
+        assert_eq!(
+            hrq.spec.budget(),
             Ok(res(&[
                 ("requests.cpu", "4"),
                 ("count/pods", "10"),

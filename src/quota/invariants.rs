@@ -114,7 +114,8 @@ fn no_sequence_of_transitions_allocates_past_the_budget() {
     for seed in 1..=400_u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut ledger = Ledger::default();
-        for (index, now) in (0..40_i64).map(|i| (i, i * 10)).collect::<Vec<_>>() {
+        for index in 0..40_i64 {
+            let now = index * 10;
             let context = format!("seed {seed}, step {index}");
             let before = ledger.revision;
             ledger = step(&mut rng, ledger, now, &context);
@@ -180,4 +181,66 @@ fn every_ask_that_fits_exactly_is_granted_and_the_next_is_refused() {
             Ok(Amount::from_units(7 % size))
         );
     }
+}
+
+#[test]
+fn three_levels_each_fit_inside_the_level_above() {
+    use super::allocation::effective_budget;
+    let root_budget = budget();
+    let mut rng = Rng(0x5EED);
+    for round in 0..200 {
+        // Level 1: the root hands a child some allocation.
+        let child_allocation = random_allocation(&mut rng);
+        let root = match reserve(
+            &Ledger::default(),
+            &root_budget,
+            &Resources::default(),
+            "child",
+            child_allocation.clone(),
+            0,
+        ) {
+            Ok(root) => root,
+            Err(_) => continue,
+        };
+        assert_invariant(&root, &root_budget, &format!("round {round}, root"));
+        // Level 2: the child's own HRQ asks for more than it was given and forgets a resource;
+        // its effective budget is clamped to the allocation and keeps every allocated resource.
+        let greedy_hard = res(&[("requests.cpu", "100"), ("limits.memory", "100Gi")]);
+        let child_budget = effective_budget(&greedy_hard, Some(&child_allocation));
+        for (name, amount) in child_budget.iter() {
+            assert!(
+                amount <= child_allocation.get(name),
+                "round {round}: {name} over its allocation"
+            );
+        }
+        assert!(
+            child_budget.contains("count/pods"),
+            "round {round}: a forgotten resource became unbounded"
+        );
+        let mut child = Ledger::default();
+        for now in 0..12_i64 {
+            child = step_with_budget(&mut rng, child, &child_budget, now);
+            assert_invariant(
+                &child,
+                &child_budget,
+                &format!("round {round}, grandchild step {now}"),
+            );
+            // What the grandchildren hold plus the child's own remainder never leaves the
+            // child's allocation, so the root's invariant holds one level down too.
+            assert_invariant(
+                &child,
+                &child_allocation,
+                &format!("round {round}, vs allocation {now}"),
+            );
+        }
+    }
+}
+
+fn step_with_budget(rng: &mut Rng, ledger: Ledger, budget: &Resources, now: i64) -> Ledger {
+    let name = format!("g{}", rng.below(6));
+    if rng.below(3) == 0 {
+        return release(&ledger, &name, None).unwrap_or(ledger);
+    }
+    let ask = random_allocation(rng).restricted_to(budget);
+    reserve(&ledger, budget, &Resources::default(), &name, ask, now).unwrap_or(ledger)
 }

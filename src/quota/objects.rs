@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaSpec};
 use kube::api::ObjectMeta;
 
-use super::resources::{ResourceList, Resources};
+use super::resources::{ResourceList, Resources, ResourcesError};
 use crate::hierarchy::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// The quota in a child namespace: `hard` = its allocation.
@@ -69,6 +69,26 @@ pub fn ledger_revision_of(quota: &ResourceQuota) -> Option<u64> {
         .get(LEDGER_REVISION_ANNOTATION)?
         .parse()
         .ok()
+}
+
+/// `spec.hard` of a quota as it is in the cluster (an allocation, when it is a child's
+/// [`ALLOCATION_QUOTA`]); empty when absent.
+pub fn hard_of(quota: &ResourceQuota) -> Result<Resources, ResourcesError> {
+    quota
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.hard.as_ref())
+        .map_or_else(|| Ok(Resources::default()), Resources::parse)
+}
+
+/// `status.used` of a quota: what admission has counted in that namespace; empty before the
+/// quota controller's first pass.
+pub fn used_of(quota: &ResourceQuota) -> Result<Resources, ResourcesError> {
+    quota
+        .status
+        .as_ref()
+        .and_then(|status| status.used.as_ref())
+        .map_or_else(|| Ok(Resources::default()), Resources::parse)
 }
 
 /// Which HRQ a quota enforces.
@@ -139,6 +159,18 @@ mod tests {
         );
         let hard = quota.spec.and_then(|s| s.hard);
         assert_eq!(hard, Some(list(&[("requests.cpu", "1500m")])));
+    }
+
+    #[test]
+    fn hard_and_used_are_read_back_exactly() {
+        let mut quota = allocation_quota("np-x1", &BUDGET, &res(&[("memory", "1Gi")]), SELECTOR);
+        assert_eq!(hard_of(&quota), Ok(res(&[("requests.memory", "1073741824")])));
+        assert_eq!(used_of(&quota), Ok(Resources::default()));
+        quota.status = Some(k8s_openapi::api::core::v1::ResourceQuotaStatus {
+            used: Some(list(&[("requests.memory", "512Mi")])),
+            ..Default::default()
+        });
+        assert_eq!(used_of(&quota), Ok(res(&[("requests.memory", "0.5Gi")])));
     }
 
     #[test]
