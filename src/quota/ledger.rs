@@ -187,8 +187,17 @@ fn rebuilt_entry(entry: &Entry, child: &LiveChild) -> Option<Entry> {
 }
 
 fn keep_if_in_flight(entry: &Entry, now: i64, grace_seconds: i64) -> Option<Entry> {
-    let young = now.saturating_sub(entry.reserved_at) < grace_seconds;
+    let young = !reservation_expired(entry.reserved_at, now, grace_seconds);
     (entry.uid.is_none() && young).then(|| entry.clone())
+}
+
+/// Whether a reservation made at `reserved_at` is past the grace after which a rebuild drops
+/// it. The provisioner asks this (with its own, shorter, grace: the rebuild's minus a margin
+/// for clock skew) right before creating the namespace and gives up, releasing, when it is: a
+/// namespace created after its reservation was dropped would hold an allocation the ledger no
+/// longer counts.
+pub fn reservation_expired(reserved_at: i64, now: i64, grace_seconds: i64) -> bool {
+    now.saturating_sub(reserved_at) >= grace_seconds
 }
 
 fn adopted(child: &LiveChild, allocation: &Resources, now: i64) -> Entry {
@@ -374,6 +383,16 @@ mod tests {
         assert_eq!(entry.and_then(|e| e.uid.as_deref()), Some("new"));
         let rebuilt = rebuild(&old, &[live("a", "new", None)], 5000, GRACE);
         assert!(rebuilt.entries.is_empty());
+    }
+
+    #[test]
+    fn a_reservation_expires_at_the_grace() {
+        assert!(!reservation_expired(1000, 1299, GRACE));
+        assert!(reservation_expired(1000, 1300, GRACE));
+        assert!(
+            !reservation_expired(1000, 900, GRACE),
+            "a clock behind is not expiry"
+        );
     }
 
     #[test]

@@ -68,11 +68,14 @@
 //! 5. Apply [`objects::remainder_quota`] from the new ledger's remainder and revision, if
 //!    [`ledger::remainder_is_newer`] than the revision on the live quota (update with the
 //!    quota's own `resourceVersion`; on Conflict re-read and re-check).
-//! 6. Re-read the remainder quota. If `status.used` > its new `hard` for any resource, the
-//!    parent grew meanwhile: [`ledger::release`] the reservation (steps 4–5 again, with a
-//!    precondition) and answer 409.
-//! 7. Create the child namespace, then [`objects::allocation_quota`] in it, *before* any token
-//!    or kubeconfig exists, so nothing can run there unbounded.
+//! 6. Re-read the remainder quota. If [`allocation::check_parent_within`] refuses, the parent
+//!    grew meanwhile: [`ledger::release`] the reservation (steps 4–5 again, with a
+//!    precondition) and answer 409 with that refusal.
+//! 7. If [`ledger::reservation_expired`] (with the provisioner's grace, shorter than the
+//!    reaper's by a clock-skew margin), release and fail: a rebuild may already have dropped
+//!    the reservation. Otherwise create the child namespace, then
+//!    [`objects::allocation_quota`] in it, *before* any token or kubeconfig exists, so nothing
+//!    can run there unbounded.
 //! 8. [`ledger::confirm`] the child's uid (optional: the reaper's rebuild does it too). If the
 //!    create failed in 7, roll back: delete what was created, [`ledger::release`] with
 //!    precondition, recompute the remainder.
@@ -81,7 +84,9 @@
 //!
 //! 1. List HRQs; for each, list the namespaces whose parent label names its namespace
 //!    (Terminating included: their objects still count until they are gone) and their
-//!    [`objects::ALLOCATION_QUOTA`]s.
+//!    [`objects::ALLOCATION_QUOTA`]s ([`objects::hard_of`], [`objects::used_of`]). Only a
+//!    *complete* listing may be passed on: rebuild reads absence as "gone" and releases, so a
+//!    failed page must abort the rebuild for that parent, never shrink it.
 //! 2. [`ledger::rebuild`] with `now` and a grace longer than the provisioner's create timeout
 //!    (in-flight reservations survive; crashed ones older than the grace are dropped; gone
 //!    children release their allocation; live quotas are the truth).
