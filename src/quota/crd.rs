@@ -69,13 +69,17 @@ impl HierarchicalResourceQuotaSpec {
 const NON_NEGATIVE_QUANTITY: &str =
     r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$";
 
-/// Schema of a budget-like ResourceList: resource name → non-negative quantity.
+/// Schema of a budget-like ResourceList: resource name → non-negative quantity. `pattern`
+/// constrains only strings and `minimum` only integers, so both sit beside the int-or-string
+/// marker (as controller-gen writes quantities); inside an `anyOf` each branch would pass the
+/// other type vacuously and nothing would be refused.
 fn budget_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "additionalProperties": {
             "x-kubernetes-int-or-string": true,
-            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": NON_NEGATIVE_QUANTITY}]
+            "minimum": 0,
+            "pattern": NON_NEGATIVE_QUANTITY
         }
     })
 }
