@@ -202,7 +202,10 @@ const BINARY_SUFFIXES: [&str; 6] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
 
 /// Canonical form: an integer mantissa with the largest suffix that keeps it whole, in decimal
 /// SI or, when shorter, binary SI (`1073741824` → `1Gi`, `1.5` → `1500m`, `2000000000` → `2G`).
-/// Ties go to decimal, so counts stay readable (`1000`, not `1000`-ish binary forms).
+/// Ties go to decimal; a count that is a whole multiple of 1024 still prints binary when that is
+/// shorter (`2048` → `2Ki`), and the API server reads it back exactly. Unlike apimachinery we
+/// do not remember the suffix the input used: our values are sums of several inputs, and any
+/// canonical spelling parses back to the same amount, which is all a `hard` needs.
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let decimal = decimal_form(self.0);
