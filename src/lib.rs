@@ -16,7 +16,6 @@ pub mod cli;
 pub mod clock;
 pub mod k8s;
 pub mod provision;
-pub mod quota;
 pub mod reaper;
 pub mod rules;
 pub mod telemetry;

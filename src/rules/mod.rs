@@ -8,9 +8,8 @@
 //! - [`kinds`]: the managed kinds, as data, and objects tagged with their kind;
 //! - [`kubeconfig`]: the kubeconfig handed to callers;
 //! - [`auth`]: bearer tokens and the tenants they belong to;
-//! - [`hierarchy`]: the namespace tree, HNC's propagation modes and exceptions, copy plans.
-//!
-//! The next rules (allocation quota) belong on this floor too.
+//! - [`hierarchy`]: the namespace tree, HNC's propagation modes and exceptions, copy plans;
+//! - [`quota`]: exact quantities and the allocation model of the aggregate quota.
 
 pub mod auth;
 pub mod desired;
@@ -19,3 +18,4 @@ pub mod kinds;
 pub mod kubeconfig;
 pub mod labels;
 pub mod params;
+pub mod quota;

@@ -222,15 +222,15 @@ pub fn status_for(
 pub fn crd_manifest() -> Result<String, serde_yaml_ng::Error> {
     let yaml = serde_yaml_ng::to_string(&HierarchicalResourceQuota::crd())?;
     Ok(format!(
-        "# Generated from src/quota/crd.rs; do not edit. Regenerate: NP_UPDATE_DOCS=1 cargo test --lib quota::crd\n{yaml}"
+        "# Generated from src/rules/quota/crd.rs; do not edit. Regenerate: NP_UPDATE_DOCS=1 cargo test --lib quota::crd\n{yaml}"
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::ledger::reserve;
-    use crate::quota::resources::{list, res};
+    use crate::rules::quota::ledger::reserve;
+    use crate::rules::quota::resources::{list, res};
 
     /// The committed manifest is generated: `NP_UPDATE_DOCS=1 cargo test --lib quota::crd`.
     #[test]
@@ -254,7 +254,10 @@ mod tests {
             "1", "1.5", "+2", ".5", "5.", "100M", "1Gi", "2e3", "1E-3", "250u", "0",
         ] {
             assert!(pattern.is_match(good), "{good}");
-            assert!(good.parse::<crate::quota::quantity::Amount>().is_ok(), "{good}");
+            assert!(
+                good.parse::<crate::rules::quota::quantity::Amount>().is_ok(),
+                "{good}"
+            );
         }
         for bad in ["-1", "1x", "", "1 Gi", "1e1.5", "Gi", ".", "1ki", "1e"] {
             assert!(!pattern.is_match(bad), "{bad}");

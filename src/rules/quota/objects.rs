@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaSpec};
 use kube::api::ObjectMeta;
 
 use super::resources::{ResourceList, Resources, ResourcesError};
-use crate::hierarchy::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::rules::hierarchy::keys::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// The quota in a child namespace: `hard` = its allocation.
 pub const ALLOCATION_QUOTA: &str = "namespace-provisioner-allocation";
@@ -135,7 +135,7 @@ fn quota(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::resources::{list, res};
+    use crate::rules::quota::resources::{list, res};
 
     const SELECTOR: (&str, &str) = ("controller.observatorium.io", "namespace-provisioner");
     const BUDGET: BudgetRef<'static> = BudgetRef {

@@ -2,7 +2,7 @@
 //! parent's HRQ `status.children`; the I/O layer writes the ledger a transition returns with a
 //! `resourceVersion` precondition, so of two writers that read the same ledger only one
 //! succeeds and the other re-reads and calls the transition again (see the module docs of
-//! [`crate::quota`]). No I/O, no clock: `now` is an input.
+//! [`crate::rules::quota`]). No I/O, no clock: `now` is an input.
 
 use std::collections::BTreeMap;
 
@@ -219,7 +219,7 @@ pub fn remainder_is_newer(on_quota: Option<u64>, ledger_revision: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::resources::res;
+    use crate::rules::quota::resources::res;
 
     const GRACE: i64 = 300;
 

@@ -121,7 +121,7 @@ fn describe_overruns(overruns: &[Overrun]) -> String {
         .join("; ")
 }
 
-/// Step 6 of the create (module docs of [`crate::quota`]): after the remainder quota was
+/// Step 6 of the create (module docs of [`crate::rules::quota`]): after the remainder quota was
 /// lowered, its re-read `status.used` must be within the new `hard`. Usage admitted before the
 /// lowering may have outgrown it (the fit check read an older usage); then the reservation must
 /// be released, or parent + children could exceed the budget.
@@ -250,7 +250,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quota::resources::res;
+    use crate::rules::quota::resources::res;
 
     fn budget() -> Resources {
         res(&[
