@@ -13,5 +13,6 @@ pub mod k8s;
 pub mod kubeconfig;
 pub mod labels;
 pub mod params;
+pub mod plugin;
 pub mod provision;
 pub mod reaper;
