@@ -306,6 +306,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `kubectl np list | head -1`: the reader left; nothing to say to it.
+        Err(PluginError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(ExitStatus::Failure as u8)
+        }
         Err(e) => {
             let status = e.exit_status();
             // One line: the error and its causes, as anyhow joins them.

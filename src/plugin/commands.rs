@@ -486,6 +486,35 @@ mod tests {
     }
 
     #[test]
+    fn progress_is_one_line_per_phase_or_rewritten_in_place_on_a_terminal() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut term = Terminal {
+            out: &mut out,
+            err: &mut err,
+            err_is_tty: false,
+        };
+        progress(&mut term, "np-a", "Terminating", Duration::ZERO, false).unwrap();
+        progress(&mut term, "np-a", "gone", Duration::from_secs(130), true).unwrap();
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "namespace/np-a: Terminating (0s)\nnamespace/np-a: gone (2m10s)\n"
+        );
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut term = Terminal {
+            out: &mut out,
+            err: &mut err,
+            err_is_tty: true,
+        };
+        progress(&mut term, "np-a", "Terminating", Duration::from_secs(3), false).unwrap();
+        progress(&mut term, "np-a", "gone", Duration::from_secs(4), true).unwrap();
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "\rnamespace/np-a: Terminating (3s)\x1b[K\rnamespace/np-a: gone (4s)\x1b[K\n"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn kubeconfigs_are_written_owner_only_over_older_files() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
