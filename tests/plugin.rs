@@ -418,6 +418,28 @@ async fn config_file_auth_errors_and_unreachable_servers() {
     assert_eq!(anonymous.code, 1, "{anonymous:?}");
     assert!(anonymous.stderr.contains("no token configured"), "{anonymous:?}");
 
+    // https with --ca-file: the test API server (not a provisioner) is reached
+    // through TLS trusting its CA, and refuses the token; without the CA the
+    // handshake fails. Either way one line, exit 1.
+    let ca = temp_file(&String::from_utf8(cluster().ca_pem()).unwrap());
+    let https = [("NP_URL", cluster().server.as_str()), ("NP_TOKEN", TOKEN)];
+    let trusted = np(&https, &["list", "--ca-file", ca.path().to_str().unwrap()]);
+    assert_eq!(trusted.code, 1, "{trusted:?}");
+    assert!(
+        trusted.stderr.starts_with("error: Unauthorized (401)"),
+        "{trusted:?}"
+    );
+    let untrusted = np(&https, &["list"]);
+    assert_eq!(untrusted.code, 1, "{untrusted:?}");
+    assert!(
+        untrusted.stderr.contains("cannot reach the provisioner"),
+        "{untrusted:?}"
+    );
+    assert!(
+        untrusted.stderr.to_lowercase().contains("certificate"),
+        "{untrusted:?}"
+    );
+
     let closed = format!("http://127.0.0.1:{}", support::free_port());
     let unreachable = np(
         &[("NP_URL", &closed), ("NP_TOKEN", TOKEN)],

@@ -31,21 +31,30 @@ impl Problem {
             title: String,
             #[serde(default)]
             detail: String,
+            /// A Kubernetes `Status` (a proxy or an API server answering instead).
+            #[serde(default)]
+            message: String,
         }
         let reason = http::StatusCode::from_u16(status)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
         match serde_json::from_slice::<Wire>(body) {
-            Ok(wire) if !wire.detail.is_empty() || !wire.title.is_empty() => Self {
-                status,
-                title: if wire.title.is_empty() {
-                    reason.to_owned()
-                } else {
-                    wire.title
-                },
-                detail: wire.detail,
-            },
+            Ok(wire) if !(wire.title.is_empty() && wire.detail.is_empty() && wire.message.is_empty()) => {
+                Self {
+                    status,
+                    title: if wire.title.is_empty() {
+                        reason.to_owned()
+                    } else {
+                        wire.title
+                    },
+                    detail: if wire.detail.is_empty() {
+                        wire.message
+                    } else {
+                        wire.detail
+                    },
+                }
+            }
             _ => Self {
                 status,
                 title: reason.to_owned(),
@@ -165,6 +174,11 @@ mod tests {
             Problem::from_answer(500, b"").to_string(),
             "Internal Server Error (500)"
         );
+        let status = Problem::from_answer(
+            401,
+            br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"Unauthorized","code":401}"#,
+        );
+        assert_eq!(status.to_string(), "Unauthorized (401): Unauthorized");
         let untitled = Problem::from_answer(429, br#"{"detail":"at most 3"}"#);
         assert_eq!(untitled.to_string(), "Too Many Requests (429): at most 3");
     }
