@@ -404,6 +404,30 @@ async fn config_file_auth_errors_and_unreachable_servers() {
     )
     .ok();
 
+    // Through kubectl's plugin mechanism: `kubectl np` finds kubectl-np on PATH;
+    // output and exit codes come through unchanged.
+    let bin_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(PLUGIN, bin_dir.path().join("kubectl-np")).unwrap();
+    let via_kubectl = |args: &[&str]| {
+        Command::new(support::cluster_bin())
+            .arg("kubectl")
+            .args(args)
+            .env_clear()
+            .env("PATH", bin_dir.path())
+            .env("HOME", dir.path())
+            .env("NP_URL", &server.url)
+            .env("NP_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let listed = via_kubectl(&["np", "list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "No namespaces found.\n");
+    assert_eq!(
+        via_kubectl(&["np", "get", "np-doesnotexist"]).status.code(),
+        Some(3)
+    );
+
     let wrong = np(
         &[("NP_URL", &server.url), ("NP_TOKEN", "wrong-token-0123456789")],
         &["list"],
