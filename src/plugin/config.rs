@@ -177,8 +177,10 @@ pub fn resolve(sources: Sources) -> Result<Settings, PluginError> {
         _ => (None, None),
     };
     let file = file.unwrap_or_default();
+    // Name the file that was read, else the one that would be, in messages.
     let shown = file_path
         .as_ref()
+        .or(sources.default_config.as_ref())
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "~/.config/kubectl-np/config.yaml".to_owned());
 
@@ -364,6 +366,7 @@ mod tests {
             err.contains("no provisioner URL") && err.contains("NP_URL"),
             "{err}"
         );
+        assert!(err.contains("absent.yaml"), "names the file it looked for: {err}");
         let err = resolve(Sources {
             config: Some(missing),
             ..Sources::default()
