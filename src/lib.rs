@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod k8s;
+pub mod plugin;
 pub mod provision;
 pub mod reaper;
 pub mod rules;
