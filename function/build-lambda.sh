@@ -4,11 +4,17 @@
 #   target/lambda/provisioner/bootstrap.zip
 #
 # Needs cargo-lambda and zig, both from PyPI:  pip install cargo-lambda ziglang
-# Extra arguments go to `cargo lambda build`, e.g. --arm64 (then set
-# Architectures: [arm64] in template.yaml).
+# (tests/run installs them, pinned, into target/tools/venv), and the musl
+# target: rustup target add x86_64-unknown-linux-musl.
+# Set NP_LAMBDA_TARGET=aarch64-unknown-linux-musl for Graviton (then set
+# Architectures: [arm64] in template.yaml). Extra arguments go to
+# `cargo lambda build`.
 #
-# The release build gets its own target directory, so it never waits on (or
-# invalidates) the debug build of `cargo test`.
+# A static musl binary, the very build the container images use
+# (images/build.sh): same target, same target directory, so the dependency
+# tree is compiled once in release mode for both. The release build has its
+# own target directory, so it never waits on (or invalidates) the debug build
+# of `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-lambda >/dev/null 2>&1 || {
@@ -18,4 +24,4 @@ command -v cargo-lambda >/dev/null 2>&1 || {
 # (CARGO_TARGET_DIR, not --target-dir: cargo-lambda 1.9.2 passes the latter
 # on to `cargo metadata`, which refuses it.)
 CARGO_TARGET_DIR=target/lambda-build exec cargo lambda build --release --locked \
-  --bin provisioner --x86-64 --lambda-dir target/lambda "$@"
+  --bin provisioner --target "${NP_LAMBDA_TARGET:-x86_64-unknown-linux-musl}" --lambda-dir target/lambda "$@"
