@@ -327,7 +327,7 @@ impl Provisioner {
         let set = desired_set_for(&name, owner, expiry, &self.config.set);
         match self.complete(&set, expiry, server).await {
             Ok(done) => {
-                info!(namespace = %name, %tenant, expiry = %expiry, "namespace created");
+                info!(namespace = %name, %tenant, owner = owner.user.as_deref(), expiry = %expiry, "namespace created");
                 Ok(done)
             }
             Err(err) => {
