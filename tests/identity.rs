@@ -132,6 +132,16 @@ impl Service {
             .await;
     }
 
+    /// A function-runtime (Lambda, API Gateway v2) event from
+    /// tests/fixtures, with `token` in place of `${TOKEN}`, through the same
+    /// router the function runtime serves.
+    async fn lambda(&self, fixture: &str, token: &str) -> Answer {
+        let path = support::repo_root().join("tests/fixtures").join(fixture);
+        let event = std::fs::read_to_string(path).unwrap().replace("${TOKEN}", token);
+        let request = lambda_http::request::from_str(&event).unwrap();
+        support::answer(self.app.clone().oneshot(request).await.unwrap()).await
+    }
+
     fn subject(&self, caller: &Caller) -> Subject {
         Subject {
             kind: "ServiceAccount".to_owned(),
@@ -548,4 +558,29 @@ async fn authorization_in_a_parent_follows_rbac_held_in_the_parent() {
         .authorize(&tenant, Verb::Create, None)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn function_runtime_events_get_the_same_checks() {
+    let svc = Service::new(vec![]).await;
+    let (allowed, denied) = (svc.account("fn-allowed").await, svc.account("fn-denied").await);
+    svc.grant(&allowed, CREATOR).await;
+    const EVENT: &str = "apigw-v2-create-identity.json";
+    let created = svc.lambda(EVENT, &allowed.token).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let name = created.json()["name"].as_str().unwrap().to_owned();
+    let ns = Api::<Namespace>::all(svc.fx.client.clone())
+        .get(&name)
+        .await
+        .unwrap();
+    assert_eq!(ns.annotations()[BOUND_USER_ANNOTATION], allowed.username);
+    let refused = svc.lambda(EVENT, &denied.token).await;
+    assert_problem(
+        &refused,
+        403,
+        &["verb create", "at cluster scope"],
+        &[&denied.token],
+    );
+    let bogus = svc.lambda(EVENT, "bogus-token-0123456789abcdef").await;
+    assert_problem(&bogus, 401, &["not valid"], &[]);
 }
