@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, RoleBinding, RoleRef, Subject};
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use namespace_provisioner::access::{ReviewConfig, TokenReviewer};
 use namespace_provisioner::api::{self, AppState};
@@ -25,6 +25,7 @@ use namespace_provisioner::auth::{Identity, Tokens, Verb, user_tenant};
 use namespace_provisioner::labels::{BOUND_USER_ANNOTATION, OBJECT_NAME, OWNER_ANNOTATION, TENANT_LABEL};
 use namespace_provisioner::params::TtlPolicy;
 use namespace_provisioner::provision::{ProvisionError, Provisioner, ProvisionerConfig};
+use namespace_provisioner::reaper::{self, SweepConfig, plan::PlanConfig};
 use support::{Answer, Fixture, admin, cluster, eventually, kubectl, temp_file, unique};
 use tower::ServiceExt;
 
@@ -472,6 +473,44 @@ async fn bind_caller_lets_the_caller_and_no_one_else_act_in_the_namespace() {
     assert!(
         subjects.iter().any(|s| s.kind == "User" && s.name == me.username),
         "{subjects:?}"
+    );
+
+    // The reaper sees the bound user as part of the set: nothing to repair.
+    // Remove it, and the next sweep puts it back.
+    let sweep = SweepConfig {
+        plan: PlanConfig {
+            set: svc.fx.set.clone(),
+            max_ttl: Duration::from_secs(7200),
+            max_deletions: None,
+        },
+        page_size: 500,
+        concurrency: 4,
+        dry_run: false,
+        instance: "identity-test".to_owned(),
+    };
+    let report = reaper::sweep(&svc.fx.client, &sweep, support::now())
+        .await
+        .unwrap();
+    assert!(
+        report.entries.iter().all(|e| !format!("{e:?}").contains(&name)),
+        "the reaper would change a fresh bound set: {report:?}"
+    );
+    let only_sa = serde_json::json!({"subjects": [subjects[0]]});
+    Api::<RoleBinding>::namespaced(svc.fx.client.clone(), &name)
+        .patch(OBJECT_NAME, &PatchParams::default(), &Patch::Merge(only_sa))
+        .await
+        .unwrap();
+    reaper::sweep(&svc.fx.client, &sweep, support::now())
+        .await
+        .unwrap();
+    let repaired = Api::<RoleBinding>::namespaced(svc.fx.client.clone(), &name)
+        .get(OBJECT_NAME)
+        .await
+        .unwrap();
+    assert_eq!(
+        repaired.subjects.as_deref(),
+        Some(&subjects[..]),
+        "the reaper restores the bound user"
     );
 
     let mine = temp_file(&me.kubeconfig);
