@@ -623,3 +623,36 @@ async fn function_runtime_events_get_the_same_checks() {
     let bogus = svc.lambda(EVENT, "bogus-token-0123456789abcdef").await;
     assert_problem(&bogus, 401, &["not valid"], &[]);
 }
+
+#[tokio::test]
+async fn the_review_cache_never_outgrows_its_capacity() {
+    let svc = Service::new(vec![]).await;
+    let caller = svc.account("many-tokens").await;
+    let reviewer = TokenReviewer::new(
+        svc.fx.client.clone(),
+        ReviewConfig {
+            audiences: Vec::new(),
+            cache_ttl: Duration::from_secs(600),
+            cache_capacity: 4,
+        },
+    );
+    // Ten distinct valid tokens of one ServiceAccount, all accepted.
+    for _ in 0..10 {
+        let kubeconfig =
+            support::service_account_kubeconfig(&svc.fx.client, &svc.callers, &caller.name).await;
+        let user = reviewer.review(&token_of(&kubeconfig)).await.unwrap();
+        assert_eq!(user.username, caller.username);
+        assert!(reviewer.cached() <= 4, "cache grew to {}", reviewer.cached());
+    }
+    // Refusals are never remembered.
+    let before = reviewer.cached();
+    for i in 0..10 {
+        assert!(
+            reviewer
+                .review(&format!("bogus-{i}-0123456789abcdef"))
+                .await
+                .is_err()
+        );
+    }
+    assert!(reviewer.cached() <= before);
+}

@@ -196,6 +196,32 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_right_is_403_naming_it() {
+        use crate::rules::auth::{Right, Verb};
+        let e = ApiError::from(ProvisionError::Forbidden {
+            who: "user jane".into(),
+            right: Right {
+                verb: Verb::Create,
+                namespace: Some("team-a".into()),
+            },
+        });
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        for part in [
+            "user jane",
+            "verb create",
+            "resource namespaces",
+            "group controller.observatorium.io",
+            "in namespace team-a",
+        ] {
+            assert!(e.detail().contains(part), "{} lacks {part}", e.detail());
+        }
+        assert_eq!(
+            ApiError::from(ProvisionError::BindNeedsUser).status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
     fn server_errors_hide_their_cause() {
         let e = ApiError::from(ProvisionError::TaskStopped);
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
