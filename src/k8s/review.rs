@@ -8,7 +8,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 
 use super::KubeError;
-use crate::rules::auth::{ACCESS_GROUP, ACCESS_RESOURCE, Right, UserInfo};
+use crate::rules::auth::{ACCESS_GROUP, ACCESS_RESOURCE, Right, UserInfo, audiences_match};
 
 /// TokenReview of `token`: the user it authenticates, or `None` when the API
 /// server does not accept it (bogus, expired, revoked, wrong audience).
@@ -30,7 +30,9 @@ pub async fn review_token(
     let Some(status) = reviewed.status else {
         return Ok(None);
     };
-    if status.authenticated != Some(true) {
+    if status.authenticated != Some(true)
+        || !audiences_match(audiences, status.audiences.as_deref().unwrap_or_default())
+    {
         return Ok(None);
     }
     Ok(status.user.and_then(|user| {

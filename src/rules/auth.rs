@@ -132,6 +132,13 @@ impl Identity {
     }
 }
 
+/// Whether a TokenReview answer holds for the audiences asked: with none
+/// asked, the API server's own; else the granted audiences must include one
+/// of them (an authenticator that ignores audiences grants none).
+pub fn audiences_match(asked: &[String], granted: &[String]) -> bool {
+    asked.is_empty() || granted.iter().any(|g| asked.contains(g))
+}
+
 /// API group of the rights RBAC grants on the provisioner's namespaces
 /// (no such API is served: the group exists only for SubjectAccessReviews).
 pub const ACCESS_GROUP: &str = "controller.observatorium.io";
@@ -344,6 +351,15 @@ mod tests {
         });
         assert_eq!(who.tenant(), &user_tenant("jane"));
         assert_eq!(who.to_string(), "user jane");
+    }
+
+    #[test]
+    fn audiences_must_intersect_when_asked() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(audiences_match(&[], &[]));
+        assert!(audiences_match(&s(&["np"]), &s(&["other", "np"])));
+        assert!(!audiences_match(&s(&["np"]), &[]));
+        assert!(!audiences_match(&s(&["np"]), &s(&["other"])));
     }
 
     #[test]
