@@ -5,7 +5,6 @@
 //! for children). Decides with [`crate::rules`], does every Kubernetes call
 //! through [`crate::k8s`], reads the time from its [`Clock`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -17,14 +16,15 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock, system_clock};
 use crate::k8s::{self, ApplyError, KubeError, TokenRequestError};
-use crate::rules::auth::{Identity, Right, UserInfo, Verb};
+use crate::rules::auth::{Identity, Right, Verb};
 use crate::rules::desired::{DesiredSet, Owner, SetConfig, desired_set_for, namespace_to_create_for};
-use crate::rules::hierarchy::keys::PARENT_LABEL;
 use crate::rules::kubeconfig::{self, Credentials};
 use crate::rules::labels::{self, OWNER_ANNOTATION, TENANT_LABEL};
 use crate::rules::params::{
     Expiry, NamePrefix, ServerUrl, TenantName, Ttl, TtlError, TtlPolicy, is_dns_label,
 };
+
+mod authorize;
 
 /// What the provisioner needs besides a client.
 #[derive(Debug, Clone)]
@@ -214,44 +214,6 @@ impl Provisioner {
         labels::tenant_selector(&self.config.set.selector, tenant)
     }
 
-    /// Whether `user` holds `right` (one SubjectAccessReview).
-    async fn may(&self, user: &UserInfo, right: &Right) -> Result<bool, ProvisionError> {
-        k8s::review_access(&self.client, user, right)
-            .await
-            .map_err(|source| ProvisionError::ReviewAccess {
-                user: user.username.clone(),
-                source,
-            })
-    }
-
-    /// Check that `who` may `verb` managed namespaces: cluster-wide
-    /// (`parent: None`, top-level namespaces) or in namespace `parent` (its
-    /// children). A static tenant is authorized by the token file; a
-    /// Kubernetes user by RBAC, else [`ProvisionError::Forbidden`] naming the
-    /// missing right.
-    pub async fn authorize(
-        &self,
-        who: &Identity,
-        verb: Verb,
-        parent: Option<&str>,
-    ) -> Result<(), ProvisionError> {
-        let Some(user) = who.kubernetes_user() else {
-            return Ok(());
-        };
-        let right = Right {
-            verb,
-            namespace: parent.map(str::to_owned),
-        };
-        if self.may(user, &right).await? {
-            Ok(())
-        } else {
-            Err(ProvisionError::Forbidden {
-                who: who.to_string(),
-                right,
-            })
-        }
-    }
-
     /// Create a namespace set for `who` and return its kubeconfig;
     /// `bind_caller` also binds a Kubernetes caller's user to the grant
     /// ClusterRole inside it.
@@ -379,39 +341,7 @@ impl Provisioner {
             .map_err(|source| ProvisionError::ListNamespaces { source })?;
             return Ok(items.iter().map(info_of).collect());
         };
-        let items = k8s::list_namespaces(
-            &self.client,
-            &self.config.set.selector.to_label_selector(),
-            self.config.page_size,
-        )
-        .await
-        .map_err(|source| ProvisionError::ListNamespaces { source })?;
-        // One review per scope (cluster, or each parent), whatever the count.
-        let mut allowed: BTreeMap<Option<String>, bool> = BTreeMap::new();
-        let mut shown = Vec::new();
-        for ns in &items {
-            if labels::belongs_to(ns.labels(), who.tenant()) {
-                shown.push(info_of(ns));
-                continue;
-            }
-            let scope = scope_of(ns);
-            let may = match allowed.get(&scope) {
-                Some(may) => *may,
-                None => {
-                    let right = Right {
-                        verb: Verb::List,
-                        namespace: scope.clone(),
-                    };
-                    let may = self.may(user, &right).await?;
-                    allowed.insert(scope, may);
-                    may
-                }
-            };
-            if may {
-                shown.push(info_of(ns));
-            }
-        }
-        Ok(shown)
+        self.list_for_user(who, user).await
     }
 
     /// Tenant of every live managed namespace (for the per-tenant gauge).
@@ -450,14 +380,7 @@ impl Provisioner {
         if labels::belongs_to(ns.labels(), who.tenant()) {
             return Ok(ns);
         }
-        let Some(user) = who.kubernetes_user() else {
-            return Err(not_found());
-        };
-        let right = Right {
-            verb,
-            namespace: scope_of(&ns),
-        };
-        if self.may(user, &right).await? {
+        if self.may_touch(who, &ns, verb).await? {
             Ok(ns)
         } else {
             Err(not_found())
@@ -470,13 +393,12 @@ impl Provisioner {
 
     /// Delete one of the caller's namespaces (idempotent while it terminates).
     pub async fn delete(&self, who: &Identity, name: &str) -> Result<NamespaceInfo, ProvisionError> {
-        let tenant = who;
         let ns = self.owned(who, name, Verb::Delete).await?;
         let mut info = info_of(&ns);
         if ns.metadata.deletion_timestamp.is_none() {
             let uid = ns.uid().unwrap_or_default();
             match k8s::delete_namespace(&self.client, name, &uid).await {
-                Ok(()) => info!(namespace = %name, %tenant, "namespace deleted"),
+                Ok(()) => info!(namespace = %name, by = %who, "namespace deleted"),
                 // Gone already, or replaced by another object of the same name.
                 Err(e) if e.is_gone() => {
                     return Err(ProvisionError::NotFound {
@@ -504,7 +426,6 @@ impl Provisioner {
         ttl: Option<Ttl>,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
-        let tenant = who;
         let ttl_secs = self.config.ttl.resolve(ttl)?;
         let ns = self.owned(who, name, Verb::Patch).await?;
         let owner =
@@ -523,7 +444,7 @@ impl Provisioner {
                 source,
             })?;
         let done = self.complete(&set, expiry, server).await?;
-        info!(namespace = %name, %tenant, expiry = %expiry, "namespace extended");
+        info!(namespace = %name, by = %who, expiry = %expiry, "namespace extended");
         Ok(done)
     }
 }
@@ -533,12 +454,6 @@ impl Provisioner {
 fn is_live(ns: &Namespace, now: i64) -> bool {
     let expired = labels::expiry_of(ns.labels()).is_some_and(|e| e.is_due(now));
     ns.metadata.deletion_timestamp.is_none() && !expired
-}
-
-/// Where RBAC decides about `ns`: its parent namespace, or the cluster for a
-/// top-level one.
-fn scope_of(ns: &Namespace) -> Option<String> {
-    ns.labels().get(PARENT_LABEL).filter(|p| is_dns_label(p)).cloned()
 }
 
 fn info_of(ns: &Namespace) -> NamespaceInfo {
