@@ -697,3 +697,30 @@ async fn audiences_when_configured_must_match() {
     // A token for the API server itself is not for us.
     assert!(reviewer.review(&caller.token).await.is_err());
 }
+
+#[tokio::test]
+async fn a_static_token_user_of_the_control_plane_is_a_user_too() {
+    // Not a ServiceAccount: the control plane's --token-auth-file user
+    // `admin` (group system:masters), whose bearer token the test kubeconfig holds.
+    let svc = Service::new(vec![]).await;
+    let kubeconfig = std::fs::read_to_string(&cluster().kubeconfig).unwrap();
+    let token = token_of(&kubeconfig);
+    let answer = svc
+        .call(
+            "POST",
+            "/api/v1/namespaces",
+            &token,
+            Some(r#"{"bindCaller":true}"#),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let name = answer.json()["name"].as_str().unwrap().to_owned();
+    let ns = Api::<Namespace>::all(svc.fx.client.clone())
+        .get(&name)
+        .await
+        .unwrap();
+    assert_eq!(ns.annotations()[OWNER_ANNOTATION], "admin");
+    assert_eq!(ns.annotations()[BOUND_USER_ANNOTATION], "admin");
+    assert_eq!(ns.labels()[TENANT_LABEL], user_tenant("admin").as_str());
+    assert!(svc.names(&token).await.contains(&name));
+}
