@@ -52,7 +52,8 @@ pub struct ProvisionerArgs {
 
     /// How long an accepted Kubernetes token is trusted before it is reviewed
     /// again: a revoked token (deleted ServiceAccount) works at most this long
-    /// more. Refusals are never cached. `0s` reviews every request.
+    /// more, plus the API server's own token cache (10s by default). Refusals
+    /// are never cached. `0s` reviews every request.
     #[arg(long, env = "NP_TOKEN_REVIEW_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub token_review_cache_ttl: Duration,
 
