@@ -6,11 +6,13 @@
 //! 1. [`rules`]: pure rules and types (the desired set, TTL and expiry,
 //!    labels, the managed kinds, kubeconfigs, tokens). No client, no clock.
 //! 2. [`k8s`]: the one room that talks to Kubernetes; [`clock`]: the one clock.
-//! 3. The pipelines: [`provision`] (create, extend, delete for one tenant) and
+//! 3. The pipelines: [`provision`] (create, extend, delete for one caller),
+//!    [`access`] (who a caller is: static tokens or TokenReview) and
 //!    [`reaper`] (observe -> plan -> execute -> report, once or watching).
 //! 4. The edges: [`api`] (HTTP, container or Lambda) and [`cli`] (flags into
 //!    configuration, and each binary's `run`). [`telemetry`] is shared by both.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 pub mod clock;

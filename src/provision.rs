@@ -1,6 +1,9 @@
 //! The provisioning pipeline: create, list, get, extend and delete managed
-//! sets, each scoped to one tenant. Decides with [`crate::rules`], does every
-//! Kubernetes call through [`crate::k8s`], reads the time from its [`Clock`].
+//! sets, each scoped to one caller ([`Identity`]): a static-token tenant sees
+//! its own; a Kubernetes user sees its own plus what RBAC grants it
+//! (SubjectAccessReview, cluster-wide for top-level namespaces, in the parent
+//! for children). Decides with [`crate::rules`], does every Kubernetes call
+//! through [`crate::k8s`], reads the time from its [`Clock`].
 
 use std::sync::Arc;
 
@@ -13,12 +16,15 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock, system_clock};
 use crate::k8s::{self, ApplyError, KubeError, TokenRequestError};
-use crate::rules::desired::{DesiredSet, SetConfig, desired_set, namespace_to_create};
+use crate::rules::auth::{Identity, Right, Verb};
+use crate::rules::desired::{DesiredSet, Owner, SetConfig, desired_set_for, namespace_to_create_for};
 use crate::rules::kubeconfig::{self, Credentials};
-use crate::rules::labels::{self, TENANT_LABEL};
+use crate::rules::labels::{self, OWNER_ANNOTATION, TENANT_LABEL};
 use crate::rules::params::{
     Expiry, NamePrefix, ServerUrl, TenantName, Ttl, TtlError, TtlPolicy, is_dns_label,
 };
+
+mod authorize;
 
 /// What the provisioner needs besides a client.
 #[derive(Debug, Clone)]
@@ -46,7 +52,11 @@ pub struct Provisioner {
 #[serde(rename_all = "camelCase")]
 pub struct NamespaceInfo {
     pub name: String,
+    /// The owner's tenant (`u-<hash>` for a Kubernetes user).
     pub tenant: String,
+    /// Kubernetes username of the creator, when it was a Kubernetes identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// RFC 3339.
     pub created: Option<String>,
     /// RFC 3339; absent when the expiry label is missing or unreadable.
@@ -118,6 +128,18 @@ pub enum ProvisionError {
     },
     #[error("create namespace: the provisioning task stopped")]
     TaskStopped,
+    #[error(
+        "{who} lacks the right {right}; an administrator grants it by binding the ClusterRole namespace-provisioner:creator (create) or namespace-provisioner:manager (list, get, patch, delete) to you, see docs/identity.md"
+    )]
+    Forbidden { who: String, right: Right },
+    #[error("bindCaller needs a Kubernetes identity; a static tenant token has no user to bind")]
+    BindNeedsUser,
+    #[error("review the access of user {user}")]
+    ReviewAccess {
+        user: String,
+        #[source]
+        source: KubeError,
+    },
 }
 
 impl ProvisionError {
@@ -137,6 +159,9 @@ impl ProvisionError {
             Self::ListNamespaces { .. } => "list_namespaces",
             Self::DeleteNamespace { .. } => "delete_namespace",
             Self::TaskStopped => "task_stopped",
+            Self::Forbidden { .. } => "forbidden",
+            Self::BindNeedsUser => "bind_needs_user",
+            Self::ReviewAccess { .. } => "review_access",
         }
     }
 
@@ -158,7 +183,8 @@ impl ProvisionError {
             | Self::ApplyNamespace { source, .. }
             | Self::ReadNamespace { source, .. }
             | Self::ListNamespaces { source }
-            | Self::DeleteNamespace { source, .. } => Some(source),
+            | Self::DeleteNamespace { source, .. }
+            | Self::ReviewAccess { source, .. } => Some(source),
             Self::ApplyContents(e) => Some(&e.source),
             Self::RequestToken(TokenRequestError::Api { source, .. }) => Some(source),
             _ => None,
@@ -188,23 +214,35 @@ impl Provisioner {
         labels::tenant_selector(&self.config.set.selector, tenant)
     }
 
-    /// Create a namespace set for `tenant` and return its kubeconfig.
+    /// Create a namespace set for `who` and return its kubeconfig;
+    /// `bind_caller` also binds a Kubernetes caller's user to the grant
+    /// ClusterRole inside it.
     ///
     /// The work after the Namespace is created runs in its own task, so a
     /// caller that disconnects cannot leave a half-made set: the task finishes
     /// it or rolls it back either way.
     pub async fn create(
         &self,
-        tenant: &TenantName,
+        who: &Identity,
         ttl: Option<Ttl>,
         server: Option<ServerUrl>,
+        bind_caller: bool,
     ) -> Result<Provisioned, ProvisionError> {
         let ttl_secs = self.config.ttl.resolve(ttl)?;
-        self.check_quota(tenant).await?;
+        let username = who.kubernetes_user().map(|u| u.username.clone());
+        if bind_caller && username.is_none() {
+            return Err(ProvisionError::BindNeedsUser);
+        }
+        self.authorize(who, Verb::Create, None).await?;
+        self.check_quota(who.tenant()).await?;
         let expiry = Expiry::after((self.clock)(), ttl_secs);
+        let owner = Owner {
+            tenant: who.tenant().clone(),
+            bound_user: username.clone().filter(|_| bind_caller),
+            user: username,
+        };
         let this = self.clone();
-        let tenant = tenant.clone();
-        tokio::spawn(async move { this.create_set(&tenant, expiry, server).await })
+        tokio::spawn(async move { this.create_set(&owner, expiry, server).await })
             .await
             .map_err(|_| ProvisionError::TaskStopped)?
     }
@@ -235,22 +273,23 @@ impl Provisioner {
 
     async fn create_set(
         &self,
-        tenant: &TenantName,
+        owner: &Owner,
         expiry: Expiry,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
+        let tenant = &owner.tenant;
         // Labelled from the first write, so the reaper finds it if we die here.
-        let namespace = namespace_to_create(&self.config.prefix, tenant, expiry, &self.config.set);
+        let namespace = namespace_to_create_for(&self.config.prefix, owner, expiry, &self.config.set);
         let created = k8s::create_namespace(&self.client, &namespace)
             .await
             .map_err(|source| ProvisionError::CreateNamespace { source })?;
         let (Some(name), Some(uid)) = (created.metadata.name.clone(), created.metadata.uid.clone()) else {
             return Err(ProvisionError::NamespaceUnnamed);
         };
-        let set = desired_set(&name, tenant, expiry, &self.config.set);
+        let set = desired_set_for(&name, owner, expiry, &self.config.set);
         match self.complete(&set, expiry, server).await {
             Ok(done) => {
-                info!(namespace = %name, %tenant, expiry = %expiry, "namespace created");
+                info!(namespace = %name, %tenant, owner = owner.user.as_deref(), expiry = %expiry, "namespace created");
                 Ok(done)
             }
             Err(err) => {
@@ -289,12 +328,20 @@ impl Provisioner {
         })
     }
 
-    /// The tenant's managed namespaces.
-    pub async fn list(&self, tenant: &TenantName) -> Result<Vec<NamespaceInfo>, ProvisionError> {
-        let items = k8s::list_namespaces(&self.client, &self.tenant_selector(tenant), self.config.page_size)
+    /// The caller's managed namespaces; for a Kubernetes user also those RBAC
+    /// lets it `list` (cluster-wide, or in their parent).
+    pub async fn list(&self, who: &Identity) -> Result<Vec<NamespaceInfo>, ProvisionError> {
+        let Some(user) = who.kubernetes_user() else {
+            let items = k8s::list_namespaces(
+                &self.client,
+                &self.tenant_selector(who.tenant()),
+                self.config.page_size,
+            )
             .await
             .map_err(|source| ProvisionError::ListNamespaces { source })?;
-        Ok(items.iter().map(info_of).collect())
+            return Ok(items.iter().map(info_of).collect());
+        };
+        self.list_for_user(who, user).await
     }
 
     /// Tenant of every live managed namespace (for the per-tenant gauge).
@@ -310,8 +357,10 @@ impl Provisioner {
             .collect())
     }
 
-    /// One of the tenant's namespaces; anything else is [`ProvisionError::NotFound`].
-    async fn owned(&self, tenant: &TenantName, name: &str) -> Result<Namespace, ProvisionError> {
+    /// One of the caller's namespaces, or (for a Kubernetes user) one RBAC
+    /// lets it `verb`; anything else is [`ProvisionError::NotFound`] (never
+    /// telling whether it exists).
+    async fn owned(&self, who: &Identity, name: &str, verb: Verb) -> Result<Namespace, ProvisionError> {
         let not_found = || ProvisionError::NotFound {
             name: name.to_owned(),
         };
@@ -325,26 +374,31 @@ impl Provisioner {
                 source,
             })?
             .ok_or_else(not_found)?;
-        let managed = labels::is_managed(&self.config.set.selector, ns.labels());
-        if managed && labels::belongs_to(ns.labels(), tenant) {
+        if !labels::is_managed(&self.config.set.selector, ns.labels()) {
+            return Err(not_found());
+        }
+        if labels::belongs_to(ns.labels(), who.tenant()) {
+            return Ok(ns);
+        }
+        if self.may_touch(who, &ns, verb).await? {
             Ok(ns)
         } else {
             Err(not_found())
         }
     }
 
-    pub async fn get(&self, tenant: &TenantName, name: &str) -> Result<NamespaceInfo, ProvisionError> {
-        self.owned(tenant, name).await.map(|ns| info_of(&ns))
+    pub async fn get(&self, who: &Identity, name: &str) -> Result<NamespaceInfo, ProvisionError> {
+        self.owned(who, name, Verb::Get).await.map(|ns| info_of(&ns))
     }
 
-    /// Delete one of the tenant's namespaces (idempotent while it terminates).
-    pub async fn delete(&self, tenant: &TenantName, name: &str) -> Result<NamespaceInfo, ProvisionError> {
-        let ns = self.owned(tenant, name).await?;
+    /// Delete one of the caller's namespaces (idempotent while it terminates).
+    pub async fn delete(&self, who: &Identity, name: &str) -> Result<NamespaceInfo, ProvisionError> {
+        let ns = self.owned(who, name, Verb::Delete).await?;
         let mut info = info_of(&ns);
         if ns.metadata.deletion_timestamp.is_none() {
             let uid = ns.uid().unwrap_or_default();
             match k8s::delete_namespace(&self.client, name, &uid).await {
-                Ok(()) => info!(namespace = %name, %tenant, "namespace deleted"),
+                Ok(()) => info!(namespace = %name, by = %who, "namespace deleted"),
                 // Gone already, or replaced by another object of the same name.
                 Err(e) if e.is_gone() => {
                     return Err(ProvisionError::NotFound {
@@ -363,23 +417,26 @@ impl Provisioner {
         Ok(info)
     }
 
-    /// Give one of the tenant's namespaces `ttl` from now and fresh credentials.
+    /// Give one of the caller's namespaces `ttl` from now and fresh
+    /// credentials. Its owner (and bound user) stay whoever created it.
     pub async fn extend(
         &self,
-        tenant: &TenantName,
+        who: &Identity,
         name: &str,
         ttl: Option<Ttl>,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
         let ttl_secs = self.config.ttl.resolve(ttl)?;
-        let ns = self.owned(tenant, name).await?;
+        let ns = self.owned(who, name, Verb::Patch).await?;
+        let owner =
+            Owner::of(ns.labels(), ns.annotations()).unwrap_or_else(|| Owner::tenant(who.tenant().clone()));
         if ns.metadata.deletion_timestamp.is_some() {
             return Err(ProvisionError::Terminating {
                 name: name.to_owned(),
             });
         }
         let expiry = Expiry::after((self.clock)(), ttl_secs);
-        let set = desired_set(name, tenant, expiry, &self.config.set);
+        let set = desired_set_for(name, &owner, expiry, &self.config.set);
         k8s::apply_namespace(&self.client, &set.namespace)
             .await
             .map_err(|source| ProvisionError::ApplyNamespace {
@@ -387,7 +444,7 @@ impl Provisioner {
                 source,
             })?;
         let done = self.complete(&set, expiry, server).await?;
-        info!(namespace = %name, %tenant, expiry = %expiry, "namespace extended");
+        info!(namespace = %name, by = %who, expiry = %expiry, "namespace extended");
         Ok(done)
     }
 }
@@ -406,6 +463,7 @@ fn info_of(ns: &Namespace) -> NamespaceInfo {
     NamespaceInfo {
         name: ns.name_any(),
         tenant: ns.labels().get(TENANT_LABEL).cloned().unwrap_or_default(),
+        owner: ns.annotations().get(OWNER_ANNOTATION).cloned(),
         created: ns.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         expires_at: expiry.map(Expiry::rfc3339),
         phase: if terminating { "Terminating" } else { "Active" }.to_owned(),

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::access::AuthError;
 use crate::provision::ProvisionError;
 use crate::telemetry::chain;
 
@@ -92,7 +93,8 @@ impl From<ProvisionError> for ApiError {
         let kind = err.kind();
         let client_error = |status| Self::new(status, kind, err.to_string());
         match &err {
-            ProvisionError::Ttl(_) => client_error(StatusCode::BAD_REQUEST),
+            ProvisionError::Ttl(_) | ProvisionError::BindNeedsUser => client_error(StatusCode::BAD_REQUEST),
+            ProvisionError::Forbidden { .. } => client_error(StatusCode::FORBIDDEN),
             ProvisionError::NotFound { .. } => client_error(StatusCode::NOT_FOUND),
             ProvisionError::TooMany { .. } => client_error(StatusCode::TOO_MANY_REQUESTS),
             ProvisionError::Terminating { .. } => client_error(StatusCode::CONFLICT),
@@ -122,6 +124,30 @@ impl From<ProvisionError> for ApiError {
                     ..Self::new(status, kind, detail)
                 }
             }
+        }
+    }
+}
+
+/// A TokenReview that did not come back (a refusal is a 401, made by the extractor).
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        let (status, detail, retry_after) = if err.is_unavailable() {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the Kubernetes API server is unavailable to review the token; retry later",
+                Some(RETRY_AFTER_SECS),
+            )
+        } else {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reviewing the bearer token failed inside the provisioner; its operator can find the cause in the logs",
+                None,
+            )
+        };
+        Self {
+            retry_after,
+            internal: Some(chain(&err)),
+            ..Self::new(status, "token_review", detail)
         }
     }
 }
@@ -167,6 +193,32 @@ mod tests {
         }));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert!(e.detail().contains("at most 1h"));
+    }
+
+    #[test]
+    fn a_missing_right_is_403_naming_it() {
+        use crate::rules::auth::{Right, Verb};
+        let e = ApiError::from(ProvisionError::Forbidden {
+            who: "user jane".into(),
+            right: Right {
+                verb: Verb::Create,
+                namespace: Some("team-a".into()),
+            },
+        });
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        for part in [
+            "user jane",
+            "verb create",
+            "resource namespaces",
+            "group controller.observatorium.io",
+            "in namespace team-a",
+        ] {
+            assert!(e.detail().contains(part), "{} lacks {part}", e.detail());
+        }
+        assert_eq!(
+            ApiError::from(ProvisionError::BindNeedsUser).status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Extractors that turn requests into typed input, answering bad input with
 //! the same problem+json shape as every other error (never axum's plain text).
-//! Authentication is checked here (against [`crate::rules::auth`]). No I/O.
+//! Authentication is checked here (static tokens against [`crate::rules::auth`],
+//! Kubernetes tokens through [`crate::access`], which may ask the API server).
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header;
@@ -9,19 +10,21 @@ use serde::de::DeserializeOwned;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::rules::params::TenantName;
+use crate::access::AuthError;
+use crate::rules::auth::Identity;
 
-/// The authenticated tenant making the request.
+/// Who makes the request: a static-token tenant or a Kubernetes user. Handlers
+/// pass the [`Identity`] to the provisioner unchanged.
 #[derive(Debug, Clone)]
-pub struct Caller(pub TenantName);
+pub struct Caller(pub Identity);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(tokens) = state.tokens.as_deref() else {
-            return Ok(Caller(state.anonymous_tenant.clone()));
-        };
+        if state.auth.is_open() {
+            return Ok(Caller(Identity::Tenant(state.anonymous_tenant.clone())));
+        }
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -39,10 +42,14 @@ impl FromRequestParts<AppState> for Caller {
                 ));
             }
         };
-        tokens
-            .authenticate(token)
-            .map(|tenant| Caller(tenant.clone()))
-            .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid", true))
+        match state.auth.authenticate(token).await {
+            Ok(who) => Ok(Caller(who)),
+            Err(AuthError::Rejected) => Err(ApiError::unauthorized(
+                "the bearer token is not valid (neither a tenant token nor an accepted Kubernetes token)",
+                true,
+            )),
+            Err(err) => Err(ApiError::from(err)),
+        }
     }
 }
 

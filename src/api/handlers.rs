@@ -38,6 +38,21 @@ pub struct LifetimeRequest {
     server: Option<String>,
 }
 
+/// Body of create.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateRequest {
+    /// Lifetime from now, e.g. `30s`, `5m`, `1h30m`; absent or `0` = the default; at most the maximum.
+    ttl: Option<String>,
+    /// API server URL to write into the kubeconfig (absolute http/https URL).
+    server: Option<String>,
+    /// Kubernetes callers only: also bind your own user (not your groups) to
+    /// the grant ClusterRole inside the new namespace, so your usual
+    /// kubeconfig works with `-n <name>`. The returned kubeconfig still works.
+    #[serde(default)]
+    bind_caller: bool,
+}
+
 /// A namespace with a fresh kubeconfig.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -105,18 +120,19 @@ fn location(name: &str) -> HeaderValue {
          headers(("Location" = String, description = "the namespace's REST URL"))),
         (status = 400, description = "Bad ttl or server", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A Kubernetes caller lacks the RBAC right to create (named in the detail)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn compat_create(
     State(state): State<AppState>,
-    Caller(tenant): Caller,
+    Caller(who): Caller,
     QueryParams(query): QueryParams<CreateQuery>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(query.ttl, query.server)?;
     let started = Instant::now();
-    let done = state.provisioner.create(&tenant, ttl, server).await?;
+    let done = state.provisioner.create(&who, ttl, server, false).await?;
     state.metrics.observe_create(started);
     let yaml = kubeconfig_yaml(&done)?;
     Ok((
@@ -141,33 +157,37 @@ pub async fn compat_create(
     security(("bearer" = [])))]
 pub async fn compat_delete(
     State(state): State<AppState>,
-    Caller(tenant): Caller,
+    Caller(who): Caller,
     NamePath(name): NamePath,
 ) -> Result<StatusCode, ApiError> {
-    state.provisioner.delete(&tenant, &name).await?;
+    state.provisioner.delete(&who, &name).await?;
     Ok(StatusCode::OK)
 }
 
 /// Create a namespace; answers with its name, expiry and kubeconfig.
 #[utoipa::path(post, path = "/api/v1/namespaces", tag = "namespaces",
-    request_body(content = LifetimeRequest, description = "empty body = defaults"),
+    request_body(content = CreateRequest, description = "empty body = defaults"),
     responses(
         (status = 201, description = "Created", body = IssuedKubeconfig,
          headers(("Location" = String, description = "the namespace's URL"))),
         (status = 400, description = "Bad ttl, server or JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A Kubernetes caller lacks the RBAC right to create (named in the detail)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
-    Caller(tenant): Caller,
-    JsonBody(body): JsonBody<LifetimeRequest>,
+    Caller(who): Caller,
+    JsonBody(body): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
     let started = Instant::now();
-    let done = state.provisioner.create(&tenant, ttl, server).await?;
+    let done = state
+        .provisioner
+        .create(&who, ttl, server, body.bind_caller)
+        .await?;
     state.metrics.observe_create(started);
     let location = location(&done.name);
     Ok((
@@ -187,9 +207,9 @@ pub async fn create(
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    Caller(tenant): Caller,
+    Caller(who): Caller,
 ) -> Result<Json<NamespaceList>, ApiError> {
-    let items = state.provisioner.list(&tenant).await?;
+    let items = state.provisioner.list(&who).await?;
     Ok(Json(NamespaceList { items }))
 }
 
@@ -203,10 +223,10 @@ pub async fn list(
     security(("bearer" = [])))]
 pub async fn get_one(
     State(state): State<AppState>,
-    Caller(tenant): Caller,
+    Caller(who): Caller,
     NamePath(name): NamePath,
 ) -> Result<Json<NamespaceInfo>, ApiError> {
-    Ok(Json(state.provisioner.get(&tenant, &name).await?))
+    Ok(Json(state.provisioner.get(&who, &name).await?))
 }
 
 /// Delete one of the caller's namespaces.
@@ -219,12 +239,12 @@ pub async fn get_one(
     security(("bearer" = [])))]
 pub async fn delete_one(
     State(state): State<AppState>,
-    Caller(tenant): Caller,
+    Caller(who): Caller,
     NamePath(name): NamePath,
 ) -> Result<(StatusCode, Json<NamespaceInfo>), ApiError> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(state.provisioner.delete(&tenant, &name).await?),
+        Json(state.provisioner.delete(&who, &name).await?),
     ))
 }
 
@@ -241,12 +261,12 @@ pub async fn delete_one(
     security(("bearer" = [])))]
 pub async fn extend(
     State(state): State<AppState>,
-    Caller(tenant): Caller,
+    Caller(who): Caller,
     NamePath(name): NamePath,
     JsonBody(body): JsonBody<LifetimeRequest>,
 ) -> Result<Json<IssuedKubeconfig>, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
-    let done = state.provisioner.extend(&tenant, &name, ttl, server).await?;
+    let done = state.provisioner.extend(&who, &name, ttl, server).await?;
     Ok(Json(issued(&done)?))
 }
 

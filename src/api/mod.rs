@@ -22,6 +22,7 @@ pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
 
+use crate::access::{Authenticator, TokenReviewer};
 use crate::provision::Provisioner;
 use crate::rules::auth::{DEFAULT_TENANT, Tokens};
 use crate::rules::params::TenantName;
@@ -32,8 +33,9 @@ const BODY_LIMIT: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub provisioner: Provisioner,
-    /// `None` only with `--insecure-allow-unauthenticated`.
-    pub tokens: Option<Arc<Tokens>>,
+    /// Static tokens and/or TokenReview (`--auth`); neither only with
+    /// `--insecure-allow-unauthenticated`.
+    pub auth: Authenticator,
     /// Tenant of unauthenticated callers when tokens are off.
     pub anonymous_tenant: TenantName,
     pub metrics: Arc<Metrics>,
@@ -57,11 +59,20 @@ impl AppState {
     ) -> Result<Self, crate::rules::params::TenantNameError> {
         Ok(Self {
             provisioner,
-            tokens: tokens.map(Arc::new),
+            auth: Authenticator {
+                tokens: tokens.map(Arc::new),
+                reviewer: None,
+            },
             anonymous_tenant: DEFAULT_TENANT.parse()?,
             metrics,
             count_live_namespaces: false,
         })
+    }
+
+    /// Also accept Kubernetes bearer tokens, checked by `reviewer` (`--auth kubernetes|both`).
+    pub fn with_token_review(mut self, reviewer: TokenReviewer) -> Self {
+        self.auth.reviewer = Some(reviewer);
+        self
     }
 }
 

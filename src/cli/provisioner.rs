@@ -13,6 +13,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{ConfigError, SharedArgs, shutdown_signal};
+use crate::access::{ReviewConfig, TokenReviewer};
 use crate::api::serve::{self, ServeConfig, ServeError};
 use crate::api::{AppState, Metrics};
 use crate::k8s::{self, ClientError};
@@ -36,6 +37,31 @@ pub struct ProvisionerArgs {
     /// Address of /healthz, /readyz and /metrics (keep it off the public network).
     #[arg(long, env = "NP_INTERNAL_LISTEN", default_value = "0.0.0.0:9090")]
     pub internal_listen: SocketAddr,
+
+    /// How callers authenticate: `static` tenant tokens (--token-file,
+    /// NP_TOKEN), `kubernetes` bearer tokens of the caller's own identity
+    /// (checked with the TokenReview API, authorized by RBAC with
+    /// SubjectAccessReviews, see docs/identity.md), or `both` (static first).
+    #[arg(long, env = "NP_AUTH", value_enum, default_value_t = AuthMode::Static)]
+    pub auth: AuthMode,
+
+    /// Audiences a Kubernetes token must be issued for (comma-separated;
+    /// default: the API server's own).
+    #[arg(long, env = "NP_TOKEN_REVIEW_AUDIENCES", value_delimiter = ',')]
+    pub token_review_audiences: Vec<String>,
+
+    /// How long an accepted Kubernetes token is trusted before it is reviewed
+    /// again: a revoked token (deleted ServiceAccount) works at most this long
+    /// more, plus the API server's own token cache (10s by default). Refusals
+    /// are never cached. `0s` reviews every request.
+    #[arg(long, env = "NP_TOKEN_REVIEW_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub token_review_cache_ttl: Duration,
+
+    /// Most accepted Kubernetes tokens remembered at once (keyed by their
+    /// SHA-256, never the token); the cache never grows past it.
+    #[arg(long, env = "NP_TOKEN_REVIEW_CACHE_SIZE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub token_review_cache_size: u32,
 
     /// File of tenant tokens: `tenant token` per line, or a YAML mapping `tenant: token`.
     #[arg(long, env = "NP_TOKEN_FILE")]
@@ -85,8 +111,23 @@ pub struct ProvisionerArgs {
     pub shared: SharedArgs,
 }
 
+/// How callers authenticate (`--auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Static tenant tokens only (the default, as before).
+    Static,
+    /// Kubernetes bearer tokens only (TokenReview + SubjectAccessReview).
+    Kubernetes,
+    /// Static tenant tokens first, then Kubernetes bearer tokens.
+    Both,
+}
+
 #[derive(Debug, Error)]
 pub enum RunError {
+    #[error(
+        "--auth kubernetes takes no static tokens (--token-file, NP_TOKEN); use --auth both to accept both"
+    )]
+    TokensWithKubernetesAuth,
     #[error("read --token-file {path}")]
     ReadTokens {
         path: String,
@@ -132,6 +173,17 @@ pub enum RunError {
 /// The token table from `--token-file` and `--token`, or `None` when
 /// authentication is explicitly off.
 fn load_tokens(args: &ProvisionerArgs) -> Result<Option<Tokens>, RunError> {
+    if args.auth == AuthMode::Kubernetes {
+        if args.token_file.is_some() || args.token.is_some() {
+            return Err(RunError::TokensWithKubernetesAuth);
+        }
+        if args.insecure_allow_unauthenticated {
+            warn!(
+                "--auth kubernetes authenticates every caller, so --insecure-allow-unauthenticated is ignored"
+            );
+        }
+        return Ok(None);
+    }
     let mut tokens = match &args.token_file {
         Some(path) => {
             let shown = path.display().to_string();
@@ -155,11 +207,11 @@ fn load_tokens(args: &ProvisionerArgs) -> Result<Option<Tokens>, RunError> {
             info!(tenants = tokens.len(), "bearer tokens loaded");
             Ok(Some(tokens))
         }
-        (true, true) => {
+        (true, true) if args.auth == AuthMode::Static => {
             warn!("authentication is OFF: every caller is tenant `default`");
             Ok(None)
         }
-        (true, false) => Err(RunError::NoToken),
+        (true, _) => Err(RunError::NoToken),
     }
 }
 
@@ -210,8 +262,21 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
         max_namespaces_per_tenant: args.max_namespaces_per_tenant,
         page_size: args.shared.kube.page_size,
     };
-    let mut state = AppState::with_metrics(Provisioner::new(client, config), tokens, metrics)
+    let mut state = AppState::with_metrics(Provisioner::new(client.clone(), config), tokens, metrics)
         .map_err(RunError::DefaultTenant)?;
+    if args.auth != AuthMode::Static {
+        let review = ReviewConfig {
+            audiences: args.token_review_audiences.clone(),
+            cache_ttl: args.token_review_cache_ttl,
+            cache_capacity: usize::try_from(args.token_review_cache_size).unwrap_or(1024),
+        };
+        info!(
+            cache_ttl = %humantime::format_duration(review.cache_ttl),
+            cache_size = review.cache_capacity,
+            "Kubernetes bearer tokens accepted (TokenReview, SubjectAccessReview)"
+        );
+        state = state.with_token_review(TokenReviewer::new(client, review));
+    }
     state.count_live_namespaces = args.count_live_namespaces;
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
@@ -246,6 +311,41 @@ mod tests {
         assert!(load_tokens(&args).unwrap().is_none());
         let args = ProvisionerArgs::try_parse_from(["provisioner", "--token", "short"]).unwrap();
         assert!(matches!(load_tokens(&args), Err(RunError::Token(_))));
+    }
+
+    #[test]
+    fn auth_modes_decide_which_tokens_are_needed() {
+        let parse =
+            |args: &[&str]| ProvisionerArgs::try_parse_from([&["provisioner"], args].concat()).unwrap();
+        let args = parse(&["--auth", "kubernetes"]);
+        assert!(load_tokens(&args).unwrap().is_none());
+        assert!(matches!(
+            load_tokens(&parse(&["--auth", "kubernetes", "--token", "0123456789abcdef"])),
+            Err(RunError::TokensWithKubernetesAuth)
+        ));
+        assert!(matches!(
+            load_tokens(&parse(&["--auth", "both"])),
+            Err(RunError::NoToken)
+        ));
+        assert!(matches!(
+            load_tokens(&parse(&["--auth", "both", "--insecure-allow-unauthenticated"])),
+            Err(RunError::NoToken)
+        ));
+        assert!(
+            load_tokens(&parse(&["--auth", "both", "--token", "0123456789abcdef"]))
+                .unwrap()
+                .is_some()
+        );
+        let args = parse(&[
+            "--token-review-audiences",
+            "a,b",
+            "--token-review-cache-ttl",
+            "3s",
+        ]);
+        assert_eq!(args.auth, AuthMode::Static);
+        assert_eq!(args.token_review_audiences, ["a", "b"]);
+        assert_eq!(args.token_review_cache_ttl, Duration::from_secs(3));
+        assert_eq!(args.token_review_cache_size, 1024);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The one room that talks to Kubernetes. Every API call of the crate goes
 //! through here: building the client, paginated LIST by selector, server-side
 //! apply under one field manager, Namespace create/get/delete with uid
-//! preconditions, TokenRequest, Events, the leader Lease, the readiness probe
+//! preconditions, TokenRequest, TokenReview and SubjectAccessReview, Events, the leader Lease, the readiness probe
 //! and the watch streams. Does Kubernetes I/O; knows no product rule beyond
 //! what [`crate::rules`] hands it.
 //!
@@ -16,6 +16,7 @@
 mod client;
 mod events;
 mod list;
+mod review;
 mod token;
 mod watch;
 mod write;
@@ -24,6 +25,7 @@ pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
 pub use client::{ClientError, client_config, counted_client, ping};
 pub use events::EventRecorder;
 pub use list::{list_all, list_all_map, list_kind, list_namespaces};
+pub use review::{review_access, review_token};
 pub use token::{
     IssuedToken, MIN_TOKEN_SECONDS, TokenRequestError, request_token, token_seconds, trusted_ca_pem,
 };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::diff::{Drift, Write, diff, strays};
 use super::observation::{ObjectId, ObservedSet, contents};
-use crate::rules::desired::{SetConfig, desired_set, expiry_only_namespace};
+use crate::rules::desired::{Owner, SetConfig, desired_set_for, expiry_only_namespace};
 use crate::rules::kinds::Object;
 use crate::rules::labels::{self, EXPIRY_LABEL};
 use crate::rules::params::Expiry;
@@ -154,7 +154,9 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
             untenanted: false,
         };
     };
-    let tenant = labels::tenant_of(&ns.labels);
+    // The owner (tenant, and a Kubernetes creator's bound user) is read from
+    // the Namespace, so the desired set is rebuilt from its metadata alone.
+    let tenant = Owner::of(&ns.labels, &ns.annotations);
     let untenanted = tenant.is_none();
     let done = |action, strays| SetPlan {
         namespace: name.clone(),
@@ -177,7 +179,7 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
         ),
         Some(expiry) => match &tenant {
             Some(tenant) => {
-                let desired = desired_set(&name, tenant, expiry, &config.set);
+                let desired = desired_set_for(&name, tenant, expiry, &config.set);
                 let writes = diff(&desired, ns, observed);
                 let strays = strays(&desired, observed);
                 if writes.is_empty() {
@@ -196,7 +198,7 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
             let previous = label.map(str::to_owned);
             match &tenant {
                 Some(tenant) => {
-                    let desired = desired_set(&name, tenant, expiry, &config.set);
+                    let desired = desired_set_for(&name, tenant, expiry, &config.set);
                     let writes = diff(&desired, ns, observed);
                     let strays = strays(&desired, observed);
                     done(

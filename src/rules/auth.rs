@@ -1,6 +1,8 @@
-//! Bearer tokens and the tenants they belong to. Tokens are kept only as
-//! SHA-256 digests and compared in constant time. No I/O.
+//! Bearer tokens and the tenants they belong to, and who a caller is
+//! ([`Identity`]: a static-token tenant or a Kubernetes user). Tokens are kept
+//! only as SHA-256 digests and compared in constant time. No I/O.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
@@ -46,10 +48,162 @@ pub enum TokensError {
     Shared { first: String, second: String },
     #[error("token file is YAML but not a mapping of tenant: token ({reason})")]
     Yaml { reason: String },
+    #[error(
+        "tenant name {tenant} has the form reserved for Kubernetes users (`{USER_TENANT_PREFIX}` and 56 hex digits); rename the tenant"
+    )]
+    Reserved { tenant: String },
 }
 
-fn digest(token: &[u8]) -> [u8; 32] {
+/// SHA-256 of a token: what is stored, compared and used as a cache key,
+/// never the token itself.
+pub fn digest(token: &[u8]) -> [u8; 32] {
     Sha256::digest(token).into()
+}
+
+/// Prefix of the tenant of a Kubernetes user: `u-` + 56 hex digits of the
+/// SHA-256 of the username (label-safe, selectable, one per user).
+pub const USER_TENANT_PREFIX: &str = "u-";
+const USER_TENANT_HEX: usize = 56;
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The tenant standing for Kubernetes user `username` (the label value that
+/// selects the namespaces the user owns).
+pub fn user_tenant(username: &str) -> TenantName {
+    let mut hashed = hex(&digest(username.as_bytes()));
+    hashed.truncate(USER_TENANT_HEX);
+    // `u-` + lower-case hex is a DNS label by construction.
+    TenantName::from_trusted(format!("{USER_TENANT_PREFIX}{hashed}"))
+}
+
+/// Whether `tenant` has the form of a Kubernetes user's tenant.
+pub fn is_user_tenant(tenant: &str) -> bool {
+    tenant
+        .strip_prefix(USER_TENANT_PREFIX)
+        .is_some_and(|h| h.len() == USER_TENANT_HEX && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A Kubernetes user as the TokenReview API reported it: what a
+/// SubjectAccessReview needs to ask about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub username: String,
+    pub uid: Option<String>,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// Who is calling: a static-token tenant, or a Kubernetes user (whose tenant
+/// is [`user_tenant`] of the username). Handlers pass it through unchanged;
+/// the provisioning pipeline authorizes and scopes by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Tenant(TenantName),
+    User { user: UserInfo, tenant: TenantName },
+}
+
+impl Identity {
+    pub fn user(user: UserInfo) -> Self {
+        let tenant = user_tenant(&user.username);
+        Self::User { user, tenant }
+    }
+
+    /// The tenant label value of the namespaces this caller owns.
+    pub fn tenant(&self) -> &TenantName {
+        match self {
+            Self::Tenant(t) | Self::User { tenant: t, .. } => t,
+        }
+    }
+
+    /// The Kubernetes user, if the caller is one.
+    pub fn kubernetes_user(&self) -> Option<&UserInfo> {
+        match self {
+            Self::Tenant(_) => None,
+            Self::User { user, .. } => Some(user),
+        }
+    }
+}
+
+/// Whether a TokenReview answer holds for the audiences asked: with none
+/// asked, the API server's own; else the granted audiences must include one
+/// of them (an authenticator that ignores audiences grants none).
+pub fn audiences_match(asked: &[String], granted: &[String]) -> bool {
+    asked.is_empty() || granted.iter().any(|g| asked.contains(g))
+}
+
+/// API group of the rights RBAC grants on the provisioner's namespaces
+/// (no such API is served: the group exists only for SubjectAccessReviews).
+pub const ACCESS_GROUP: &str = "controller.observatorium.io";
+/// Resource of those rights.
+pub const ACCESS_RESOURCE: &str = "namespaces";
+
+/// What a Kubernetes user may be allowed to do with managed namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Create,
+    List,
+    Get,
+    Delete,
+    /// Extend.
+    Patch,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::List => "list",
+            Self::Get => "get",
+            Self::Delete => "delete",
+            Self::Patch => "patch",
+        }
+    }
+}
+
+/// One right a SubjectAccessReview asks about: `verb` on
+/// `namespaces.controller.observatorium.io`, cluster-wide (`namespace: None`,
+/// top-level namespaces) or in a parent namespace (its children).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Right {
+    pub verb: Verb,
+    pub namespace: Option<String>,
+}
+
+impl fmt::Display for Right {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "verb {} on resource {ACCESS_RESOURCE} of group {ACCESS_GROUP} ",
+            self.verb.as_str()
+        )?;
+        match &self.namespace {
+            None => f.write_str("at cluster scope"),
+            Some(ns) => write!(f, "in namespace {ns}"),
+        }
+    }
+}
+
+impl From<TenantName> for Identity {
+    fn from(tenant: TenantName) -> Self {
+        Self::Tenant(tenant)
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tenant(t) => write!(f, "tenant {t}"),
+            Self::User { user, .. } => write!(f, "user {}", user.username),
+        }
+    }
 }
 
 impl Tokens {
@@ -91,6 +245,11 @@ impl Tokens {
     pub fn add(&mut self, tenant: TenantName, token: &str) -> Result<(), TokensError> {
         if token.len() < 16 {
             return Err(TokensError::TooShort {
+                tenant: tenant.to_string(),
+            });
+        }
+        if is_user_tenant(tenant.as_str()) {
+            return Err(TokensError::Reserved {
                 tenant: tenant.to_string(),
             });
         }
@@ -168,6 +327,39 @@ mod tests {
             Tokens::parse(&format!("alice {A}\nbob {A}\n")),
             Err(TokensError::Shared { .. })
         ));
+    }
+
+    #[test]
+    fn user_tenants_are_label_safe_distinct_and_reserved() {
+        let a = user_tenant("system:serviceaccount:team-a:ci");
+        let b = user_tenant("system:serviceaccount:team-a:cd");
+        assert_ne!(a, b);
+        assert!(a.as_str().len() <= 63);
+        assert!(is_user_tenant(a.as_str()));
+        assert!(!is_user_tenant("alice"));
+        assert_eq!(
+            Tokens::parse(&format!("{a} {A}\n")).unwrap_err(),
+            TokensError::Reserved {
+                tenant: a.to_string()
+            }
+        );
+        let who = Identity::user(UserInfo {
+            username: "jane".into(),
+            uid: None,
+            groups: vec![],
+            extra: BTreeMap::new(),
+        });
+        assert_eq!(who.tenant(), &user_tenant("jane"));
+        assert_eq!(who.to_string(), "user jane");
+    }
+
+    #[test]
+    fn audiences_must_intersect_when_asked() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(audiences_match(&[], &[]));
+        assert!(audiences_match(&s(&["np"]), &s(&["other", "np"])));
+        assert!(!audiences_match(&s(&["np"]), &[]));
+        assert!(!audiences_match(&s(&["np"]), &s(&["other"])));
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub const EXPIRES_AT_ANNOTATION: &str = "controller.observatorium.io/expires-at"
 /// The tenant that asked for the namespace.
 pub const TENANT_LABEL: &str = "controller.observatorium.io/tenant";
 
+/// Kubernetes username of the identity that created the namespace (the
+/// tenant label then holds [`crate::rules::auth::user_tenant`] of it).
+pub const OWNER_ANNOTATION: &str = "controller.observatorium.io/owner";
+
+/// Kubernetes user bound to the grant ClusterRole inside the namespace
+/// (create with `bindCaller`); a subject of the set's RoleBinding.
+pub const BOUND_USER_ANNOTATION: &str = "controller.observatorium.io/bound-user";
+
 /// Field manager for every write, so server-side apply ownership is ours alone.
 pub const FIELD_MANAGER: &str = "namespace-provisioner";
 

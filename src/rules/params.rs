@@ -195,6 +195,12 @@ impl TenantName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// For names built by this crate that are DNS labels by construction.
+    pub(crate) fn from_trusted(name: String) -> Self {
+        debug_assert!(is_dns_label(&name));
+        Self(name)
+    }
 }
 
 impl FromStr for TenantName {
