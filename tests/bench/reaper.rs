@@ -28,6 +28,7 @@ use kube::{Client, ResourceExt};
 use namespace_provisioner::desired::{SetConfig, desired_set};
 use namespace_provisioner::k8s;
 use namespace_provisioner::params::{Expiry, Selector, TenantName};
+use namespace_provisioner::reaper::brake::BrakeConfig;
 use namespace_provisioner::reaper::plan::PlanConfig;
 use namespace_provisioner::reaper::watch::{LeaseConfig, WatchConfig};
 use namespace_provisioner::reaper::{self, SweepConfig};
@@ -469,6 +470,12 @@ async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {
                 Duration::from_secs(15),
             )
             .unwrap(),
+            // Throughput, not the brake, is measured here.
+            brake: BrakeConfig {
+                max_deletions: 0,
+                window: Duration::from_secs(300),
+                allow_mass_deletion: true,
+            },
         },
         listener,
         stopped.map(drop),
