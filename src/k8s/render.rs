@@ -69,6 +69,12 @@ pub fn hint(status: &Status) -> Option<&'static str> {
         404 if kind == "clusterroles" => {
             "the ClusterRole to bind does not exist: create it: function/grant-clusterrole.yaml (or set --cluster-role to one that exists)"
         }
+        // Writing a RoleBinding whose ClusterRole is missing (without `bind`
+        // on that name) comes back as a 404 naming the ClusterRole as if it
+        // were the RoleBinding.
+        404 if kind == "rolebindings" => {
+            "the role this RoleBinding binds (named above) does not exist: create it: function/grant-clusterrole.yaml (or set --cluster-role to one that exists)"
+        }
         404 => "the object is gone (deleted meanwhile)",
         409 if status.reason == "AlreadyExists" => "an object of that name exists already",
         409 => {
@@ -193,6 +199,15 @@ mod tests {
             "g",
         );
         assert!(status_line(&grant).contains("create it: function/grant-clusterrole.yaml"));
+        // What the API server really answers for a RoleBinding to a missing ClusterRole.
+        let binding = status(
+            404,
+            "NotFound",
+            r#"rolebindings.rbac.authorization.k8s.io "g" not found"#,
+            "rolebindings",
+            "g",
+        );
+        assert!(status_line(&binding).contains("create it: function/grant-clusterrole.yaml"));
         let gone = status(404, "NotFound", "x", "namespaces", "n");
         assert!(status_line(&gone).contains("gone"));
         assert_eq!(ApiFailure::from_status(&gone).namespace.as_deref(), Some("n"));
