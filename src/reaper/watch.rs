@@ -371,7 +371,7 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     };
     let set = plan::plan_set(&observed, now, &context.plan);
     debug!(namespace = %name, action = set.action.name(), "reconcile");
-    if let Some(requeue) = apply_brake(&context, &namespace, &set, now_f).await {
+    if let Some(requeue) = apply_brake(&context, &set, now_f).await {
         return Ok(requeue);
     }
     let outcome = context.executor.execute_set(&set).await;
@@ -391,12 +391,7 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
 
 /// Ask the brake before a deletion: `Some(requeue)` when it holds this one.
 /// Repairs never ask: only deletions are bounded.
-async fn apply_brake(
-    context: &Context,
-    namespace: &Namespace,
-    set: &plan::SetPlan,
-    now: f64,
-) -> Option<Requeue> {
+async fn apply_brake(context: &Context, set: &plan::SetPlan, now: f64) -> Option<Requeue> {
     let plan::Action::Delete { expiry, uid, .. } = &set.action else {
         context.brake.forget(&set.namespace);
         return None;
@@ -420,7 +415,6 @@ async fn apply_brake(
         );
         warn!(namespace = %set.namespace, max_deletions = config.max_deletions, window = ?config.window, resume_in = ?wait, "deletion brake engaged: {why}");
         let note = format!("Deletion of expired namespace {} held: {why}", set.namespace);
-        let uid = namespace.metadata.uid.as_deref().unwrap_or(uid);
         if let Err(e) = context
             .recorder
             .warn_on_namespace(&set.namespace, uid, DELETIONS_HELD_REASON, "Hold", note)

@@ -9,7 +9,8 @@
 //! 3. watch mode, burst expiry: `NP_BENCH_BURST` (default 1000) namespaces
 //!    expiring at one instant, with the deletion brake configured to allow
 //!    them (`--watch-max-deletions` = N per 5 min, not lifted): time until
-//!    every DELETE is issued, and the delay distribution.
+//!    every DELETE is issued, and the delay distribution
+//!    (`NP_BENCH_BURST_BRAKE=lifted` to compare with the brake lifted).
 //!
 //! Run: `cargo bench --bench reaper`. Prints a Markdown table.
 
@@ -151,11 +152,13 @@ async fn bench() {
         bench_watch(&client, &log, watch_n, Spread::TenSeconds, lifted).await;
     }
     if burst_n > 0 {
-        // The brake on, bounded just high enough for the burst.
+        // The brake on, bounded just high enough for the burst
+        // (`NP_BENCH_BURST_BRAKE=lifted`: --allow-mass-deletion, to compare).
+        let lifted = std::env::var("NP_BENCH_BURST_BRAKE").is_ok_and(|v| v == "lifted");
         let allows = BrakeConfig {
             max_deletions: u32::try_from(burst_n).unwrap(),
             window: Duration::from_secs(300),
-            allow_mass_deletion: false,
+            allow_mass_deletion: lifted,
         };
         bench_watch(&client, &log, burst_n, Spread::OneInstant, allows).await;
     }
@@ -579,8 +582,10 @@ async fn bench_watch(
             "expiry instant -> DELETE request (expiries over 10 s, brake lifted)".to_owned()
         }
         Spread::OneInstant => format!(
-            "burst: one expiry instant -> DELETE request (brake on: {} per {:?})",
-            brake.max_deletions, brake.window
+            "burst: one expiry instant -> DELETE request (brake {}: {} per {:?})",
+            if brake.allow_mass_deletion { "lifted" } else { "on" },
+            brake.max_deletions,
+            brake.window
         ),
     };
     println!(
