@@ -8,7 +8,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use namespace_provisioner::cli::provisioner::{self, ProvisionerArgs};
 use namespace_provisioner::telemetry::chain;
-use tracing::{error, warn};
+use tracing::warn;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
     match provisioner::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = chain(&e), "provisioner stopped");
+            namespace_provisioner::log_error!(error, &e, "provisioner stopped");
             ExitCode::FAILURE
         }
     }

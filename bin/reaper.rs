@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use namespace_provisioner::cli::reaper::{self, Ran, ReaperArgs};
 use namespace_provisioner::telemetry::chain;
-use tracing::error;
 
 const SET_FAILED: u8 = 1;
 const COULD_NOT_RUN: u8 = 2;
@@ -37,7 +36,7 @@ fn main() -> ExitCode {
         Ok(Ran::Swept { failed: true }) => ExitCode::from(SET_FAILED),
         Ok(Ran::Swept { failed: false } | Ran::Watched) => ExitCode::SUCCESS,
         Err(e) => {
-            error!(error = chain(&e), "reaper could not run");
+            namespace_provisioner::log_error!(error, &e, "reaper could not run");
             eprintln!("reaper: {}", chain(&e));
             ExitCode::from(COULD_NOT_RUN)
         }

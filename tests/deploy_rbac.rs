@@ -357,6 +357,9 @@ async fn reaper_watch_least_privilege_is_sufficient() {
     let selector = fx.selector.to_string();
     let lease_name = support::unique("reaper-lease");
     let metrics = format!("127.0.0.1:{}", support::free_port());
+    // Damaged before the reaper starts: an expired set made while it runs
+    // is deleted between its Namespace and its content (a race of the test).
+    let damaged = damaged_sets(&fx).await;
     let mut reaper = Running::spawn(
         "reaper --watch",
         Path::new(env!("CARGO_BIN_EXE_reaper")),
@@ -389,7 +392,6 @@ async fn reaper_watch_least_privilege_is_sufficient() {
     })
     .await;
 
-    let damaged = damaged_sets(&fx).await;
     let soon = make_set(&fx, now() + 3).await;
     let log = reaper.log_path();
     let (admin_ref, damaged_ref) = (&admin, &damaged);
@@ -432,11 +434,25 @@ async fn role_rules_need_the_optional_rbac_and_it_suffices() {
             ("NP_TOKEN", "token-r-0123456789abcdef".into()),
             ("NP_SELECTOR", selector.clone()),
             ("NP_ROLE_RULES_FILE", rules.path().display().to_string()),
+            ("NP_PREFLIGHT_INTERVAL", "1s".into()),
         ],
-        "/readyz",
+        // Not ready yet: the preflight names what is missing (below).
+        "/healthz",
     )
     .await;
     let (addr, provisioner) = (served.addr, served.process);
+    let readiness = eventually(Duration::from_secs(30), "the preflight to answer", || async {
+        let answer = support::http(&served.internal, "GET", "/readyz", None, None).await;
+        answer.body.contains("lacks").then_some(answer)
+    })
+    .await;
+    assert_eq!(readiness.status, 503, "{readiness:?}");
+    for missing in ["escalate", "bind"] {
+        let line = format!(
+            "cannot {missing} roles.rbac.authorization.k8s.io/namespace-provisioner at cluster scope — apply function/role-rules/rbac.yaml"
+        );
+        assert!(readiness.body.contains(&line), "{line} not in {}", readiness.body);
+    }
     let token = Some("token-r-0123456789abcdef");
     let ns_api = Api::<Namespace>::all(admin.clone());
     let live = || async {
@@ -471,6 +487,18 @@ async fn role_rules_need_the_optional_rbac_and_it_suffices() {
     ]);
     assert!(dry.status.success(), "{}", text(&dry));
     kubectl_ok(&["apply", "-k", deploy_support::ROLE_RULES_KUSTOMIZATION]);
+    // Ready without a restart once the preflight sees the grant.
+    eventually(
+        Duration::from_secs(30),
+        "readiness with the role-rules RBAC",
+        || async {
+            support::http(&served.internal, "GET", "/readyz", None, None)
+                .await
+                .status
+                == 200
+        },
+    )
+    .await;
 
     // With it, the same request succeeds (RBAC caches for a moment: retry briefly).
     let created = eventually(Duration::from_secs(20), "a create with role rules", || async {

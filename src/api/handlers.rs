@@ -275,8 +275,15 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the Kubernetes API server answers.
+/// Readiness: the permission preflight passed and the Kubernetes API server answers.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if let Some(reason) = state.readiness.refused() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            reason,
+        ));
+    }
     state.provisioner.ping().await.map(|()| "ok").map_err(|e| {
         tracing::warn!(error = %crate::telemetry::chain(&e), "readiness check: API server unreachable");
         ApiError::new(

@@ -8,6 +8,7 @@ mod extract;
 mod handlers;
 mod metrics;
 mod openapi;
+mod readiness;
 pub mod serve;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
+pub use readiness::Readiness;
 
 use crate::access::{Authenticator, TokenReviewer};
 use crate::provision::Provisioner;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Count live namespaces per tenant on each `/metrics` scrape (one LIST).
     pub count_live_namespaces: bool,
+    /// Closed by the permission preflight while it fails (`/readyz` 503).
+    pub readiness: Readiness,
 }
 
 impl AppState {
@@ -66,6 +70,7 @@ impl AppState {
             anonymous_tenant: DEFAULT_TENANT.parse()?,
             metrics,
             count_live_namespaces: false,
+            readiness: Readiness::default(),
         })
     }
 

@@ -346,3 +346,15 @@ async fn live_namespace_gauge_is_opt_in() {
     scrape(state).await;
     assert!(calls.load(Ordering::SeqCst) > 0);
 }
+
+#[tokio::test]
+async fn a_failed_preflight_makes_readyz_503_with_the_reason() {
+    let state = state(true);
+    // The client is unreachable, so /readyz is 503 either way: the detail shows the gate answered.
+    let reason = "preflight: this identity lacks 1 permission(s): cannot create namespaces at cluster scope — apply function/clusterrole.yaml";
+    state.readiness.refuse(reason.to_owned());
+    let router = internal_router(state);
+    let (status, headers, body) = send(router, Request::get("/readyz").body(Body::empty()).unwrap()).await;
+    assert_problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["detail"], reason);
+}

@@ -10,16 +10,19 @@ use std::time::Duration;
 
 use clap::Parser;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{ConfigError, SharedArgs, shutdown_signal};
 use crate::access::{ReviewConfig, TokenReviewer};
 use crate::api::serve::{self, ServeConfig, ServeError};
-use crate::api::{AppState, Metrics};
+use crate::api::{AppState, Metrics, Readiness};
+use crate::k8s::preflight;
 use crate::k8s::{self, ClientError};
 use crate::provision::{Provisioner, ProvisionerConfig};
 use crate::rules::auth::{DEFAULT_TENANT, Tokens, TokensError};
 use crate::rules::params::{NamePrefix, ServerUrl, ServerUrlError, TenantNameError};
+use crate::rules::permissions::{self, Identity, Permission, PermissionContext};
+use crate::telemetry::chain;
 
 /// Self-service, short-lived Kubernetes namespaces over HTTP.
 ///
@@ -106,6 +109,16 @@ pub struct ProvisionerArgs {
     /// How long to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "NP_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// How often the permission preflight (one SelfSubjectAccessReview per
+    /// permission used) runs again while it fails, and after it passed; /readyz
+    /// answers 503 naming the missing permissions until it passes.
+    #[arg(long, env = "NP_PREFLIGHT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub preflight_interval: Duration,
+
+    /// Do not check this identity's permissions at start-up (ready without it).
+    #[arg(long, env = "NP_SKIP_PREFLIGHT")]
+    pub skip_preflight: bool,
 
     #[command(flatten)]
     pub shared: SharedArgs,
@@ -253,6 +266,8 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
             .parse()
             .map_err(RunError::ServerUrl)?,
     };
+    let config_set = set.clone();
+    let client_for_preflight = client.clone();
     let config = ProvisionerConfig {
         set,
         ttl,
@@ -278,6 +293,21 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
         state = state.with_token_review(TokenReviewer::new(client, review));
     }
     state.count_live_namespaces = args.count_live_namespaces;
+    if !args.skip_preflight {
+        let wanted = permissions::required(
+            Identity::Provisioner,
+            &PermissionContext::from_set(&config_set, None),
+        );
+        state
+            .readiness
+            .refuse("the permission preflight has not finished yet".to_owned());
+        tokio::spawn(preflight_loop(
+            client_for_preflight,
+            wanted,
+            state.readiness.clone(),
+            args.preflight_interval,
+        ));
+    }
 
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         return Ok(serve::serve_function(state, args.request_timeout).await?);
@@ -290,6 +320,58 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
         shutdown_timeout: args.shutdown_timeout,
     };
     Ok(serve::serve(state, config, stop).await?)
+}
+
+/// Check the permissions now and every `interval`: close the readiness gate
+/// with the missing ones named while any is missing, open it when all are
+/// granted, so fixed RBAC recovers without a restart. Logs on every change.
+async fn preflight_loop(
+    client: kube::Client,
+    wanted: Vec<Permission>,
+    readiness: Readiness,
+    interval: Duration,
+) {
+    let mut last: Option<Result<Vec<String>, String>> = None;
+    loop {
+        let now = match preflight::preflight(&client, &wanted).await {
+            Ok(checked) => {
+                if checked.passed() {
+                    readiness.admit();
+                } else {
+                    readiness.refuse(format!("preflight: {}", checked.summary()));
+                }
+                Ok(checked
+                    .missing
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>())
+            }
+            Err(e) => {
+                let reason = format!("preflight: {}", chain(&e));
+                readiness.refuse(reason.clone());
+                Err(reason)
+            }
+        };
+        if last.as_ref() != Some(&now) {
+            match &now {
+                Ok(missing) if missing.is_empty() => {
+                    info!(
+                        permissions = wanted.len(),
+                        "preflight: every permission the provisioner uses is granted; ready"
+                    );
+                }
+                Ok(missing) => {
+                    for line in missing {
+                        error!(retry_in = ?interval, "preflight: {line}");
+                    }
+                    warn!(missing = missing.len(), retry_in = ?interval, "preflight failed: not ready until it passes");
+                }
+                Err(reason) => warn!(retry_in = ?interval, "{reason}"),
+            }
+        }
+        last = Some(now);
+        tokio::time::sleep(interval).await;
+    }
 }
 
 #[cfg(test)]

@@ -12,9 +12,12 @@ use thiserror::Error;
 
 use super::{ConfigError, SharedArgs, shutdown_signal};
 use crate::k8s::ClientError;
+use crate::k8s::preflight::{self, PreflightError};
+use crate::reaper::brake::BrakeConfig;
 use crate::reaper::plan::PlanConfig;
 use crate::reaper::watch::{self, LeaseConfig, LeaseConfigError, WatchConfig, WatchError};
 use crate::reaper::{self, ReaperError, SweepConfig};
+use crate::rules::permissions::{self, Identity, PermissionContext};
 
 /// Format of the reaper's report on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,6 +30,11 @@ pub enum OutputFormat {
 /// write can destroy in a run, while a CronJob every few minutes still
 /// keeps up with thousands of namespaces an hour.
 pub const DEFAULT_MAX_DELETIONS: &str = "500";
+
+/// Default `--watch-max-deletions` (per the default 5-minute window): as
+/// many as a default-capped sweep deletes, far above what TTLs of minutes to
+/// hours expire in a normal cluster, far below "every namespace at once".
+pub const DEFAULT_WATCH_MAX_DELETIONS: u32 = 500;
 
 /// Most namespaces one sweep deletes: a number (0 = repair only), or `unlimited`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +111,27 @@ pub struct ReaperArgs {
     /// Namespace sets written (sweep) or reconciled (watch) at the same time.
     #[arg(long, env = "NP_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
+
+    /// Watch mode's brake: most namespaces deleted per --watch-deletion-window;
+    /// past it expired namespaces wait (oldest expiry first; repairs go on),
+    /// with a metric, a Warning Event and a log line saying why.
+    #[arg(long, env = "NP_WATCH_MAX_DELETIONS", default_value_t = DEFAULT_WATCH_MAX_DELETIONS)]
+    pub watch_max_deletions: u32,
+
+    /// The sliding window of --watch-max-deletions.
+    #[arg(long, env = "NP_WATCH_DELETION_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub watch_deletion_window: Duration,
+
+    /// Lift the deletion bounds: --max-deletions (sweep) and
+    /// --watch-max-deletions (watch). For an intended mass expiry.
+    #[arg(long, env = "NP_ALLOW_MASS_DELETION")]
+    pub allow_mass_deletion: bool,
+
+    /// Do not check this identity's permissions (SelfSubjectAccessReview) at
+    /// start-up. For identities whose rights are deliberately narrower than
+    /// the shipped ClusterRole (e.g. a few namespaces only).
+    #[arg(long, env = "NP_SKIP_PREFLIGHT")]
+    pub skip_preflight: bool,
 
     #[command(flatten)]
     pub lease: LeaseArgs,
@@ -195,6 +224,11 @@ impl ReaperArgs {
                     page_size: self.shared.kube.page_size,
                     concurrency: self.concurrency,
                     lease,
+                    brake: BrakeConfig {
+                        max_deletions: self.watch_max_deletions,
+                        window: self.watch_deletion_window,
+                        allow_mass_deletion: self.allow_mass_deletion,
+                    },
                 },
                 metrics_addr: self.lease.metrics_addr,
             });
@@ -203,7 +237,11 @@ impl ReaperArgs {
             plan: PlanConfig {
                 set,
                 max_ttl,
-                max_deletions: self.max_deletions.0,
+                max_deletions: if self.allow_mass_deletion {
+                    None
+                } else {
+                    self.max_deletions.0
+                },
             },
             page_size: self.shared.kube.page_size,
             concurrency: usize::from(self.concurrency),
@@ -267,6 +305,10 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error("preflight")]
+    Preflight(#[source] PreflightError),
+    #[error("preflight: {summary}")]
+    Forbidden { summary: String },
 }
 
 /// Validate the flags, build the client and sweep once (printing the report
@@ -274,6 +316,9 @@ pub enum RunError {
 pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
     let mode = args.mode()?;
     let client = args.shared.kube.client().await?;
+    if !args.skip_preflight {
+        check_permissions(&client, &mode).await?;
+    }
     match mode {
         ReaperMode::Sweep(config) => {
             let report = reaper::run(&client, &config).await?;
@@ -298,6 +343,42 @@ pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
             Ok(Ran::Watched)
         }
     }
+}
+
+/// Ask the API server about every permission this mode uses, before the
+/// first LIST: name each missing one (with its manifest) and refuse to run.
+async fn check_permissions(client: &kube::Client, mode: &ReaperMode) -> Result<(), RunError> {
+    let (identity, set, lease_namespace) = match mode {
+        ReaperMode::Sweep(config) => (Identity::Reaper { watch: false }, &config.plan.set, None),
+        ReaperMode::Watch { config, .. } => (
+            Identity::Reaper { watch: true },
+            &config.plan.set,
+            Some(config.lease.namespace.as_str()),
+        ),
+    };
+    let wanted = permissions::required(identity, &PermissionContext::from_set(set, lease_namespace));
+    let checked = preflight::preflight(client, &wanted)
+        .await
+        .map_err(RunError::Preflight)?;
+    for missing in &checked.missing {
+        tracing::error!(
+            verb = missing.0.verb,
+            resource = %missing.0.resource_text(),
+            scope = %missing.0.scope,
+            manifest = missing.0.manifest,
+            "preflight: {missing}"
+        );
+    }
+    if checked.passed() {
+        tracing::info!(
+            permissions = wanted.len(),
+            "preflight: every permission this mode uses is granted"
+        );
+        return Ok(());
+    }
+    Err(RunError::Forbidden {
+        summary: checked.summary(),
+    })
 }
 
 #[cfg(test)]
@@ -388,8 +469,41 @@ mod tests {
         assert_eq!(config.lease.duration(), Duration::from_secs(3));
         assert_eq!(config.plan.max_deletions, None);
         assert_eq!(metrics_addr.port(), 0);
+        assert_eq!(
+            config.brake,
+            BrakeConfig {
+                max_deletions: DEFAULT_WATCH_MAX_DELETIONS,
+                window: Duration::from_secs(300),
+                allow_mass_deletion: false,
+            }
+        );
         let short = ReaperArgs::try_parse_from(["reaper", "--watch", "--lease-duration", "1s"]).unwrap();
         assert!(matches!(short.mode(), Err(ReaperArgsError::Lease(_))));
+    }
+
+    #[test]
+    fn allow_mass_deletion_lifts_both_bounds() {
+        let args = ReaperArgs::try_parse_from(["reaper", "--allow-mass-deletion"]).unwrap();
+        let ReaperMode::Sweep(config) = args.mode().unwrap() else {
+            panic!()
+        };
+        assert_eq!(config.plan.max_deletions, None);
+        let args = ReaperArgs::try_parse_from([
+            "reaper",
+            "--watch",
+            "--allow-mass-deletion",
+            "--watch-max-deletions",
+            "3",
+            "--watch-deletion-window",
+            "1h",
+        ])
+        .unwrap();
+        let ReaperMode::Watch { config, .. } = args.mode().unwrap() else {
+            panic!()
+        };
+        assert!(config.brake.allow_mass_deletion);
+        assert_eq!(config.brake.max_deletions, 3);
+        assert_eq!(config.brake.window, Duration::from_secs(3600));
     }
 
     #[test]

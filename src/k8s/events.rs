@@ -31,6 +31,32 @@ impl EventRecorder {
         action: &str,
         note: String,
     ) -> Result<(), KubeError> {
+        self.publish(EventType::Normal, name, uid, reason, action, note)
+            .await
+    }
+
+    /// A Warning Event on the Namespace `name`: something an operator should look at.
+    pub async fn warn_on_namespace(
+        &self,
+        name: &str,
+        uid: &str,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<(), KubeError> {
+        self.publish(EventType::Warning, name, uid, reason, action, note)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        type_: EventType,
+        name: &str,
+        uid: &str,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Result<(), KubeError> {
         let reference = ObjectReference {
             api_version: Some("v1".to_owned()),
             kind: Some("Namespace".to_owned()),
@@ -39,7 +65,7 @@ impl EventRecorder {
             ..ObjectReference::default()
         };
         let event = Event {
-            type_: EventType::Normal,
+            type_,
             reason: reason.to_owned(),
             note: Some(note),
             action: action.to_owned(),

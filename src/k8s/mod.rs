@@ -16,6 +16,8 @@
 mod client;
 mod events;
 mod list;
+pub mod preflight;
+mod render;
 mod review;
 mod token;
 mod watch;
@@ -25,6 +27,7 @@ pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
 pub use client::{ClientError, client_config, counted_client, ping};
 pub use events::EventRecorder;
 pub use list::{list_all, list_all_map, list_kind, list_namespaces};
+pub use render::ApiFailure;
 pub use review::{review_access, review_token};
 pub use token::{
     IssuedToken, MIN_TOKEN_SECONDS, TokenRequestError, request_token, token_seconds, trusted_ca_pem,
@@ -36,11 +39,32 @@ pub use write::{
 };
 
 /// A failed Kubernetes API call, asked domain questions instead of being
-/// matched on. Displays as the underlying error (which stays its source
-/// chain), so log lines read as before.
-#[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct KubeError(#[from] kube::Error);
+/// matched on. Displays as one readable line (the API server's message once,
+/// status, reason and a hint; see `render`) and ends the error chain there,
+/// so `kube::Error`'s `Debug` dump of the `Status` never reaches a log.
+#[derive(Debug)]
+pub struct KubeError(kube::Error);
+
+impl From<kube::Error> for KubeError {
+    fn from(error: kube::Error) -> Self {
+        Self(error)
+    }
+}
+
+impl std::fmt::Display for KubeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&render::line(&self.0))
+    }
+}
+
+// No `source()`: the line already says everything its sources would repeat.
+impl std::error::Error for KubeError {}
+
+/// One line for a `kube::Error` met outside this room (e.g. inside a
+/// kube-runtime or Lease-manager error), the same way [`KubeError`] reads.
+pub fn render_kube_error(error: &kube::Error) -> String {
+    render::line(error)
+}
 
 impl KubeError {
     /// The API server is not answering (503 territory) rather than refusing.
@@ -66,6 +90,14 @@ impl KubeError {
     /// the object we meant (404 or a failed uid precondition, 409).
     pub fn is_gone(&self) -> bool {
         self.is_not_found() || self.is_conflict()
+    }
+
+    /// The refusal as fields (status, reason, kind, name, namespace) for JSON logs.
+    pub fn failure(&self) -> Option<ApiFailure> {
+        match &self.0 {
+            kube::Error::Api(status) => Some(ApiFailure::from_status(status)),
+            _ => None,
+        }
     }
 
     /// The HTTP status of an API refusal, if it was one.

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::brake::BrakeMetrics;
 use super::execute::Outcome;
 use super::plan::{Action, SetPlan};
 use crate::telemetry::{self, ErrorLabels};
@@ -27,6 +28,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub leader: Gauge,
     pub delete_delay: Histogram,
+    /// Raised by the watch-mode deletion brake.
+    pub brake: BrakeMetrics,
 }
 
 impl Default for Metrics {
@@ -73,6 +76,8 @@ impl Default for Metrics {
             "Time from a namespace's expiry instant to its deletion",
             delete_delay.clone(),
         );
+        let brake = BrakeMetrics::default();
+        brake.register(&mut registry);
         Self {
             registry,
             deletions,
@@ -83,6 +88,7 @@ impl Default for Metrics {
             in_flight,
             leader,
             delete_delay,
+            brake,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! This module does Kubernetes I/O (listing) through [`crate::k8s`]; the
 //! decisions below it are pure; [`execute`] is the only place it writes.
 
+pub mod brake;
 pub mod diff;
 pub mod execute;
 #[cfg(test)]

@@ -26,7 +26,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::execute::{ExecuteError, Executor, Outcome};
+use super::brake::{Brake, BrakeConfig, Decision};
+use super::execute::{ExecuteError, Executor, Outcome, REPORTING_CONTROLLER};
 use super::metrics::{self, InFlight, Metrics};
 use super::plan::{self, PlanConfig};
 use super::{ReaperError, observe_namespace};
@@ -93,7 +94,12 @@ pub struct WatchConfig {
     /// Reconciles at the same time.
     pub concurrency: u16,
     pub lease: LeaseConfig,
+    /// At most so many deletions per window (see [`super::brake`]).
+    pub brake: BrakeConfig,
 }
+
+/// Reason of the Warning Event written when the deletion brake engages.
+pub const DELETIONS_HELD_REASON: &str = "DeletionsHeld";
 
 #[derive(Debug, Error)]
 pub enum WatchError {
@@ -130,6 +136,8 @@ struct Context {
     plan: PlanConfig,
     page_size: u32,
     metrics: Arc<Metrics>,
+    brake: Brake,
+    recorder: k8s::EventRecorder,
 }
 
 /// Longest requeue: tokio timers cap out near two years, and an hourly-or-so
@@ -168,6 +176,8 @@ pub async fn watch(
         client: client.clone(),
         plan: config.plan.clone(),
         page_size: config.page_size,
+        brake: Brake::new(config.brake, metrics.brake.clone()),
+        recorder: k8s::EventRecorder::new(client.clone(), REPORTING_CONTROLLER, &config.lease.identity),
         metrics: metrics.clone(),
     });
     lead(&client, &config, context, shutdown).await;
@@ -361,6 +371,9 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     };
     let set = plan::plan_set(&observed, now, &context.plan);
     debug!(namespace = %name, action = set.action.name(), "reconcile");
+    if let Some(requeue) = apply_brake(&context, &set, now_f).await {
+        return Ok(requeue);
+    }
     let outcome = context.executor.execute_set(&set).await;
     context.metrics.record(&set, &outcome, system_clock_f64());
     if let Outcome::Failed { errors, .. } = outcome {
@@ -376,13 +389,52 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     Ok(requeue_at(set.action.next_look(), now_f))
 }
 
+/// Ask the brake before a deletion: `Some(requeue)` when it holds this one.
+/// Repairs never ask: only deletions are bounded.
+async fn apply_brake(context: &Context, set: &plan::SetPlan, now: f64) -> Option<Requeue> {
+    let plan::Action::Delete { expiry, uid, .. } = &set.action else {
+        context.brake.forget(&set.namespace);
+        return None;
+    };
+    let Decision::Hold {
+        until,
+        recent,
+        engaged,
+    } = context.brake.request(&set.namespace, expiry.unix(), now)
+    else {
+        return None;
+    };
+    let config = context.brake.config();
+    let wait = Duration::try_from_secs_f64((until - now).max(0.0)).unwrap_or(MAX_REQUEUE);
+    if engaged {
+        let why = format!(
+            "{recent} namespaces deleted in the last {window}, the most --watch-max-deletions allows per \
+             --watch-deletion-window; holding expired namespaces (repairs go on) until the window passes, \
+             oldest expiry first, or until restarted with --allow-mass-deletion",
+            window = humantime::format_duration(config.window),
+        );
+        warn!(namespace = %set.namespace, max_deletions = config.max_deletions, window = ?config.window, resume_in = ?wait, "deletion brake engaged: {why}");
+        let note = format!("Deletion of expired namespace {} held: {why}", set.namespace);
+        if let Err(e) = context
+            .recorder
+            .warn_on_namespace(&set.namespace, uid, DELETIONS_HELD_REASON, "Hold", note)
+            .await
+        {
+            crate::log_error!(warn, &e, "could not record the DeletionsHeld Event");
+        }
+    } else {
+        debug!(namespace = %set.namespace, resume_in = ?wait, "deletion held by the brake");
+    }
+    Some(Requeue::requeue(wait + EXPIRY_MARGIN))
+}
+
 fn error_policy(namespace: Arc<Namespace>, error: &ReconcileError, context: Arc<Context>) -> Requeue {
     context
         .metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels::new(error.kind()))
         .inc();
-    warn!(namespace = %namespace.name_any(), error = %chain(error), retry_in = ?ERROR_REQUEUE, "reconcile failed");
+    crate::log_error!(warn, error, reconciled = %namespace.name_any(), retry_in = ?ERROR_REQUEUE, "reconcile failed");
     Requeue::requeue(ERROR_REQUEUE)
 }
 

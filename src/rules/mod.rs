@@ -18,4 +18,5 @@ pub mod kinds;
 pub mod kubeconfig;
 pub mod labels;
 pub mod params;
+pub mod permissions;
 pub mod quota;

@@ -5,7 +5,12 @@
 //!    peak RSS of the real binary, next to the bare LIST of the same objects
 //!    (4 kinds, same page size) in the same run;
 //! 2. watch mode: delay from each namespace's expiry instant to its DELETE
-//!    request, over `NP_BENCH_WATCH` (default 100) namespaces.
+//!    request, over `NP_BENCH_WATCH` (default 100) namespaces;
+//! 3. watch mode, burst expiry: `NP_BENCH_BURST` (default 1000) namespaces
+//!    expiring at one instant, with the deletion brake configured to allow
+//!    them (`--watch-max-deletions` = N per 5 min, not lifted): time until
+//!    every DELETE is issued, and the delay distribution
+//!    (`NP_BENCH_BURST_BRAKE=lifted` to compare with the brake lifted).
 //!
 //! Run: `cargo bench --bench reaper`. Prints a Markdown table.
 
@@ -28,6 +33,7 @@ use kube::{Client, ResourceExt};
 use namespace_provisioner::desired::{SetConfig, desired_set};
 use namespace_provisioner::k8s;
 use namespace_provisioner::params::{Expiry, Selector, TenantName};
+use namespace_provisioner::reaper::brake::BrakeConfig;
 use namespace_provisioner::reaper::plan::PlanConfig;
 use namespace_provisioner::reaper::watch::{LeaseConfig, WatchConfig};
 use namespace_provisioner::reaper::{self, SweepConfig};
@@ -124,6 +130,10 @@ fn print_table(rows: &[Row]) {
 async fn bench() {
     let sizes = env_list("NP_BENCH_SETS", "1000,10000");
     let watch_n = env_list("NP_BENCH_WATCH", "100").first().copied().unwrap_or(100);
+    let burst_n = env_list("NP_BENCH_BURST", "1000")
+        .first()
+        .copied()
+        .unwrap_or(1000);
     eprintln!("starting a fresh control plane for the benchmark");
     let cluster = support::Cluster::start();
     let (client, log) = support::counting_client_for(&cluster.kubeconfig).await;
@@ -133,7 +143,24 @@ async fn bench() {
         print_table(&rows);
     }
     if watch_n > 0 {
-        bench_watch(&client, &log, watch_n).await;
+        // Throughput, not the brake, is measured here.
+        let lifted = BrakeConfig {
+            max_deletions: 0,
+            window: Duration::from_secs(300),
+            allow_mass_deletion: true,
+        };
+        bench_watch(&client, &log, watch_n, Spread::TenSeconds, lifted).await;
+    }
+    if burst_n > 0 {
+        // The brake on, bounded just high enough for the burst
+        // (`NP_BENCH_BURST_BRAKE=lifted`: --allow-mass-deletion, to compare).
+        let lifted = std::env::var("NP_BENCH_BURST_BRAKE").is_ok_and(|v| v == "lifted");
+        let allows = BrakeConfig {
+            max_deletions: u32::try_from(burst_n).unwrap(),
+            window: Duration::from_secs(300),
+            allow_mass_deletion: lifted,
+        };
+        bench_watch(&client, &log, burst_n, Spread::OneInstant, allows).await;
     }
     print_table(&rows);
     cluster.stop();
@@ -446,8 +473,25 @@ async fn bench_sweep(
     rows.push(against(steady_binary));
 }
 
-async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {
-    let selector: Selector = "np-bench/reaper=watch".parse().unwrap();
+/// How the expiries of a watch benchmark are laid out.
+#[derive(Clone, Copy, PartialEq)]
+enum Spread {
+    TenSeconds,
+    OneInstant,
+}
+
+async fn bench_watch(
+    client: &Client,
+    log: &support::RequestLog,
+    n: usize,
+    spread: Spread,
+    brake: BrakeConfig,
+) {
+    let (label, prefix) = match spread {
+        Spread::TenSeconds => ("watch", "benchw"),
+        Spread::OneInstant => ("burst", "benchb"),
+    };
+    let selector: Selector = format!("np-bench/reaper={label}").parse().unwrap();
     let config = set_config(&selector);
     let lease = support::unique("bench-lease");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -469,6 +513,7 @@ async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {
                 Duration::from_secs(15),
             )
             .unwrap(),
+            brake,
         },
         listener,
         stopped.map(drop),
@@ -484,21 +529,25 @@ async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {
     })
     .await;
 
-    // Expiries spread over 10 seconds, starting once all are created.
-    let start = support::now() + 15;
-    let expiry_of = |i: usize| start + (i % 10) as i64;
-    create_sets(client, &config, "benchw", n, expiry_of).await;
+    // Expiries spread over 10 seconds (or all at one instant), starting
+    // once all are created (about 20 sets a second on 2 cores).
+    let start = support::now() + 15 + (n / 20) as i64;
+    let expiry_of = |i: usize| match spread {
+        Spread::TenSeconds => start + (i % 10) as i64,
+        Spread::OneInstant => start,
+    };
+    create_sets(client, &config, prefix, n, expiry_of).await;
     assert!(
         support::now() < start,
         "creating {n} sets took too long; raise the head start"
     );
     let mut expiries = BTreeMap::new();
     for i in 0..n {
-        expiries.insert(format!("benchw-{i:05}"), expiry_of(i));
+        expiries.insert(format!("{prefix}-{i:05}"), expiry_of(i));
     }
     log.clear();
     support::eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(60 + (n / 10) as u64),
         "every watched namespace deleted",
         || async { log.count(&http::Method::DELETE, |p| p.starts_with("/api/v1/namespaces/")) >= n },
     )
@@ -525,11 +574,22 @@ async fn bench_watch(client: &Client, log: &support::RequestLog, n: usize) {
     stop.send(()).unwrap();
     watcher.await.unwrap().unwrap();
     println!();
-    println!("| watch mode | namespaces | p50 | p99 | max |");
+    println!("| watch mode | namespaces | p50 | p99 | max (all DELETEs issued) |");
     println!("|---|---:|---:|---:|---:|");
     let max = delays.iter().max().copied().unwrap_or_default();
+    let what = match spread {
+        Spread::TenSeconds => {
+            "expiry instant -> DELETE request (expiries over 10 s, brake lifted)".to_owned()
+        }
+        Spread::OneInstant => format!(
+            "burst: one expiry instant -> DELETE request (brake {}: {} per {:?})",
+            if brake.allow_mass_deletion { "lifted" } else { "on" },
+            brake.max_deletions,
+            brake.window
+        ),
+    };
     println!(
-        "| expiry instant -> DELETE request | {n} | {} | {} | {} |",
+        "| {what} | {n} | {} | {} | {} |",
         secs(percentile(&delays, 50.0)),
         secs(percentile(&delays, 99.0)),
         secs(max)

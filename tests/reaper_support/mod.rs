@@ -16,6 +16,7 @@ use kube::{Client, ResourceExt};
 use namespace_provisioner::desired::{DesiredSet, NamespacedRole};
 use namespace_provisioner::labels::OBJECT_NAME;
 use namespace_provisioner::reaper::SweepConfig;
+use namespace_provisioner::reaper::brake::BrakeConfig;
 use namespace_provisioner::reaper::plan::PlanConfig;
 use namespace_provisioner::reaper::report::Summary;
 use namespace_provisioner::reaper::watch::{LeaseConfig, WatchConfig};
@@ -68,6 +69,12 @@ pub fn watch_config(fx: &Fixture, lease: &str, identity: &str) -> WatchConfig {
             Duration::from_secs(3),
         )
         .unwrap(),
+        // The binary's defaults: far above what these tests expire.
+        brake: BrakeConfig {
+            max_deletions: 500,
+            window: Duration::from_secs(300),
+            allow_mass_deletion: false,
+        },
     }
 }
 
