@@ -383,14 +383,21 @@ pub struct ObjectPlan {
     pub skipped: Vec<Skip>,
 }
 
+/// One destination namespace and how copies are made there.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub mode: Mode,
+    pub strip: &'a StripRules,
+    /// The destination namespace.
+    pub name: &'a str,
+    /// The destination namespace's labels, tree labels included (exceptions select on them).
+    pub labels: &'a BTreeMap<String, String>,
+}
+
 /// Everything that decides one (destination, kind, name).
 #[derive(Debug, Clone, Copy)]
 pub struct Slot<'a> {
-    pub mode: Mode,
-    pub strip: &'a StripRules,
-    pub destination: &'a str,
-    /// The destination namespace's labels, tree labels included (exceptions select on them).
-    pub destination_labels: &'a BTreeMap<String, String>,
+    pub destination: Destination<'a>,
     /// Same-named objects of this kind in the destination's ancestors, top-most first.
     pub sources: &'a [Source<'a>],
     /// The object of that name already in the destination, if any.
@@ -431,7 +438,7 @@ pub fn decide(source: &Value, mode: Mode, destination_labels: &BTreeMap<String, 
 fn winner<'a>(slot: &Slot<'a>, skipped: &mut Vec<Skip>) -> Option<Source<'a>> {
     for source in slot.sources {
         let source_namespace = source.namespace.to_string();
-        match decide(source.object, slot.mode, slot.destination_labels) {
+        match decide(source.object, slot.destination.mode, slot.destination.labels) {
             Decision::Propagate => return Some(*source),
             Decision::NotSelected => {}
             Decision::Never(reason) => skipped.push(Skip::Never {
@@ -451,7 +458,7 @@ fn winner<'a>(slot: &Slot<'a>, skipped: &mut Vec<Skip>) -> Option<Source<'a>> {
 pub fn plan_object(slot: &Slot<'_>) -> ObjectPlan {
     let mut skipped = Vec::new();
     // Ignore touches nothing; an object being deleted is left to finish (as HNC does).
-    if slot.mode == Mode::Ignore || slot.existing.is_some_and(is_terminating) {
+    if slot.destination.mode == Mode::Ignore || slot.existing.is_some_and(is_terminating) {
         return ObjectPlan {
             plan: CopyPlan::Nothing,
             skipped,
@@ -461,7 +468,7 @@ pub fn plan_object(slot: &Slot<'_>) -> ObjectPlan {
     let plan = match (chosen, slot.existing) {
         (None, None) => CopyPlan::Nothing,
         (Some(source), None) => CopyPlan::Create {
-            copy: build_copy(source, slot.destination, slot.strip),
+            copy: build_copy(source, slot.destination.name, slot.destination.strip),
         },
         (chosen, Some(existing)) => plan_existing(slot, chosen, existing),
     };
@@ -469,7 +476,7 @@ pub fn plan_object(slot: &Slot<'_>) -> ObjectPlan {
 }
 
 fn plan_existing(slot: &Slot<'_>, chosen: Option<Source<'_>>, existing: &Value) -> CopyPlan {
-    match (ownership(existing, slot.sources, slot.strip), chosen) {
+    match (ownership(existing, slot.sources, slot.destination.strip), chosen) {
         (Ownership::Foreign, None) => CopyPlan::Nothing,
         (Ownership::Foreign, Some(source)) => CopyPlan::Conflict {
             source_namespace: source.namespace.into(),
@@ -488,7 +495,7 @@ fn is_terminating(object: &Value) -> bool {
 }
 
 fn delete_reason(slot: &Slot<'_>) -> DeleteReason {
-    if slot.mode == Mode::Remove {
+    if slot.destination.mode == Mode::Remove {
         DeleteReason::ModeRemove
     } else if slot.sources.iter().all(|s| is_copy(s.object)) {
         DeleteReason::SourceGone
@@ -499,7 +506,7 @@ fn delete_reason(slot: &Slot<'_>) -> DeleteReason {
 
 /// Our copy exists and a source wins: in sync, update, or recreate.
 fn refresh(slot: &Slot<'_>, source: Source<'_>, existing: &Value) -> CopyPlan {
-    let source_hash = content_hash(source.object, slot.strip);
+    let source_hash = content_hash(source.object, slot.destination.strip);
     let expected_marks = [
         Some(source.namespace.to_string()),
         Some(keys::MANAGED_BY_VALUE.to_string()),
@@ -507,10 +514,12 @@ fn refresh(slot: &Slot<'_>, source: Source<'_>, existing: &Value) -> CopyPlan {
         Some(source_hash.clone()),
     ];
     // The steady state: decided without building a copy.
-    if our_metadata(existing) == expected_marks && content_hash(existing, slot.strip) == source_hash {
+    if our_metadata(existing) == expected_marks
+        && content_hash(existing, slot.destination.strip) == source_hash
+    {
         return CopyPlan::InSync;
     }
-    let want = copy_with_hash(source, slot.destination, slot.strip, source_hash);
+    let want = copy_with_hash(source, slot.destination.name, slot.destination.strip, source_hash);
     let existing_uid = uid(existing).unwrap_or("").to_string();
     if let Some(reason) = recreate_reason(existing, source.object) {
         return CopyPlan::Recreate {
@@ -584,10 +593,7 @@ fn with_resource_version(mut copy: Value, existing: &Value) -> Value {
 /// and the destination's own.
 #[derive(Debug, Clone, Copy)]
 pub struct KindInDestination<'a> {
-    pub mode: Mode,
-    pub strip: &'a StripRules,
-    pub destination: &'a str,
-    pub destination_labels: &'a BTreeMap<String, String>,
+    pub destination: Destination<'a>,
     /// `(ancestor namespace, its objects of this kind)`, top-most ancestor first.
     pub ancestors: &'a [(&'a str, &'a [Value])],
     pub existing: &'a [Value],
@@ -614,10 +620,7 @@ pub fn plan_kind(input: &KindInDestination<'_>) -> BTreeMap<String, ObjectPlan> 
     for n in names {
         let sources = by_name.get(n).map(Vec::as_slice).unwrap_or(&[]);
         let plan = plan_object(&Slot {
-            mode: input.mode,
-            strip: input.strip,
             destination: input.destination,
-            destination_labels: input.destination_labels,
             sources,
             existing: existing.get(n).copied(),
         });

@@ -12,6 +12,11 @@ enum Want {
 }
 use Want::{Error, No, Yes};
 
+/// The same answer for every one of `DESTINATIONS`.
+const EVERYWHERE: [Want; 4] = [Yes; 4];
+const NOWHERE: [Want; 4] = [No; 4];
+const ERRORS: [Want; 4] = [Error; 4];
+
 /// (case name, annotations, what each of `DESTINATIONS` should get).
 type Row<'a> = (&'a str, &'a [(&'a str, &'a str)], [Want; 4]);
 
@@ -44,6 +49,15 @@ fn exceptions(pairs: &[(&str, &str)]) -> Exceptions {
     Exceptions::from_annotations(&annotations)
 }
 
+/// The error message `allows` gives for c1, empty if none.
+fn error_message(pairs: &[(&str, &str)]) -> String {
+    exceptions(pairs)
+        .allows(Mode::Propagate, &destination_labels("c1"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 fn check(name: &str, mode: Mode, pairs: &[(&str, &str)], want: [Want; 4]) {
     let ex = exceptions(pairs);
     for (dest, want) in DESTINATIONS.iter().zip(want) {
@@ -65,8 +79,8 @@ const ALL: &str = keys::ALL_ANNOTATION;
 fn matrix_under_propagate() {
     let p = Mode::Propagate;
     let rows: &[Row] = &[
-        ("no annotation", &[], [Yes, Yes, Yes, Yes]),
-        ("empty select", &[(SEL, "")], [Yes, Yes, Yes, Yes]),
+        ("no annotation", &[], EVERYWHERE),
+        ("empty select", &[(SEL, "")], EVERYWHERE),
         (
             "select tree label",
             &[(SEL, "c1.tree.controller.observatorium.io/depth")],
@@ -91,9 +105,9 @@ fn matrix_under_propagate() {
             )],
             [No, No, Yes, No],
         ),
-        ("select invalid", &[(SEL, "$foo")], [Error, Error, Error, Error]),
+        ("select invalid", &[(SEL, "$foo")], ERRORS),
         // HNC goes through a LabelSelector, which has no `!=`: an error there, so here too
-        ("select !=", &[(SEL, "env!=prod")], [Error, Error, Error, Error]),
+        ("select !=", &[(SEL, "env!=prod")], ERRORS),
         ("select notin", &[(SEL, "env notin (prod)")], [Yes, No, Yes, Yes]),
         ("treeSelect x", &[(TREE, "c1")], [Yes, No, No, Yes]),
         ("treeSelect !x", &[(TREE, "!c1")], [No, Yes, Yes, No]),
@@ -103,42 +117,18 @@ fn matrix_under_propagate() {
             &[(TREE, "c1, !g1")],
             [Yes, No, No, No],
         ),
-        (
-            "treeSelect two positives",
-            &[(TREE, "c1, c2")],
-            [Error, Error, Error, Error],
-        ),
-        (
-            "treeSelect invalid name",
-            &[(TREE, "$foo")],
-            [Error, Error, Error, Error],
-        ),
-        (
-            "treeSelect upper case",
-            &[(TREE, "C1")],
-            [Error, Error, Error, Error],
-        ),
-        ("treeSelect lone !", &[(TREE, "!")], [Error, Error, Error, Error]),
-        (
-            "treeSelect empty part",
-            &[(TREE, "c1,")],
-            [Error, Error, Error, Error],
-        ),
-        ("none true", &[(NONE, "true")], [No, No, No, No]),
-        ("none false", &[(NONE, "false")], [Yes, Yes, Yes, Yes]),
-        ("none invalid", &[(NONE, "$foo")], [Error, Error, Error, Error]),
-        (
-            "none yes is not Go's bool",
-            &[(NONE, "yes")],
-            [Error, Error, Error, Error],
-        ),
-        (
-            "none mixed case is not Go's bool",
-            &[(NONE, "tRuE")],
-            [Error, Error, Error, Error],
-        ),
-        ("all true", &[(ALL, "true")], [Yes, Yes, Yes, Yes]),
-        ("all invalid", &[(ALL, "all")], [Error, Error, Error, Error]),
+        ("treeSelect two positives", &[(TREE, "c1, c2")], ERRORS),
+        ("treeSelect invalid name", &[(TREE, "$foo")], ERRORS),
+        ("treeSelect upper case", &[(TREE, "C1")], ERRORS),
+        ("treeSelect lone !", &[(TREE, "!")], ERRORS),
+        ("treeSelect empty part", &[(TREE, "c1,")], ERRORS),
+        ("none true", &[(NONE, "true")], NOWHERE),
+        ("none false", &[(NONE, "false")], EVERYWHERE),
+        ("none invalid", &[(NONE, "$foo")], ERRORS),
+        ("none yes is not Go's bool", &[(NONE, "yes")], ERRORS),
+        ("none mixed case is not Go's bool", &[(NONE, "tRuE")], ERRORS),
+        ("all true", &[(ALL, "true")], EVERYWHERE),
+        ("all invalid", &[(ALL, "all")], ERRORS),
         // several at once: the intersection, in HNC's order
         (
             "select and treeSelect negations",
@@ -148,7 +138,7 @@ fn matrix_under_propagate() {
         (
             "select and treeSelect disjoint",
             &[(SEL, "c1.tree.controller.observatorium.io/depth"), (TREE, "c2")],
-            [No, No, No, No],
+            NOWHERE,
         ),
         // select excludes c2/c3 before the bad treeSelect is looked at: no error there
         (
@@ -166,17 +156,13 @@ fn matrix_under_propagate() {
                 (TREE, "c1"),
                 (NONE, "true"),
             ],
-            [No, No, No, No],
+            NOWHERE,
         ),
-        (
-            "none and invalid all",
-            &[(NONE, "true"), (ALL, "all")],
-            [No, No, No, No],
-        ),
+        ("none and invalid all", &[(NONE, "true"), (ALL, "all")], NOWHERE),
         (
             "invalid none wins over all",
             &[(NONE, "x"), (ALL, "true")],
-            [Error, Error, Error, Error],
+            ERRORS,
         ),
         (
             "all four",
@@ -186,13 +172,9 @@ fn matrix_under_propagate() {
                 (NONE, "true"),
                 (ALL, "true"),
             ],
-            [No, No, No, No],
+            NOWHERE,
         ),
-        (
-            "none false and all true",
-            &[(NONE, "0"), (ALL, "1")],
-            [Yes, Yes, Yes, Yes],
-        ),
+        ("none false and all true", &[(NONE, "0"), (ALL, "1")], EVERYWHERE),
     ];
     for (name, pairs, want) in rows {
         check(name, p, pairs, *want);
@@ -202,25 +184,15 @@ fn matrix_under_propagate() {
 #[test]
 fn go_parse_bool_spellings() {
     for truthy in ["1", "t", "T", "TRUE", "true", "True"] {
-        check(truthy, Mode::Propagate, &[(NONE, truthy)], [No, No, No, No]);
-        check(
-            truthy,
-            Mode::AllowPropagate,
-            &[(ALL, truthy)],
-            [Yes, Yes, Yes, Yes],
-        );
+        check(truthy, Mode::Propagate, &[(NONE, truthy)], NOWHERE);
+        check(truthy, Mode::AllowPropagate, &[(ALL, truthy)], EVERYWHERE);
     }
     for falsy in ["0", "f", "F", "FALSE", "false", "False", ""] {
-        check(falsy, Mode::Propagate, &[(NONE, falsy)], [Yes, Yes, Yes, Yes]);
-        check(falsy, Mode::AllowPropagate, &[(ALL, falsy)], [No, No, No, No]);
+        check(falsy, Mode::Propagate, &[(NONE, falsy)], EVERYWHERE);
+        check(falsy, Mode::AllowPropagate, &[(ALL, falsy)], NOWHERE);
     }
     for invalid in ["yes", "no", "on", " true", "tRUE", "2"] {
-        check(
-            invalid,
-            Mode::AllowPropagate,
-            &[(ALL, invalid)],
-            [Error, Error, Error, Error],
-        );
+        check(invalid, Mode::AllowPropagate, &[(ALL, invalid)], ERRORS);
     }
 }
 
@@ -228,8 +200,8 @@ fn go_parse_bool_spellings() {
 fn matrix_under_allow_propagate() {
     let a = Mode::AllowPropagate;
     let rows: &[Row] = &[
-        ("no annotation: opt-in only", &[], [No, No, No, No]),
-        ("empty select does not opt in", &[(SEL, "")], [No, No, No, No]),
+        ("no annotation: opt-in only", &[], NOWHERE),
+        ("empty select does not opt in", &[(SEL, "")], NOWHERE),
         ("select opts in", &[(SEL, "env=prod")], [No, Yes, No, No]),
         ("treeSelect x opts in", &[(TREE, "c1")], [Yes, No, No, Yes]),
         (
@@ -237,10 +209,10 @@ fn matrix_under_allow_propagate() {
             &[(TREE, "!c1")],
             [No, Yes, Yes, No],
         ),
-        ("all opts in", &[(ALL, "true")], [Yes, Yes, Yes, Yes]),
-        ("all false", &[(ALL, "false")], [No, No, No, No]),
-        ("none true", &[(NONE, "true")], [No, No, No, No]),
-        ("none false does not opt in", &[(NONE, "false")], [No, No, No, No]),
+        ("all opts in", &[(ALL, "true")], EVERYWHERE),
+        ("all false", &[(ALL, "false")], NOWHERE),
+        ("none true", &[(NONE, "true")], NOWHERE),
+        ("none false does not opt in", &[(NONE, "false")], NOWHERE),
     ];
     for (name, pairs, want) in rows {
         check(name, a, pairs, *want);
@@ -250,8 +222,8 @@ fn matrix_under_allow_propagate() {
 #[test]
 fn remove_and_ignore_never_propagate() {
     for mode in [Mode::Remove, Mode::Ignore] {
-        check("all", mode, &[(ALL, "true")], [No, No, No, No]);
-        check("plain", mode, &[], [No, No, No, No]);
+        check("all", mode, &[(ALL, "true")], NOWHERE);
+        check("plain", mode, &[], NOWHERE);
     }
 }
 
@@ -286,19 +258,11 @@ fn errors_say_what_to_fix() {
             names: vec!["c1".into(), "c2".into()],
         })
     );
-    let message = exceptions(&[(TREE, "!Bad")])
-        .allows(Mode::Propagate, &destination_labels("c1"))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let message = error_message(&[(TREE, "!Bad")]);
     assert!(
         message.contains("\"Bad\" is not a valid namespace name"),
         "{message}"
     );
-    let message = exceptions(&[(NONE, "yes")])
-        .allows(Mode::Propagate, &destination_labels("c1"))
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let message = error_message(&[(NONE, "yes")]);
     assert!(message.contains("not a boolean"), "{message}");
 }

@@ -47,13 +47,42 @@ fn plan(
     labels: &BTreeMap<String, String>,
 ) -> ObjectPlan {
     plan_object(&Slot {
-        mode,
-        strip: &StripRules::default(),
-        destination: "child",
-        destination_labels: labels,
+        destination: Destination {
+            mode,
+            strip: &StripRules::default(),
+            name: "child",
+            labels,
+        },
         sources,
         existing,
     })
+}
+
+/// The destination `name` with `Mode::Propagate`.
+fn propagate_to<'a>(
+    name: &'a str,
+    strip: &'a StripRules,
+    labels: &'a BTreeMap<String, String>,
+) -> Destination<'a> {
+    Destination {
+        mode: Mode::Propagate,
+        strip,
+        name,
+        labels,
+    }
+}
+
+/// `object` as the only source, from "parent".
+fn from_parent(object: &Value) -> [Source<'_>; 1] {
+    [Source {
+        namespace: "parent",
+        object,
+    }]
+}
+
+/// The copy created in "child" from `sources`, as stored under `uid`.
+fn stored_copy(sources: &[Source<'_>], labels: &BTreeMap<String, String>, uid: &str) -> Value {
+    stored(&created(&plan(Mode::Propagate, sources, None, labels)), uid)
 }
 
 fn created(plan: &ObjectPlan) -> Value {
@@ -103,10 +132,7 @@ fn never_propagated_list_with_reasons() {
     for (object, want) in cases {
         assert_eq!(never_propagated(&object), want, "{object}");
         if let Some(reason) = want {
-            let sources = [Source {
-                namespace: "parent",
-                object: &object,
-            }];
+            let sources = from_parent(&object);
             let planned = plan(Mode::Propagate, &sources, None, &child_labels());
             assert_eq!(planned.plan, CopyPlan::Nothing);
             assert_eq!(
@@ -237,10 +263,7 @@ fn hash_is_canonical() {
 fn create_then_in_sync_then_update_on_source_change_or_copy_edit() {
     let labels = child_labels();
     let source = config_map("parent", "settings", "src-1", "v1");
-    let sources = [Source {
-        namespace: "parent",
-        object: &source,
-    }];
+    let sources = from_parent(&source);
     let copy = created(&plan(Mode::Propagate, &sources, None, &labels));
     let existing = stored(&copy, "copy-1");
     assert_eq!(
@@ -250,10 +273,7 @@ fn create_then_in_sync_then_update_on_source_change_or_copy_edit() {
 
     // source changed: update, with the copy's resourceVersion for optimistic concurrency
     let changed = config_map("parent", "settings", "src-1", "v2");
-    let changed_sources = [Source {
-        namespace: "parent",
-        object: &changed,
-    }];
+    let changed_sources = from_parent(&changed);
     match plan(Mode::Propagate, &changed_sources, Some(&existing), &labels).plan {
         CopyPlan::Update { copy } => {
             assert_eq!(copy["data"]["key"], json!("v2"));
@@ -290,14 +310,8 @@ fn create_then_in_sync_then_update_on_source_change_or_copy_edit() {
 fn source_gone_or_unselected_deletes_only_our_copy() {
     let labels = child_labels();
     let source = config_map("parent", "settings", "src-1", "v1");
-    let sources = [Source {
-        namespace: "parent",
-        object: &source,
-    }];
-    let existing = stored(
-        &created(&plan(Mode::Propagate, &sources, None, &labels)),
-        "copy-1",
-    );
+    let sources = from_parent(&source);
+    let existing = stored_copy(&sources, &labels, "copy-1");
 
     let gone = plan(Mode::Propagate, &[], Some(&existing), &labels);
     assert_eq!(
@@ -309,10 +323,7 @@ fn source_gone_or_unselected_deletes_only_our_copy() {
     );
 
     let excluded = annotate(source.clone(), keys::TREE_SELECT_ANNOTATION, "!child");
-    let excluded_sources = [Source {
-        namespace: "parent",
-        object: &excluded,
-    }];
+    let excluded_sources = from_parent(&excluded);
     assert_eq!(
         plan(Mode::Propagate, &excluded_sources, Some(&existing), &labels).plan,
         CopyPlan::Delete {
@@ -323,10 +334,7 @@ fn source_gone_or_unselected_deletes_only_our_copy() {
 
     // an exception error is reported and the object is then not propagated
     let broken = annotate(source.clone(), keys::TREE_SELECT_ANNOTATION, "a, b");
-    let broken_sources = [Source {
-        namespace: "parent",
-        object: &broken,
-    }];
+    let broken_sources = from_parent(&broken);
     let planned = plan(Mode::Propagate, &broken_sources, Some(&existing), &labels);
     assert_eq!(
         planned.plan,
@@ -342,10 +350,7 @@ fn source_gone_or_unselected_deletes_only_our_copy() {
     // a finalizer added to the source later: copy deleted, skip reported
     let mut finalized = source.clone();
     finalized["metadata"]["finalizers"] = json!(["x/y"]);
-    let finalized_sources = [Source {
-        namespace: "parent",
-        object: &finalized,
-    }];
+    let finalized_sources = from_parent(&finalized);
     let planned = plan(Mode::Propagate, &finalized_sources, Some(&existing), &labels);
     assert_eq!(
         planned.plan,
@@ -361,10 +366,7 @@ fn source_gone_or_unselected_deletes_only_our_copy() {
 fn forged_inherited_from_is_never_touched() {
     let labels = child_labels();
     let source = config_map("parent", "settings", "src-1", "v1");
-    let sources = [Source {
-        namespace: "parent",
-        object: &source,
-    }];
+    let sources = from_parent(&source);
     let mine = label(
         config_map("child", "settings", "user-obj", "mine"),
         keys::INHERITED_FROM_LABEL,
@@ -405,23 +407,9 @@ fn forged_inherited_from_is_never_touched() {
 fn source_recreated_with_new_uid_adopts_intact_copy() {
     let labels = child_labels();
     let old = config_map("parent", "settings", "src-1", "v1");
-    let existing = stored(
-        &created(&plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &old,
-            }],
-            None,
-            &labels,
-        )),
-        "copy-1",
-    );
+    let existing = stored_copy(&from_parent(&old), &labels, "copy-1");
     let new = config_map("parent", "settings", "src-2", "v1");
-    let sources = [Source {
-        namespace: "parent",
-        object: &new,
-    }];
+    let sources = from_parent(&new);
     match plan(Mode::Propagate, &sources, Some(&existing), &labels).plan {
         CopyPlan::Update { copy } => assert_eq!(
             copy["metadata"]["annotations"][keys::SOURCE_UID_ANNOTATION],
@@ -435,10 +423,7 @@ fn source_recreated_with_new_uid_adopts_intact_copy() {
 fn conflict_is_never_overwritten() {
     let labels = child_labels();
     let source = config_map("parent", "settings", "src-1", "v1");
-    let sources = [Source {
-        namespace: "parent",
-        object: &source,
-    }];
+    let sources = from_parent(&source);
     let own = config_map("child", "settings", "own", "mine");
     assert_eq!(
         plan(Mode::Propagate, &sources, Some(&own), &labels).plan,
@@ -471,30 +456,9 @@ fn role_binding(namespace: &str, uid: &str, role: &str) -> Value {
 fn role_ref_change_recreates() {
     let labels = child_labels();
     let before = role_binding("parent", "rb-1", "view");
-    let existing = stored(
-        &created(&plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &before,
-            }],
-            None,
-            &labels,
-        )),
-        "copy-rb",
-    );
+    let existing = stored_copy(&from_parent(&before), &labels, "copy-rb");
     let after = role_binding("parent", "rb-1", "edit");
-    match plan(
-        Mode::Propagate,
-        &[Source {
-            namespace: "parent",
-            object: &after,
-        }],
-        Some(&existing),
-        &labels,
-    )
-    .plan
-    {
+    match plan(Mode::Propagate, &from_parent(&after), Some(&existing), &labels).plan {
         CopyPlan::Recreate { uid, copy, reason } => {
             assert_eq!(uid, "copy-rb");
             assert_eq!(reason, RecreateReason::RoleRefChanged);
@@ -507,16 +471,7 @@ fn role_ref_change_recreates() {
     let mut subjects = before.clone();
     subjects["subjects"][0]["name"] = json!("ops");
     assert!(matches!(
-        plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &subjects
-            }],
-            Some(&existing),
-            &labels
-        )
-        .plan,
+        plan(Mode::Propagate, &from_parent(&subjects), Some(&existing), &labels).plan,
         CopyPlan::Update { .. }
     ));
 }
@@ -526,46 +481,17 @@ fn immutable_config_maps_and_secrets_are_recreated_on_change() {
     let labels = child_labels();
     let mut source = config_map("parent", "frozen", "src", "v1");
     source["immutable"] = json!(true);
-    let existing = stored(
-        &created(&plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &source,
-            }],
-            None,
-            &labels,
-        )),
-        "copy",
-    );
+    let existing = stored_copy(&from_parent(&source), &labels, "copy");
     assert_eq!(existing["immutable"], json!(true));
     assert_eq!(
-        plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &source
-            }],
-            Some(&existing),
-            &labels
-        )
-        .plan,
+        plan(Mode::Propagate, &from_parent(&source), Some(&existing), &labels).plan,
         CopyPlan::InSync
     );
 
     let mut changed = source.clone();
     changed["data"]["key"] = json!("v2");
     assert!(matches!(
-        plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &changed
-            }],
-            Some(&existing),
-            &labels
-        )
-        .plan,
+        plan(Mode::Propagate, &from_parent(&changed), Some(&existing), &labels).plan,
         CopyPlan::Recreate {
             reason: RecreateReason::Immutable,
             ..
@@ -577,16 +503,7 @@ fn immutable_config_maps_and_secrets_are_recreated_on_change() {
         object.remove("immutable");
     }
     assert!(matches!(
-        plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &thawed
-            }],
-            Some(&existing),
-            &labels
-        )
-        .plan,
+        plan(Mode::Propagate, &from_parent(&thawed), Some(&existing), &labels).plan,
         CopyPlan::Recreate {
             reason: RecreateReason::Immutable,
             ..
@@ -598,10 +515,7 @@ fn immutable_config_maps_and_secrets_are_recreated_on_change() {
     assert!(matches!(
         plan(
             Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &relabelled
-            }],
+            &from_parent(&relabelled),
             Some(&existing),
             &labels
         )
@@ -611,60 +525,20 @@ fn immutable_config_maps_and_secrets_are_recreated_on_change() {
 
     let secret = |t: &str, immutable: bool| json!({"apiVersion": "v1", "kind": "Secret", "type": t, "immutable": immutable, "metadata": {"name": "s", "uid": "sec"}, "data": {"k": "dg=="}});
     let first = secret("Opaque", true);
-    let existing = stored(
-        &created(&plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &first,
-            }],
-            None,
-            &labels,
-        )),
-        "copy-s",
-    );
+    let existing = stored_copy(&from_parent(&first), &labels, "copy-s");
     let mut rotated = first.clone();
     rotated["data"]["k"] = json!("dzI=");
     assert!(matches!(
-        plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &rotated
-            }],
-            Some(&existing),
-            &labels
-        )
-        .plan,
+        plan(Mode::Propagate, &from_parent(&rotated), Some(&existing), &labels).plan,
         CopyPlan::Recreate {
             reason: RecreateReason::Immutable,
             ..
         }
     ));
     let retyped = secret("example.com/other", false);
-    let mutable = stored(
-        &created(&plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &secret("Opaque", false),
-            }],
-            None,
-            &labels,
-        )),
-        "copy-m",
-    );
+    let mutable = stored_copy(&from_parent(&secret("Opaque", false)), &labels, "copy-m");
     assert!(matches!(
-        plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &retyped
-            }],
-            Some(&mutable),
-            &labels
-        )
-        .plan,
+        plan(Mode::Propagate, &from_parent(&retyped), Some(&mutable), &labels).plan,
         CopyPlan::Recreate {
             reason: RecreateReason::SecretTypeChanged,
             ..
@@ -676,21 +550,12 @@ fn immutable_config_maps_and_secrets_are_recreated_on_change() {
 fn mode_changes_propagate_ignore_propagate_remove() {
     let labels = child_labels();
     let source = config_map("parent", "settings", "src-1", "v1");
-    let sources = [Source {
-        namespace: "parent",
-        object: &source,
-    }];
-    let existing = stored(
-        &created(&plan(Mode::Propagate, &sources, None, &labels)),
-        "copy-1",
-    );
+    let sources = from_parent(&source);
+    let existing = stored_copy(&sources, &labels, "copy-1");
 
     // Ignore: nothing, whatever changed
     let changed = config_map("parent", "settings", "src-1", "v2");
-    let changed_sources = [Source {
-        namespace: "parent",
-        object: &changed,
-    }];
+    let changed_sources = from_parent(&changed);
     assert_eq!(
         plan(Mode::Ignore, &changed_sources, Some(&existing), &labels).plan,
         CopyPlan::Nothing
@@ -739,10 +604,7 @@ fn mode_changes_propagate_ignore_propagate_remove() {
     assert_eq!(
         plan(
             Mode::AllowPropagate,
-            &[Source {
-                namespace: "parent",
-                object: &opted
-            }],
+            &from_parent(&opted),
             Some(&existing),
             &labels
         )
@@ -775,10 +637,7 @@ fn three_level_tree_top_most_wins() {
     let ancestors: [(&str, &[Value]); 2] = [("org", &org_objects), ("team", &team_objects)];
     let dev_labels = dest_labels(&["dev", "team", "org"]);
     let plans = plan_kind(&KindInDestination {
-        mode: Mode::Propagate,
-        strip: &strip,
-        destination: "dev",
-        destination_labels: &dev_labels,
+        destination: propagate_to("dev", &strip, &dev_labels),
         ancestors: &ancestors,
         existing: &[],
     });
@@ -797,10 +656,7 @@ fn three_level_tree_top_most_wins() {
     let team_labels = dest_labels(&["team", "org"]);
     let org_only: [(&str, &[Value]); 1] = [("org", &org_objects)];
     let team_plans = plan_kind(&KindInDestination {
-        mode: Mode::Propagate,
-        strip: &strip,
-        destination: "team",
-        destination_labels: &team_labels,
+        destination: propagate_to("team", &strip, &team_labels),
         ancestors: &org_only,
         existing: &team_objects,
     });
@@ -829,10 +685,7 @@ fn three_level_tree_top_most_wins() {
         },
     ];
     let copy = created(&plan_object(&Slot {
-        mode: Mode::Propagate,
-        strip: &strip,
-        destination: "dev",
-        destination_labels: &dev_labels,
+        destination: propagate_to("dev", &strip, &dev_labels),
         sources: &sources,
         existing: None,
     }));
@@ -847,18 +700,7 @@ fn three_level_tree_top_most_wins() {
 fn top_most_change_moves_copy_to_the_new_winner() {
     let labels = dest_labels(&["child", "parent", "org"]);
     let parent_source = config_map("parent", "settings", "p-1", "p");
-    let existing = stored(
-        &created(&plan(
-            Mode::Propagate,
-            &[Source {
-                namespace: "parent",
-                object: &parent_source,
-            }],
-            None,
-            &labels,
-        )),
-        "copy",
-    );
+    let existing = stored_copy(&from_parent(&parent_source), &labels, "copy");
     let org_source = config_map("org", "settings", "o-1", "o");
     let sources = [
         Source {
@@ -889,17 +731,14 @@ fn namespace_label_change_moves_copy_in_and_out() {
         keys::SELECT_ANNOTATION,
         "env=prod",
     );
-    let sources = [Source {
-        namespace: "parent",
-        object: &source,
-    }];
+    let sources = from_parent(&source);
     let mut labels = child_labels();
     assert_eq!(
         plan(Mode::Propagate, &sources, None, &labels).plan,
         CopyPlan::Nothing
     );
     labels.insert("env".into(), "prod".into());
-    let existing = stored(&created(&plan(Mode::Propagate, &sources, None, &labels)), "copy");
+    let existing = stored_copy(&sources, &labels, "copy");
     assert_eq!(
         plan(Mode::Propagate, &sources, Some(&existing), &labels).plan,
         CopyPlan::InSync
@@ -940,10 +779,7 @@ fn steady_state_plans_only_in_sync() {
     let ancestors: [(&str, &[Value]); 1] = [("parent", &objects)];
     let labels = child_labels();
     let plans = plan_kind(&KindInDestination {
-        mode: Mode::Propagate,
-        strip: &strip,
-        destination: "child",
-        destination_labels: &labels,
+        destination: propagate_to("child", &strip, &labels),
         ancestors: &ancestors,
         existing: &existing,
     });
@@ -973,10 +809,7 @@ fn detached_namespace_loses_its_copies() {
     )];
     let labels = BTreeMap::new();
     let plans = plan_kind(&KindInDestination {
-        mode: Mode::Propagate,
-        strip: &strip,
-        destination: "full",
-        destination_labels: &labels,
+        destination: propagate_to("full", &strip, &labels),
         ancestors: &[],
         existing: &existing,
     });
@@ -1018,14 +851,8 @@ fn decide_one_source_for_one_destination() {
 fn terminating_copy_is_left_to_finish() {
     let labels = child_labels();
     let source = config_map("parent", "settings", "src-1", "v1");
-    let sources = [Source {
-        namespace: "parent",
-        object: &source,
-    }];
-    let mut existing = stored(
-        &created(&plan(Mode::Propagate, &sources, None, &labels)),
-        "copy-1",
-    );
+    let sources = from_parent(&source);
+    let mut existing = stored_copy(&sources, &labels, "copy-1");
     existing["data"]["key"] = json!("edited");
     existing["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:00Z");
     assert_eq!(
@@ -1080,10 +907,7 @@ fn plans_converge_and_a_second_run_writes_nothing() {
     ];
     let run = |sources: &[Source<'_>], existing: Option<&Value>| {
         plan_object(&Slot {
-            mode: Mode::Propagate,
-            strip: &strip,
-            destination: "child",
-            destination_labels: &labels,
+            destination: propagate_to("child", &strip, &labels),
             sources,
             existing,
         })

@@ -36,6 +36,16 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `got` is the error `want`, and its message says `says`.
+fn assert_error<T, E>(got: Result<T, E>, want: E, says: &str)
+where
+    T: PartialEq + std::fmt::Debug,
+    E: PartialEq + std::fmt::Debug + std::fmt::Display,
+{
+    assert_eq!(got, Err(want));
+    assert!(got.err().is_some_and(|e| e.to_string().contains(says)));
+}
+
 #[test]
 fn ancestors_top_most_first_and_depth() {
     let f = three_levels();
@@ -152,18 +162,14 @@ fn depth_limit() {
     let f = three_levels();
     assert_eq!(check_child_depth(&f, "org", 3), Ok(1));
     assert_eq!(check_child_depth(&f, "dev", 3), Ok(3));
-    let err = check_child_depth(&f, "dev", 2);
-    assert_eq!(
-        err,
-        Err(DepthError::TooDeep {
+    assert_error(
+        check_child_depth(&f, "dev", 2),
+        DepthError::TooDeep {
             parent: "dev".into(),
             depth: 3,
-            max_depth: 2
-        })
-    );
-    assert!(
-        err.err()
-            .is_some_and(|e| e.to_string().contains("deeper than the maximum 2"))
+            max_depth: 2,
+        },
+        "deeper than the maximum 2",
     );
 }
 
@@ -172,17 +178,13 @@ fn child_never_outlives_parent() {
     assert_eq!(child_expiry(100, None), Ok(100));
     assert_eq!(child_expiry(100, Some(100)), Ok(100));
     assert_eq!(child_expiry(50, Some(100)), Ok(50));
-    let err = child_expiry(101, Some(100));
-    assert_eq!(
-        err,
-        Err(ExpiryBeyondParent {
+    assert_error(
+        child_expiry(101, Some(100)),
+        ExpiryBeyondParent {
             requested: 101,
-            parent_expiry: 100
-        })
-    );
-    assert!(
-        err.err()
-            .is_some_and(|e| e.to_string().contains("parent's expiry 100"))
+            parent_expiry: 100,
+        },
+        "parent's expiry 100",
     );
 }
 
@@ -341,18 +343,14 @@ fn max_children() {
         unreachable!()
     };
     assert_eq!(policy.check_children("p", 1), Ok(()));
-    let err = policy.check_children("p", 2);
-    assert_eq!(
-        err,
-        Err(TooManyChildren {
+    assert_error(
+        policy.check_children("p", 2),
+        TooManyChildren {
             parent: "p".into(),
             live: 2,
-            max: 2
-        })
-    );
-    assert!(
-        err.err()
-            .is_some_and(|e| e.to_string().contains("its maximum (2"))
+            max: 2,
+        },
+        "its maximum (2",
     );
     let unlimited = parent_policy(&map(&[(keys::ALLOWED_TENANTS_ANNOTATION, "*")]));
     assert!(matches!(unlimited, Ok(Some(p)) if p.check_children("p", 1000).is_ok()));
