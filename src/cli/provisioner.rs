@@ -294,10 +294,13 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
     }
     state.count_live_namespaces = args.count_live_namespaces;
     if !args.skip_preflight {
-        let wanted = permissions::required(
+        let mut wanted = permissions::required(
             Identity::Provisioner,
             &PermissionContext::from_set(&config_set, None),
         );
+        if args.auth != AuthMode::Static {
+            wanted.extend(permissions::caller_reviews());
+        }
         state
             .readiness
             .refuse("the permission preflight has not finished yet".to_owned());

@@ -212,6 +212,27 @@ pub fn required(identity: Identity, context: &PermissionContext<'_>) -> Vec<Perm
     rows
 }
 
+/// What the provisioner needs on top of [`required`] when it accepts callers'
+/// own Kubernetes tokens (`--auth kubernetes|both`): a TokenReview to
+/// authenticate them and a SubjectAccessReview to authorize each call.
+pub fn caller_reviews() -> Vec<Permission> {
+    [
+        ("authentication.k8s.io", "tokenreviews"),
+        ("authorization.k8s.io", "subjectaccessreviews"),
+    ]
+    .into_iter()
+    .map(|(group, resource)| Permission {
+        verb: "create",
+        group: group.to_owned(),
+        resource: resource.to_owned(),
+        subresource: None,
+        name: None,
+        scope: Scope::Cluster,
+        manifest: PROVISIONER_CLUSTER_ROLE,
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +250,18 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn caller_reviews_name_both_review_apis() {
+        let texts: Vec<String> = caller_reviews().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "create tokenreviews.authentication.k8s.io at cluster scope",
+                "create subjectaccessreviews.authorization.k8s.io at cluster scope",
+            ]
+        );
     }
 
     #[test]
