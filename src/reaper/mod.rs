@@ -25,6 +25,7 @@ pub mod diff;
 pub mod execute;
 #[cfg(test)]
 mod fixtures;
+pub mod hierarchy;
 pub mod metrics;
 pub mod observation;
 pub mod plan;
