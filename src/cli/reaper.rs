@@ -15,6 +15,7 @@ use crate::k8s::{ClientError, ResolveKindsError};
 use crate::propagate::Propagation;
 use crate::reaper::hierarchy::{self, TreeSweepConfig};
 use crate::reaper::plan::PlanConfig;
+use crate::reaper::tree_watch::TreeWatch;
 use crate::reaper::watch::{self, LeaseConfig, LeaseConfigError, WatchConfig, WatchError};
 use crate::reaper::{self, ReaperError, SweepConfig};
 
@@ -319,8 +320,22 @@ pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
                     addr: metrics_addr,
                     source,
                 })?;
+            let propagation_config = args
+                .shared
+                .hierarchy
+                .propagation_config()
+                .map_err(ReaperArgsError::from)?;
+            let propagation = Propagation::discover(&client, propagation_config)
+                .await?
+                .excluding_sets(config.plan.set.selector.clone());
+            let trees = TreeWatch {
+                propagation: std::sync::Arc::new(propagation),
+                selector: config.plan.set.selector.clone(),
+                page_size: config.page_size,
+                concurrency: usize::from(config.concurrency),
+            };
             let signals = shutdown_signal().map_err(RunError::Signals)?;
-            watch::watch(client, config, listener, signals).await?;
+            watch::watch_with_trees(client, config, Some(trees), listener, signals).await?;
             Ok(Ran::Watched)
         }
     }

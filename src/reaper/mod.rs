@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod observation;
 pub mod plan;
 pub mod report;
+pub mod tree_watch;
 pub mod watch;
 
 use std::time::Instant;
