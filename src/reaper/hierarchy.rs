@@ -307,7 +307,7 @@ fn list_error(kind: &'static str, source: KubeError) -> ReaperError {
 
 /// Every object of every active kind, cluster-wide, grouped by namespace, keeping only the
 /// namespaces in `wanted` (sources and destinations).
-async fn observe_objects(
+pub(super) async fn observe_objects(
     client: &Client,
     propagation: &Propagation,
     wanted: &BTreeSet<String>,
@@ -419,7 +419,7 @@ async fn reap(client: &Client, plan: &TreePlan, config: &TreeSweepConfig) -> Vec
     entries
 }
 
-async fn sync_all(
+pub(super) async fn sync_all(
     client: &Client,
     propagation: &Propagation,
     plan: &TreePlan,
@@ -428,9 +428,12 @@ async fn sync_all(
 ) -> SyncReport {
     use futures::StreamExt as _;
     let kinds: Vec<_> = propagation.active_kinds().collect();
-    let tasks = plan.sync.iter().map(|(name, (ancestors, labels))| {
+    // Collected first: a lazy iterator of borrowing closures is not provably Send in a task
+    // (the watch runs this in one).
+    let mut tasks = Vec::with_capacity(plan.sync.len());
+    for (name, (ancestors, labels)) in &plan.sync {
         let kinds = &kinds;
-        async move {
+        tasks.push(async move {
             let mut report = SyncReport::default();
             for (kind, by_namespace) in kinds.iter().zip(objects) {
                 let sources: Vec<(&str, &[Value])> = ancestors
@@ -453,8 +456,8 @@ async fn sync_all(
                 );
             }
             report
-        }
-    });
+        });
+    }
     let reports: Vec<SyncReport> = futures::stream::iter(tasks)
         .buffer_unordered(config.concurrency.max(1))
         .collect()

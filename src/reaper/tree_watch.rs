@@ -21,7 +21,9 @@ use kube::runtime::watcher::Event;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::hierarchy::{TreeNamespace, TreePlan, plan_namespaces};
+use super::hierarchy::{
+    TreeNamespace, TreePlan, TreeSweepConfig, observe_objects, plan_namespaces, sync_all,
+};
 use super::metrics::Metrics;
 use crate::clock::system_clock;
 use crate::k8s;
@@ -29,6 +31,10 @@ use crate::propagate::{Destination, Propagation, SyncReport, sync_namespace};
 use crate::rules::hierarchy::tree::Forest;
 use crate::rules::params::Selector;
 use crate::telemetry::chain;
+
+/// Above this many destinations in one pass, each kind is listed once cluster-wide instead of
+/// per destination (ancestors + itself).
+const PER_NAMESPACE_LISTS: usize = 4;
 
 /// What the tree watch needs besides a client.
 #[derive(Debug, Clone)]
@@ -174,6 +180,42 @@ async fn pass(
         }
     }
     let targets = affected(&plan, &forest, triggers);
+    if targets.len() > PER_NAMESPACE_LISTS {
+        // Many destinations (a source edit high in a tree, a relist): one LIST per kind
+        // cluster-wide beats two or more per destination.
+        let plan = TreePlan {
+            sync: plan
+                .sync
+                .into_iter()
+                .filter(|(name, _)| targets.contains(name))
+                .collect(),
+            ..TreePlan::default()
+        };
+        let wanted: BTreeSet<String> = plan
+            .sync
+            .iter()
+            .flat_map(|(name, (ancestors, _))| std::iter::once(name).chain(ancestors))
+            .cloned()
+            .collect();
+        let config = TreeSweepConfig {
+            selector: trees.selector.clone(),
+            page_size: trees.page_size,
+            concurrency: trees.concurrency,
+            dry_run: false,
+            deletions_left: None,
+        };
+        match observe_objects(client, &trees.propagation, &wanted, trees.page_size).await {
+            Ok(objects) => {
+                let report = sync_all(client, &trees.propagation, &plan, &objects, &config).await;
+                metrics.record_sync(&report);
+            }
+            Err(error) => {
+                metrics.tree_pass_errors.inc();
+                warn!(error = %chain(&error), "propagation");
+            }
+        }
+        return Ok(());
+    }
     // Collected first: a lazy iterator of borrowing closures is not provably Send in a task.
     let mut syncs = Vec::with_capacity(targets.len());
     for name in &targets {
@@ -200,4 +242,61 @@ async fn pass(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::rules::hierarchy::keys;
+    use crate::rules::hierarchy::tree::ObservedNamespace;
+
+    fn ns(name: &str, parent: Option<&str>) -> ObservedNamespace {
+        ObservedNamespace {
+            name: name.into(),
+            labels: parent
+                .map(|p| BTreeMap::from([(keys::PARENT_LABEL.to_string(), p.to_string())]))
+                .unwrap_or_default(),
+            ..ObservedNamespace::default()
+        }
+    }
+
+    #[test]
+    fn a_source_reaches_its_descendants_and_a_copy_its_own_namespace() {
+        let all = [
+            ns("p", None),
+            ns("a", Some("p")),
+            ns("a1", Some("a")),
+            ns("b", Some("p")),
+            ns("x", None),
+        ];
+        let forest = Forest::build(all.iter());
+        let mut plan = TreePlan::default();
+        for name in ["p", "a", "a1", "b"] {
+            plan.sync.insert(name.into(), (Vec::new(), BTreeMap::new()));
+        }
+        let names = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            names(affected(&plan, &forest, &[Trigger::Object("a".into())])),
+            ["a", "a1"]
+        );
+        assert_eq!(
+            names(affected(&plan, &forest, &[Trigger::Object("a1".into())])),
+            ["a1"]
+        );
+        assert_eq!(
+            names(affected(&plan, &forest, &[Trigger::Namespace("x".into())])),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(affected(&plan, &forest, &[Trigger::All])),
+            ["a", "a1", "b", "p"]
+        );
+        plan.label_patches.insert("b".into(), BTreeMap::new());
+        assert_eq!(
+            names(affected(&plan, &forest, &[Trigger::Object("a1".into())])),
+            ["a1", "b"]
+        );
+    }
 }
