@@ -183,7 +183,17 @@ struct Damaged {
 async fn damaged_sets(fx: &Fixture) -> Damaged {
     let client = &fx.client;
     let t = now();
-    let expired = make_set(fx, t - 60).await;
+    // Made live, then expired by a label patch: a watching reaper would otherwise delete the
+    // Namespace between its creation and the apply of its contents (make_set would fail).
+    let expired = make_set(fx, t + 3600).await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &expired,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {EXPIRY_LABEL: (t - 60).to_string()}}})),
+        )
+        .await
+        .unwrap();
     let no_service_account = make_set(fx, t + 3600).await;
     Api::<ServiceAccount>::namespaced(client.clone(), &no_service_account)
         .delete(OBJECT_NAME, &DeleteParams::default())
