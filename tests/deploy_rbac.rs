@@ -183,7 +183,17 @@ struct Damaged {
 async fn damaged_sets(fx: &Fixture) -> Damaged {
     let client = &fx.client;
     let t = now();
-    let expired = make_set(fx, t - 60).await;
+    // Made live, then expired by a label patch: a watching reaper would otherwise delete the
+    // Namespace between its creation and the apply of its contents (make_set would fail).
+    let expired = make_set(fx, t + 3600).await;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &expired,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {EXPIRY_LABEL: (t - 60).to_string()}}})),
+        )
+        .await
+        .unwrap();
     let no_service_account = make_set(fx, t + 3600).await;
     Api::<ServiceAccount>::namespaced(client.clone(), &no_service_account)
         .delete(OBJECT_NAME, &DeleteParams::default())
@@ -635,8 +645,12 @@ async fn least_privilege_is_least() {
         // Its own ClusterRole too: RBAC allows binding what one holds, the
         // admission policy does not.
         for other in ["cluster-admin", "admin", "edit", "view", sa] {
-            assert!(
-                !can_i(kc, &["bind", &format!("clusterrole/{other}")]),
+            // The reaper propagates RoleBindings, so RBAC lets it bind any role (as HNC's
+            // manager); the admission policy refuses whatever is not a copy in a tree
+            // (tests/hierarchy_rbac.rs).
+            assert_eq!(
+                can_i(kc, &["bind", &format!("clusterrole/{other}")]),
+                sa == REAPER_SA,
                 "{who} bind {other}"
             );
             // In a managed namespace, so the admission policy lets it through
@@ -683,13 +697,18 @@ async fn least_privilege_is_least() {
             vec!["create", "pods", "-n", managed.as_str()],
             vec!["get", "configmaps", "-n", "kube-system"],
             vec!["create", "clusterrolebindings"],
-            vec!["escalate", "roles"],
             vec!["impersonate", "serviceaccounts"],
             vec!["update", "clusterroles"],
             vec!["create", "deployments.apps", "-n", NS],
         ] {
             assert!(!can_i(kc, &args), "{who} can {args:?}");
         }
+        // Writing Roles it propagates needs `escalate` (see cronjob/base/clusterrole.yaml).
+        assert_eq!(
+            can_i(kc, &["escalate", "roles"]),
+            sa == REAPER_SA,
+            "{who} escalate roles"
+        );
     }
 
     // TokenRequest: the provisioner may ask (RBAC can't scope it to managed

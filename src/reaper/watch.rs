@@ -30,6 +30,7 @@ use super::brake::{Brake, BrakeConfig, Decision};
 use super::execute::{ExecuteError, Executor, Outcome, REPORTING_CONTROLLER};
 use super::metrics::{self, InFlight, Metrics};
 use super::plan::{self, PlanConfig};
+use super::tree_watch::{self, TreeWatch};
 use super::{ReaperError, observe_namespace};
 use crate::clock::{system_clock, system_clock_f64};
 use crate::k8s;
@@ -132,6 +133,7 @@ impl ReconcileError {
 
 struct Context {
     client: Client,
+    trees: Option<TreeWatch>,
     executor: Executor,
     plan: PlanConfig,
     page_size: u32,
@@ -162,6 +164,17 @@ pub async fn watch(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WatchError> {
+    watch_with_trees(client, config, None, listener, shutdown).await
+}
+
+/// [`watch`], plus tree labels, cascades and propagation ([`tree_watch`]) while leading.
+pub async fn watch_with_trees(
+    client: Client,
+    config: WatchConfig,
+    trees: Option<TreeWatch>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WatchError> {
     let metrics = Arc::new(Metrics::default());
     let addr = listener.local_addr().ok();
     let (stop_http, http_stopped) = oneshot::channel::<()>();
@@ -174,6 +187,7 @@ pub async fn watch(
     let context = Arc::new(Context {
         executor: Executor::new(client.clone(), &config.lease.identity),
         client: client.clone(),
+        trees,
         plan: config.plan.clone(),
         page_size: config.page_size,
         brake: Brake::new(config.brake, metrics.brake.clone()),
@@ -322,7 +336,23 @@ async fn lead(
     }
 }
 
+/// Aborts a task when dropped: the tree watch stops with the controller, also when aborted.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn run_controller(context: Arc<Context>, concurrency: u16, stopped: oneshot::Receiver<()>) {
+    let _trees = context.trees.clone().map(|trees| {
+        AbortOnDrop(tokio::spawn(tree_watch::run(
+            context.client.clone(),
+            trees,
+            context.metrics.clone(),
+        )))
+    });
     let selector = context.plan.set.selector.to_label_selector();
     k8s::managed_controller(&context.client, &selector)
         .with_config(controller::Config::default().concurrency(concurrency))
