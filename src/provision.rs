@@ -2,6 +2,9 @@
 //! sets, each scoped to one tenant. Decides with [`crate::rules`], does every
 //! Kubernetes call through [`crate::k8s`], reads the time from its [`Clock`].
 
+mod parent;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -14,6 +17,7 @@ use tracing::{info, warn};
 use crate::clock::{Clock, system_clock};
 use crate::k8s::{self, ApplyError, KubeError, TokenRequestError};
 use crate::rules::desired::{DesiredSet, SetConfig, desired_set, namespace_to_create};
+use crate::rules::hierarchy::tree::{DepthError, ParentAnnotationError, TooManyChildren};
 use crate::rules::kubeconfig::{self, Credentials};
 use crate::rules::labels::{self, TENANT_LABEL};
 use crate::rules::params::{
@@ -32,6 +36,20 @@ pub struct ProvisionerConfig {
     pub ca_pem: Option<Vec<u8>>,
     pub max_namespaces_per_tenant: Option<u32>,
     pub page_size: u32,
+    /// Deepest a child may sit below its top-most ancestor (`--max-depth`; a root is at 0).
+    pub max_depth: usize,
+}
+
+/// The default of `--max-depth`: deep enough for org → team → sub-team → experiment.
+pub const DEFAULT_MAX_DEPTH: usize = 4;
+
+/// What a create asks for beyond the tenant. Parsed and validated at the edge.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub ttl: Option<Ttl>,
+    pub server: Option<ServerUrl>,
+    /// Create a sub-namespace of this parent (a DNS label).
+    pub parent: Option<String>,
 }
 
 #[derive(Clone)]
@@ -89,8 +107,9 @@ pub enum ProvisionError {
     },
     #[error("create namespace: the API server returned no name")]
     NamespaceUnnamed,
+    // Boxed: the largest variant, and every Result of this type carries its size.
     #[error(transparent)]
-    ApplyContents(#[from] ApplyError),
+    ApplyContents(Box<ApplyError>),
     #[error("apply namespace {name}")]
     ApplyNamespace {
         name: String,
@@ -118,6 +137,61 @@ pub enum ProvisionError {
     },
     #[error("create namespace: the provisioning task stopped")]
     TaskStopped,
+    #[error("parent namespace {parent} does not exist; name an existing parent")]
+    ParentNotFound { parent: String },
+    #[error("parent namespace {parent} is being deleted; no new children can be created under it")]
+    ParentTerminating { parent: String },
+    #[error(
+        "namespace {parent} is not a parent: it has no {annotation} annotation; ask an administrator to add one naming your tenant",
+        annotation = crate::rules::hierarchy::keys::ALLOWED_TENANTS_ANNOTATION
+    )]
+    NotAParent { parent: String },
+    #[error(
+        "tenant {tenant} may not create children under {parent}: it is not in the parent's {annotation} annotation",
+        annotation = crate::rules::hierarchy::keys::ALLOWED_TENANTS_ANNOTATION
+    )]
+    TenantNotAllowed { parent: String, tenant: String },
+    #[error("parent {parent} is misconfigured; ask an administrator to fix it: {source}")]
+    ParentAnnotation {
+        parent: String,
+        source: ParentAnnotationError,
+    },
+    #[error("{0}")]
+    Depth(DepthError),
+    #[error("{0}; delete one of its children or wait for one to expire")]
+    TooManyChildren(TooManyChildren),
+    #[error("ttl {requested} is above the maximum {max} of parent {parent}; ask for at most {max}")]
+    AboveParentMaxTtl {
+        parent: String,
+        requested: String,
+        max: String,
+    },
+    #[error(
+        "a child may not outlive its parent: parent {parent} expires at {parent_expires_at}; ask for a ttl of at most {left}"
+    )]
+    BeyondParentExpiry {
+        parent: String,
+        parent_expires_at: String,
+        left: String,
+    },
+    #[error("read parent namespace {parent}")]
+    ReadParent {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("list the children of {parent}")]
+    ListChildren {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+}
+
+impl From<ApplyError> for ProvisionError {
+    fn from(error: ApplyError) -> Self {
+        Self::ApplyContents(Box::new(error))
+    }
 }
 
 impl ProvisionError {
@@ -137,6 +211,17 @@ impl ProvisionError {
             Self::ListNamespaces { .. } => "list_namespaces",
             Self::DeleteNamespace { .. } => "delete_namespace",
             Self::TaskStopped => "task_stopped",
+            Self::ParentNotFound { .. } => "parent_not_found",
+            Self::ParentTerminating { .. } => "parent_terminating",
+            Self::NotAParent { .. } => "not_a_parent",
+            Self::TenantNotAllowed { .. } => "tenant_not_allowed",
+            Self::ParentAnnotation { .. } => "parent_annotation",
+            Self::Depth(_) => "too_deep",
+            Self::TooManyChildren(_) => "too_many_children",
+            Self::AboveParentMaxTtl { .. } => "above_parent_max_ttl",
+            Self::BeyondParentExpiry { .. } => "beyond_parent_expiry",
+            Self::ReadParent { .. } => "read_parent",
+            Self::ListChildren { .. } => "list_children",
         }
     }
 
@@ -158,7 +243,9 @@ impl ProvisionError {
             | Self::ApplyNamespace { source, .. }
             | Self::ReadNamespace { source, .. }
             | Self::ListNamespaces { source }
-            | Self::DeleteNamespace { source, .. } => Some(source),
+            | Self::DeleteNamespace { source, .. }
+            | Self::ReadParent { source, .. }
+            | Self::ListChildren { source, .. } => Some(source),
             Self::ApplyContents(e) => Some(&e.source),
             Self::RequestToken(TokenRequestError::Api { source, .. }) => Some(source),
             _ => None,
@@ -189,24 +276,54 @@ impl Provisioner {
     }
 
     /// Create a namespace set for `tenant` and return its kubeconfig.
-    ///
-    /// The work after the Namespace is created runs in its own task, so a
-    /// caller that disconnects cannot leave a half-made set: the task finishes
-    /// it or rolls it back either way.
     pub async fn create(
         &self,
         tenant: &TenantName,
         ttl: Option<Ttl>,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
-        let ttl_secs = self.config.ttl.resolve(ttl)?;
-        self.check_quota(tenant).await?;
-        let expiry = Expiry::after((self.clock)(), ttl_secs);
+        self.create_with(
+            tenant,
+            CreateRequest {
+                ttl,
+                server,
+                ..CreateRequest::default()
+            },
+        )
+        .await
+    }
+
+    /// Create a namespace set (under a parent, if the request names one) and return its
+    /// kubeconfig.
+    ///
+    /// The work after the Namespace is created runs in its own task, so a
+    /// caller that disconnects cannot leave a half-made set: the task finishes
+    /// it or rolls it back either way.
+    pub async fn create_with(
+        &self,
+        tenant: &TenantName,
+        request: CreateRequest,
+    ) -> Result<Provisioned, ProvisionError> {
+        let CreateRequest { ttl, server, parent } = request;
         let this = self.clone();
         let tenant = tenant.clone();
-        tokio::spawn(async move { this.create_set(&tenant, expiry, server).await })
-            .await
-            .map_err(|_| ProvisionError::TaskStopped)?
+        match parent {
+            None => {
+                let ttl_secs = self.config.ttl.resolve(ttl)?;
+                self.check_quota(&tenant).await?;
+                let expiry = Expiry::after((self.clock)(), ttl_secs);
+                tokio::spawn(async move { this.create_set(&tenant, expiry, server).await })
+                    .await
+                    .map_err(|_| ProvisionError::TaskStopped)?
+            }
+            Some(parent) => {
+                let placement = self.place_child(&tenant, &parent, ttl, (self.clock)()).await?;
+                self.check_quota(&tenant).await?;
+                tokio::spawn(async move { this.create_child(&tenant, placement, server).await })
+                    .await
+                    .map_err(|_| ProvisionError::TaskStopped)?
+            }
+        }
     }
 
     /// Best effort across replicas: two concurrent creates may both pass.
@@ -255,6 +372,45 @@ impl Provisioner {
             }
             Err(err) => {
                 warn!(namespace = %name, error = %err, "creating the set failed; deleting the namespace");
+                if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
+                    warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// A child of `placement.parent`: named here rather than by `generateName`, because its
+    /// own tree label (`<name>.tree...=0`) must be in the first write. Everything the child
+    /// needs exists before this returns; any failure deletes the namespace.
+    async fn create_child(
+        &self,
+        tenant: &TenantName,
+        placement: parent::Placement,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let name = child_name(&self.config.prefix);
+        let expiry = placement.expiry;
+        let (tree_labels, annotations) = placement.metadata(&name);
+        let mut namespace = namespace_to_create(&self.config.prefix, tenant, expiry, &self.config.set);
+        namespace.metadata.generate_name = None;
+        namespace.metadata.name = Some(name.clone());
+        merge_into(&mut namespace.metadata.labels, tree_labels);
+        merge_into(&mut namespace.metadata.annotations, annotations);
+        let created = k8s::create_namespace(&self.client, &namespace)
+            .await
+            .map_err(|source| ProvisionError::CreateNamespace { source })?;
+        let Some(uid) = created.metadata.uid.clone() else {
+            return Err(ProvisionError::NamespaceUnnamed);
+        };
+        let set = desired_set(&name, tenant, expiry, &self.config.set);
+        match self.complete(&set, expiry, server).await {
+            Ok(done) => {
+                info!(namespace = %name, parent = %placement.parent_name, %tenant, expiry = %expiry, "child namespace created");
+                Ok(done)
+            }
+            Err(err) => {
+                warn!(namespace = %name, error = %err, "creating the child failed; deleting the namespace");
                 if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
                     warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
                 }
@@ -378,7 +534,9 @@ impl Provisioner {
                 name: name.to_owned(),
             });
         }
-        let expiry = Expiry::after((self.clock)(), ttl_secs);
+        let expiry = self
+            .check_extend_under_parent(&ns, (self.clock)(), ttl_secs)
+            .await?;
         let set = desired_set(name, tenant, expiry, &self.config.set);
         k8s::apply_namespace(&self.client, &set.namespace)
             .await
@@ -390,6 +548,22 @@ impl Provisioner {
         info!(namespace = %name, %tenant, expiry = %expiry, "namespace extended");
         Ok(done)
     }
+}
+
+/// `<prefix>-<8 random characters>`, from the alphabet `generateName` uses (no vowels, no
+/// look-alikes): 27^8 names, so a collision is an AlreadyExists error, not worth a retry.
+fn child_name(prefix: &NamePrefix) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..8)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{}-{suffix}", prefix.as_str())
+}
+
+fn merge_into(target: &mut Option<BTreeMap<String, String>>, extra: BTreeMap<String, String>) {
+    target.get_or_insert_with(BTreeMap::new).extend(extra);
 }
 
 /// Counts against the tenant's limit: not being deleted, not yet expired

@@ -96,6 +96,19 @@ impl From<ProvisionError> for ApiError {
             ProvisionError::NotFound { .. } => client_error(StatusCode::NOT_FOUND),
             ProvisionError::TooMany { .. } => client_error(StatusCode::TOO_MANY_REQUESTS),
             ProvisionError::Terminating { .. } => client_error(StatusCode::CONFLICT),
+            // A parent that does not exist is named by the request: 404, like a name in the path.
+            ProvisionError::ParentNotFound { .. } => client_error(StatusCode::NOT_FOUND),
+            ProvisionError::ParentTerminating { .. }
+            | ProvisionError::ParentAnnotation { .. }
+            | ProvisionError::TooManyChildren(_) => client_error(StatusCode::CONFLICT),
+            // Not a parent is a refusal of the caller's right to create there, like a tenant
+            // the parent does not allow: 403 (the detail says which).
+            ProvisionError::NotAParent { .. } | ProvisionError::TenantNotAllowed { .. } => {
+                client_error(StatusCode::FORBIDDEN)
+            }
+            ProvisionError::Depth(_)
+            | ProvisionError::AboveParentMaxTtl { .. }
+            | ProvisionError::BeyondParentExpiry { .. } => client_error(StatusCode::BAD_REQUEST),
             _ => {
                 let (status, detail, retry_after) = if err.is_unavailable() {
                     (

@@ -13,9 +13,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, JsonBody, NamePath, QueryParams};
-use crate::provision::{NamespaceInfo, Provisioned};
+use crate::provision::{CreateRequest, NamespaceInfo, Provisioned};
 use crate::rules::kubeconfig;
-use crate::rules::params::{Expiry, ServerUrl, Ttl};
+use crate::rules::params::{Expiry, ServerUrl, Ttl, is_dns_label};
 
 /// Query of the original tool's create call.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -26,9 +26,28 @@ pub struct CreateQuery {
     ttl: Option<String>,
     /// API server URL to write into the kubeconfig (absolute http/https URL).
     server: Option<String>,
+    /// Create a sub-namespace of this parent namespace (see `parent` of the JSON create).
+    parent: Option<String>,
 }
 
-/// Body of create and extend.
+/// Body of create.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequestBody {
+    /// Lifetime from now, e.g. `30s`, `5m`, `1h30m`; absent or `0` = the default; at most the maximum
+    /// (and, under a parent, at most its `max-ttl` and never past its expiry).
+    ttl: Option<String>,
+    /// API server URL to write into the kubeconfig (absolute http/https URL).
+    server: Option<String>,
+    /// Create a sub-namespace of this parent namespace. The parent must carry the
+    /// `controller.observatorium.io/allowed-tenants` annotation naming the caller's tenant.
+    /// Refusals: 404 no such namespace, 409 being deleted, 403 not a parent or tenant not
+    /// allowed, 400 too deep / ttl above the parent's `max-ttl` / past the parent's expiry,
+    /// 409 the parent's `max-children` reached.
+    parent: Option<String>,
+}
+
+/// Body of extend.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifetimeRequest {
@@ -74,6 +93,16 @@ fn parse_inputs(
     Ok((ttl, server))
 }
 
+/// A parent name is a namespace name: a DNS label. Empty means none.
+fn parse_parent(parent: Option<String>) -> Result<Option<String>, ApiError> {
+    match parent.filter(|p| !p.is_empty()) {
+        Some(p) if !is_dns_label(&p) => Err(ApiError::bad_request(format!(
+            "parent {p:?} is not a namespace name: use lower-case letters, digits and '-', at most 63 characters"
+        ))),
+        other => Ok(other),
+    }
+}
+
 fn kubeconfig_yaml(done: &Provisioned) -> Result<String, ApiError> {
     kubeconfig::to_yaml(&done.kubeconfig).map_err(|e| {
         ApiError::new(
@@ -103,8 +132,11 @@ fn location(name: &str) -> HeaderValue {
     responses(
         (status = 201, description = "Created; body is the kubeconfig", content_type = "application/yaml", body = String,
          headers(("Location" = String, description = "the namespace's REST URL"))),
-        (status = 400, description = "Bad ttl or server", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad ttl, server or parent; too deep; ttl past the parent's max-ttl or expiry", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The parent is not a parent, or does not allow the caller's tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The parent does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -115,8 +147,10 @@ pub async fn compat_create(
     QueryParams(query): QueryParams<CreateQuery>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(query.ttl, query.server)?;
+    let parent = parse_parent(query.parent)?;
     let started = Instant::now();
-    let done = state.provisioner.create(&tenant, ttl, server).await?;
+    let request = CreateRequest { ttl, server, parent };
+    let done = state.provisioner.create_with(&tenant, request).await?;
     state.metrics.observe_create(started);
     let yaml = kubeconfig_yaml(&done)?;
     Ok((
@@ -150,12 +184,15 @@ pub async fn compat_delete(
 
 /// Create a namespace; answers with its name, expiry and kubeconfig.
 #[utoipa::path(post, path = "/api/v1/namespaces", tag = "namespaces",
-    request_body(content = LifetimeRequest, description = "empty body = defaults"),
+    request_body(content = CreateRequestBody, description = "empty body = defaults"),
     responses(
         (status = 201, description = "Created", body = IssuedKubeconfig,
          headers(("Location" = String, description = "the namespace's URL"))),
-        (status = 400, description = "Bad ttl, server or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad ttl, server, parent or JSON; too deep; ttl past the parent's max-ttl or expiry", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The parent is not a parent, or does not allow the caller's tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The parent does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -163,11 +200,13 @@ pub async fn compat_delete(
 pub async fn create(
     State(state): State<AppState>,
     Caller(tenant): Caller,
-    JsonBody(body): JsonBody<LifetimeRequest>,
+    JsonBody(body): JsonBody<CreateRequestBody>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
+    let parent = parse_parent(body.parent)?;
     let started = Instant::now();
-    let done = state.provisioner.create(&tenant, ttl, server).await?;
+    let request = CreateRequest { ttl, server, parent };
+    let done = state.provisioner.create_with(&tenant, request).await?;
     state.metrics.observe_create(started);
     let location = location(&done.name);
     Ok((
