@@ -3,6 +3,7 @@
 //! Kubernetes call through [`crate::k8s`], reads the time from its [`Clock`].
 
 mod parent;
+mod quota;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use crate::rules::labels::{self, TENANT_LABEL};
 use crate::rules::params::{
     Expiry, NamePrefix, ServerUrl, TenantName, Ttl, TtlError, TtlPolicy, is_dns_label,
 };
+use crate::rules::quota::allocation::{AllocationError, Refusal};
+use crate::rules::quota::ledger;
+use crate::rules::quota::resources::{Resources, ResourcesError};
 
 /// What the provisioner needs besides a client.
 #[derive(Debug, Clone)]
@@ -50,6 +54,8 @@ pub struct CreateRequest {
     pub server: Option<ServerUrl>,
     /// Create a sub-namespace of this parent (a DNS label).
     pub parent: Option<String>,
+    /// The allocation asked from the parent's budget (else its `defaultAllocation`).
+    pub quota: Option<Resources>,
 }
 
 #[derive(Clone)]
@@ -186,6 +192,56 @@ pub enum ProvisionError {
         #[source]
         source: KubeError,
     },
+    #[error("quota is an allocation from a parent's budget; name the parent too")]
+    QuotaWithoutParent,
+    #[error(
+        "parent {parent} has no budget (HierarchicalResourceQuota) to allocate quota from; leave quota out or ask an administrator for a budget"
+    )]
+    NoBudget { parent: String },
+    #[error("parent {parent} has several budgets ({}); an administrator must keep one", names.join(", "))]
+    SeveralBudgets { parent: String, names: Vec<String> },
+    #[error("budget {parent}/{budget} cannot be read; ask an administrator to fix it: {source}")]
+    BudgetUnreadable {
+        parent: String,
+        budget: String,
+        source: ResourcesError,
+    },
+    #[error("quota under parent {parent}: {source}")]
+    Allocation { parent: String, source: AllocationError },
+    #[error("parent {parent}: {refusal}")]
+    QuotaRefused { parent: String, refusal: Refusal },
+    #[error("the budget of {parent} is being changed by many creates at once; retry")]
+    LedgerContended { parent: String },
+    #[error("the quota of {namespace} was not applied by the quota controller in time")]
+    QuotaNotSynced { namespace: String },
+    #[error("the reservation under {parent} waited too long for its namespace")]
+    ReservationExpired { parent: String },
+    #[error("read the budget of {parent}")]
+    ReadBudget {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("write the quota ledger of {parent}")]
+    WriteLedger {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("read quota {namespace}/{name}")]
+    ReadQuota {
+        namespace: String,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("write quota {namespace}/{name}")]
+    WriteQuota {
+        namespace: String,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
 }
 
 impl From<ApplyError> for ProvisionError {
@@ -222,6 +278,19 @@ impl ProvisionError {
             Self::BeyondParentExpiry { .. } => "beyond_parent_expiry",
             Self::ReadParent { .. } => "read_parent",
             Self::ListChildren { .. } => "list_children",
+            Self::QuotaWithoutParent => "quota_without_parent",
+            Self::NoBudget { .. } => "no_budget",
+            Self::SeveralBudgets { .. } => "several_budgets",
+            Self::BudgetUnreadable { .. } => "budget_unreadable",
+            Self::Allocation { .. } => "allocation",
+            Self::QuotaRefused { refusal, .. } => refusal.kind(),
+            Self::LedgerContended { .. } => "ledger_contended",
+            Self::QuotaNotSynced { .. } => "quota_not_synced",
+            Self::ReservationExpired { .. } => "reservation_expired",
+            Self::ReadBudget { .. } => "read_budget",
+            Self::WriteLedger { .. } => "write_ledger",
+            Self::ReadQuota { .. } => "read_quota",
+            Self::WriteQuota { .. } => "write_quota",
         }
     }
 
@@ -245,7 +314,11 @@ impl ProvisionError {
             | Self::ListNamespaces { source }
             | Self::DeleteNamespace { source, .. }
             | Self::ReadParent { source, .. }
-            | Self::ListChildren { source, .. } => Some(source),
+            | Self::ListChildren { source, .. }
+            | Self::ReadBudget { source, .. }
+            | Self::WriteLedger { source, .. }
+            | Self::ReadQuota { source, .. }
+            | Self::WriteQuota { source, .. } => Some(source),
             Self::ApplyContents(e) => Some(&e.source),
             Self::RequestToken(TokenRequestError::Api { source, .. }) => Some(source),
             _ => None,
@@ -304,10 +377,16 @@ impl Provisioner {
         tenant: &TenantName,
         request: CreateRequest,
     ) -> Result<Provisioned, ProvisionError> {
-        let CreateRequest { ttl, server, parent } = request;
+        let CreateRequest {
+            ttl,
+            server,
+            parent,
+            quota,
+        } = request;
         let this = self.clone();
         let tenant = tenant.clone();
         match parent {
+            None if quota.is_some() => Err(ProvisionError::QuotaWithoutParent),
             None => {
                 let ttl_secs = self.config.ttl.resolve(ttl)?;
                 self.check_quota(&tenant).await?;
@@ -319,7 +398,7 @@ impl Provisioner {
             Some(parent) => {
                 let placement = self.place_child(&tenant, &parent, ttl, (self.clock)()).await?;
                 self.check_quota(&tenant).await?;
-                tokio::spawn(async move { this.create_child(&tenant, placement, server).await })
+                tokio::spawn(async move { this.create_child(&tenant, placement, quota, server).await })
                     .await
                     .map_err(|_| ProvisionError::TaskStopped)?
             }
@@ -387,9 +466,28 @@ impl Provisioner {
         &self,
         tenant: &TenantName,
         placement: parent::Placement,
+        ask: Option<Resources>,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
         let name = child_name(&self.config.prefix);
+        let parent_name = placement.parent_name.as_str();
+        // The allocation is reserved under the child's name before the namespace exists, so a
+        // create that does not fit writes nothing.
+        let reservation = self
+            .reserve(parent_name, &name, ask.as_ref(), (self.clock)())
+            .await?;
+        if let Some(reservation) = &reservation
+            && ledger::reservation_expired(
+                reservation.reserved_at,
+                (self.clock)(),
+                quota::RESERVATION_GRACE_SECONDS,
+            )
+        {
+            self.release(reservation, None).await;
+            return Err(ProvisionError::ReservationExpired {
+                parent: parent_name.to_owned(),
+            });
+        }
         let expiry = placement.expiry;
         let (tree_labels, annotations) = placement.metadata(&name);
         let mut namespace = namespace_to_create(&self.config.prefix, tenant, expiry, &self.config.set);
@@ -397,22 +495,40 @@ impl Provisioner {
         namespace.metadata.name = Some(name.clone());
         merge_into(&mut namespace.metadata.labels, tree_labels);
         merge_into(&mut namespace.metadata.annotations, annotations);
-        let created = k8s::create_namespace(&self.client, &namespace)
-            .await
-            .map_err(|source| ProvisionError::CreateNamespace { source })?;
+        let created = match k8s::create_namespace(&self.client, &namespace).await {
+            Ok(created) => created,
+            Err(source) => {
+                if let Some(reservation) = &reservation {
+                    self.release(reservation, None).await;
+                }
+                return Err(ProvisionError::CreateNamespace { source });
+            }
+        };
         let Some(uid) = created.metadata.uid.clone() else {
             return Err(ProvisionError::NamespaceUnnamed);
         };
         let set = desired_set(&name, tenant, expiry, &self.config.set);
-        match self.complete(&set, expiry, server).await {
+        let completed = async {
+            if let Some(reservation) = &reservation {
+                self.create_allocation_quota(reservation).await?;
+            }
+            self.complete(&set, expiry, server).await
+        };
+        match completed.await {
             Ok(done) => {
-                info!(namespace = %name, parent = %placement.parent_name, %tenant, expiry = %expiry, "child namespace created");
+                if let Some(reservation) = &reservation {
+                    self.confirm(reservation, &uid).await;
+                }
+                info!(namespace = %name, parent = %parent_name, %tenant, expiry = %expiry, "child namespace created");
                 Ok(done)
             }
             Err(err) => {
                 warn!(namespace = %name, error = %err, "creating the child failed; deleting the namespace");
                 if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
                     warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
+                }
+                if let Some(reservation) = &reservation {
+                    self.release(reservation, Some(&uid)).await;
                 }
                 Err(err)
             }

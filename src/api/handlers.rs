@@ -1,6 +1,7 @@
 //! HTTP handlers: parse input, call the provisioner, shape the answer. No
 //! Kubernetes calls of their own: they go through [`crate::provision`].
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::Json;
@@ -16,6 +17,7 @@ use super::extract::{Caller, JsonBody, NamePath, QueryParams};
 use crate::provision::{CreateRequest, NamespaceInfo, Provisioned};
 use crate::rules::kubeconfig;
 use crate::rules::params::{Expiry, ServerUrl, Ttl, is_dns_label};
+use crate::rules::quota::resources::{ResourceList, Resources};
 
 /// Query of the original tool's create call.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -45,6 +47,13 @@ pub struct CreateRequestBody {
     /// allowed, 400 too deep / ttl above the parent's `max-ttl` / past the parent's expiry,
     /// 409 the parent's `max-children` reached.
     parent: Option<String>,
+    /// Only with `parent`: the allocation asked from the parent's budget (its
+    /// HierarchicalResourceQuota), quota resource name → quantity (`{"requests.cpu": "1.5",
+    /// "count/pods": 4}`). Budget resources left out get the budget's `defaultAllocation`, else 0;
+    /// absent = the default allocation. A resource outside the budget is a 400; an allocation
+    /// that does not fit is a 409 whose `shortfalls` name each resource, what was asked and what is left.
+    #[schema(value_type = Option<Object>)]
+    quota: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// Body of extend.
@@ -103,6 +112,32 @@ fn parse_parent(parent: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// `quota` of the body: quantities as JSON strings or numbers, checked exactly.
+fn parse_quota(quota: Option<BTreeMap<String, serde_json::Value>>) -> Result<Option<Resources>, ApiError> {
+    let Some(quota) = quota else {
+        return Ok(None);
+    };
+    let mut list = ResourceList::new();
+    for (name, value) in quota {
+        let quantity = match value {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "quota {name:?}: {other} is not a quantity; write a string such as \"1500m\" or \"2Gi\", or a number"
+                )));
+            }
+        };
+        list.insert(
+            name,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(quantity),
+        );
+    }
+    Resources::parse(&list)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("quota: {e}")))
+}
+
 fn kubeconfig_yaml(done: &Provisioned) -> Result<String, ApiError> {
     kubeconfig::to_yaml(&done.kubeconfig).map_err(|e| {
         ApiError::new(
@@ -149,7 +184,12 @@ pub async fn compat_create(
     let (ttl, server) = parse_inputs(query.ttl, query.server)?;
     let parent = parse_parent(query.parent)?;
     let started = Instant::now();
-    let request = CreateRequest { ttl, server, parent };
+    let request = CreateRequest {
+        ttl,
+        server,
+        parent,
+        quota: None,
+    };
     let done = state.provisioner.create_with(&tenant, request).await?;
     state.metrics.observe_create(started);
     let yaml = kubeconfig_yaml(&done)?;
@@ -192,7 +232,7 @@ pub async fn compat_delete(
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The parent is not a parent, or does not allow the caller's tenant", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The parent does not exist", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children; the quota does not fit (`shortfalls`: resource, asked, left; `overAllocated` when the budget was lowered; `overruns` when the parent's own usage grew)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -204,8 +244,14 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
     let parent = parse_parent(body.parent)?;
+    let quota = parse_quota(body.quota)?;
     let started = Instant::now();
-    let request = CreateRequest { ttl, server, parent };
+    let request = CreateRequest {
+        ttl,
+        server,
+        parent,
+        quota,
+    };
     let done = state.provisioner.create_with(&tenant, request).await?;
     state.metrics.observe_create(started);
     let location = location(&done.name);

@@ -16,6 +16,7 @@
 mod client;
 mod events;
 mod list;
+mod quota;
 mod token;
 mod watch;
 mod write;
@@ -24,6 +25,10 @@ pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
 pub use client::{ClientError, client_config, counted_client, ping};
 pub use events::EventRecorder;
 pub use list::{list_all, list_all_map, list_kind, list_namespaces};
+pub use quota::{
+    create_quota, get_quota, list_all_budgets, list_budgets, list_quotas_named, replace_budget_status,
+    replace_quota,
+};
 pub use token::{
     IssuedToken, MIN_TOKEN_SECONDS, TokenRequestError, request_token, token_seconds, trusted_ca_pem,
 };
