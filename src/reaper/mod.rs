@@ -28,6 +28,7 @@ mod fixtures;
 pub mod metrics;
 pub mod observation;
 pub mod plan;
+pub mod quota;
 pub mod report;
 pub mod watch;
 
@@ -151,6 +152,9 @@ pub async fn sweep(client: &Client, config: &SweepConfig, now: i64) -> Result<Re
                 .await,
         )
     };
+    if !config.dry_run {
+        quota::rebuild_budgets(client, &config.plan.set.selector, config.page_size, now).await;
+    }
     let durations = Durations {
         list: listed - started,
         plan: planned - listed,
