@@ -16,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod k8s;
 pub mod plugin;
+pub mod propagate;
 pub mod provision;
 pub mod reaper;
 pub mod rules;

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::k8s::{self, ClientError};
 use crate::rules::desired::SetConfig;
+use crate::rules::hierarchy::config::PropagationConfig;
 use crate::rules::labels::DEFAULT_SELECTOR;
 use crate::rules::params::{Selector, TtlPolicy, TtlPolicyError};
 
@@ -32,6 +33,39 @@ pub struct SharedArgs {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub hierarchy: HierarchyArgs,
+}
+
+/// Namespace trees and propagation (issue 11), read the same way by both binaries.
+#[derive(Debug, Clone, Args)]
+pub struct HierarchyArgs {
+    /// YAML file of propagation modes per kind and GitOps metadata to strip from copies
+    /// (the `namespace-provisioner-propagation` ConfigMap). Without it: Roles and
+    /// RoleBindings only, always Propagate.
+    #[arg(long, env = "NP_PROPAGATION_CONFIG")]
+    pub propagation_config: Option<PathBuf>,
+
+    /// Deepest level a child may be created at (a root is at 0).
+    #[arg(long, env = "NP_MAX_DEPTH", default_value_t = 3)]
+    pub max_depth: usize,
+}
+
+impl HierarchyArgs {
+    /// The propagation configuration: the file's, or the default (Roles and RoleBindings).
+    pub fn propagation_config(&self) -> Result<PropagationConfig, ConfigError> {
+        let Some(path) = &self.propagation_config else {
+            return Ok(PropagationConfig::default());
+        };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadPropagation {
+            path: shown.clone(),
+            source,
+        })?;
+        PropagationConfig::from_yaml(&text)
+            .map_err(|source| ConfigError::ParsePropagation { path: shown, source })
+    }
 }
 
 /// What a managed set is and how long it may live.
@@ -114,6 +148,18 @@ pub enum ConfigError {
     },
     #[error("--role-rules-file {path} holds no rules")]
     NoRules { path: String },
+    #[error("read --propagation-config {path}")]
+    ReadPropagation {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--propagation-config {path}")]
+    ParsePropagation {
+        path: String,
+        #[source]
+        source: crate::rules::hierarchy::config::ConfigError,
+    },
 }
 
 impl PolicyArgs {
@@ -270,6 +316,45 @@ mod tests {
         assert_eq!(policy.default_ttl(), Duration::from_secs(3600));
         assert_eq!(policy.max(), Duration::from_secs(3600));
         assert_eq!(args.shared.kube.page_size, 500);
+        assert_eq!(args.shared.hierarchy.max_depth, 3);
+        assert_eq!(
+            args.shared.hierarchy.propagation_config().unwrap(),
+            PropagationConfig::default()
+        );
+    }
+
+    #[test]
+    fn shipped_propagation_config_map_holds_the_default() {
+        let manifest: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(include_str!("../../cronjob/base/propagation-config.yaml")).unwrap();
+        let text = manifest["data"]["propagation.yaml"].as_str().unwrap();
+        assert_eq!(
+            PropagationConfig::from_yaml(text).unwrap(),
+            PropagationConfig::default()
+        );
+    }
+
+    #[test]
+    fn propagation_config_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("propagation.yaml");
+        std::fs::write(&good, "resources:\n- kind: ConfigMap\n  mode: Remove\n").unwrap();
+        let args = Both::try_parse_from(["x", "--propagation-config", good.to_str().unwrap()]).unwrap();
+        assert_ne!(
+            args.shared.hierarchy.propagation_config().unwrap(),
+            PropagationConfig::default()
+        );
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "resources:\n- kind: ConfigMap\n  mode: Sometimes\n").unwrap();
+        let args = Both::try_parse_from(["x", "--propagation-config", bad.to_str().unwrap()]).unwrap();
+        let error = args.shared.hierarchy.propagation_config().unwrap_err();
+        assert!(matches!(error, ConfigError::ParsePropagation { .. }), "{error}");
+        let missing = dir.path().join("missing.yaml");
+        let args = Both::try_parse_from(["x", "--propagation-config", missing.to_str().unwrap()]).unwrap();
+        assert!(matches!(
+            args.shared.hierarchy.propagation_config(),
+            Err(ConfigError::ReadPropagation { .. })
+        ));
     }
 
     #[test]

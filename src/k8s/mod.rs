@@ -14,6 +14,7 @@
 //! [`managed_controller`]) is driven by it.
 
 mod client;
+mod dynamic;
 mod events;
 mod list;
 mod quota;
@@ -23,6 +24,10 @@ mod write;
 
 pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
 pub use client::{ClientError, client_config, counted_client, ping};
+pub use dynamic::{
+    ResolveKindsError, ResolvedKind, apply_dynamic, create_dynamic, delete_dynamic, list_dynamic,
+    patch_namespace_labels, replace_dynamic, resolve_kinds,
+};
 pub use events::EventRecorder;
 pub use list::{list_all, list_all_map, list_kind, list_namespaces};
 pub use quota::{

@@ -126,7 +126,7 @@ pub async fn get_namespace(client: &Client, name: &str) -> Result<Option<Namespa
 
 /// Delete only the object with `uid` (and `resource_version`, if given); the
 /// rest of the object's contents go in the background.
-fn guarded(uid: &str, resource_version: Option<&str>) -> DeleteParams {
+pub(super) fn guarded(uid: &str, resource_version: Option<&str>) -> DeleteParams {
     DeleteParams {
         preconditions: Some(Preconditions {
             uid: Some(uid.to_owned()),

@@ -1,0 +1,307 @@
+//! The propagation pipeline (issue 11): bring the copies of the ancestors' objects in one
+//! destination namespace up to date, for every configured kind whose mode is not `Ignore`.
+//! Shared by the provisioner (a new child, before it answers) and the reaper (every namespace
+//! in a tree, each sweep or watch event). Does Kubernetes I/O through [`crate::k8s`]; the
+//! decisions are [`crate::rules::hierarchy::propagation::plan_kind`]'s.
+//!
+//! One write per needed change: `InSync` writes nothing, `Create` is a POST, `Update` a PUT
+//! carrying the copy's resourceVersion, `Delete` a DELETE with the copy's uid as
+//! precondition, `Recreate` that DELETE then a POST. Conflicts, forged copies and skips are
+//! never written, only reported.
+
+use std::collections::BTreeMap;
+
+use kube::Client;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::k8s::{self, KubeError, ResolveKindsError, ResolvedKind};
+use crate::rules::hierarchy::config::{Mode, PropagationConfig};
+use crate::rules::hierarchy::propagation::{self, CopyPlan, KindInDestination, Skip};
+
+/// The propagation configuration with its kinds resolved against the API server.
+#[derive(Debug, Clone)]
+pub struct Propagation {
+    pub config: PropagationConfig,
+    pub kinds: Vec<ResolvedKind>,
+}
+
+impl Propagation {
+    /// Resolves the configuration's kinds (Roles and RoleBindings always) through discovery.
+    pub async fn discover(client: &Client, config: PropagationConfig) -> Result<Self, ResolveKindsError> {
+        let kinds = k8s::resolve_kinds(client, &config).await?;
+        Ok(Self { config, kinds })
+    }
+
+    /// The kinds something is done for (mode other than `Ignore`).
+    pub fn active_kinds(&self) -> impl Iterator<Item = &ResolvedKind> {
+        self.kinds.iter().filter(|kind| kind.mode != Mode::Ignore)
+    }
+}
+
+/// The namespace copies are synchronized into.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub name: &'a str,
+    /// Its labels, tree labels included: `select`/`treeSelect` exceptions read them.
+    pub labels: &'a BTreeMap<String, String>,
+}
+
+/// One object the sync could not or would not write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The source namespace (conflict), claimed source (forged), or the skip/failure reason.
+    pub detail: String,
+}
+
+/// What a sync did (or, in a dry run, would have done).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub created: usize,
+    pub updated: usize,
+    pub recreated: usize,
+    pub deleted: usize,
+    pub in_sync: usize,
+    /// A destination's own object has a source's name: never overwritten.
+    pub conflicts: Vec<Finding>,
+    /// Objects with the inherited-from label that are not provably ours: never touched.
+    pub forged: Vec<Finding>,
+    /// Sources passed over (never-propagated, invalid exceptions), one per source and reason.
+    pub skips: Vec<Finding>,
+    /// Writes that failed (the error chain in `detail`); the next sweep retries.
+    pub failures: Vec<Finding>,
+    /// Write requests sent.
+    pub writes: usize,
+}
+
+impl SyncReport {
+    /// Adds another report's counts and findings to this one.
+    pub fn merge(&mut self, other: SyncReport) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.recreated += other.recreated;
+        self.deleted += other.deleted;
+        self.in_sync += other.in_sync;
+        self.writes += other.writes;
+        self.conflicts.extend(other.conflicts);
+        self.forged.extend(other.forged);
+        self.skips.extend(other.skips);
+        self.failures.extend(other.failures);
+    }
+
+    /// Copies written (created, updated, recreated) or deleted.
+    pub fn changes(&self) -> usize {
+        self.created + self.updated + self.recreated + self.deleted
+    }
+}
+
+/// Why a destination could not be synchronized at all.
+#[derive(Debug, thiserror::Error)]
+#[error("list {kind} in namespace {namespace} for propagation")]
+pub struct SyncListError {
+    pub kind: String,
+    pub namespace: String,
+    #[source]
+    pub source: KubeError,
+}
+
+/// Synchronizes every active kind into `destination` from `ancestors` (top-most first),
+/// listing each ancestor's and the destination's objects. The provisioner calls this for a new
+/// child before it answers.
+pub async fn sync_namespace(
+    client: &Client,
+    propagation: &Propagation,
+    destination: Destination<'_>,
+    ancestors: &[String],
+    page_size: u32,
+) -> Result<SyncReport, SyncListError> {
+    let mut report = SyncReport::default();
+    for kind in propagation.active_kinds() {
+        let list = |namespace: String| async move {
+            k8s::list_dynamic(client, &kind.resource, Some(&namespace), "", page_size)
+                .await
+                .map_err(|source| SyncListError {
+                    kind: kind.label(),
+                    namespace,
+                    source,
+                })
+        };
+        let lists = futures::future::try_join_all(
+            ancestors
+                .iter()
+                .cloned()
+                .chain(std::iter::once(destination.name.to_string()))
+                .map(list),
+        )
+        .await?;
+        let (existing, sources) = lists
+            .split_last()
+            .map_or((&[][..], &[][..]), |(last, rest)| (last.as_slice(), rest));
+        let by_ancestor: Vec<(&str, &[Value])> = ancestors
+            .iter()
+            .map(String::as_str)
+            .zip(sources.iter().map(Vec::as_slice))
+            .collect();
+        let kind_report = sync_kind(
+            client,
+            propagation,
+            kind,
+            destination,
+            &by_ancestor,
+            existing,
+            false,
+        )
+        .await;
+        report.merge(kind_report);
+    }
+    Ok(report)
+}
+
+/// Plans one kind in one destination from already-listed objects and executes the plan
+/// (unless `dry_run`). The reaper lists each kind once cluster-wide and calls this per
+/// namespace.
+pub async fn sync_kind(
+    client: &Client,
+    propagation: &Propagation,
+    kind: &ResolvedKind,
+    destination: Destination<'_>,
+    ancestors: &[(&str, &[Value])],
+    existing: &[Value],
+    dry_run: bool,
+) -> SyncReport {
+    let plans = propagation::plan_kind(&KindInDestination {
+        mode: kind.mode,
+        strip: propagation.config.strip(),
+        destination: destination.name,
+        destination_labels: destination.labels,
+        ancestors,
+        existing,
+    });
+    let mut report = SyncReport::default();
+    let label = kind.label();
+    let finding = |name: &str, detail: String| Finding {
+        kind: label.clone(),
+        namespace: destination.name.to_string(),
+        name: name.to_string(),
+        detail,
+    };
+    for (name, plan) in plans {
+        for skip in &plan.skipped {
+            let (source_namespace, reason) = match skip {
+                Skip::Never { source_namespace, .. } | Skip::Exception { source_namespace, .. } => {
+                    (source_namespace, skip.kind())
+                }
+            };
+            let detail = format!("{source_namespace}: {reason}");
+            // The same source is seen from every descendant; report it once per sweep.
+            if !report.skips.iter().any(|f| f.name == name && f.detail == detail) {
+                report.skips.push(finding(&name, detail));
+            }
+        }
+        match plan.plan {
+            CopyPlan::Nothing => {}
+            CopyPlan::InSync => report.in_sync += 1,
+            CopyPlan::Conflict { source_namespace } => {
+                report.conflicts.push(finding(&name, source_namespace));
+            }
+            CopyPlan::Forged { claimed_source } => report.forged.push(finding(&name, claimed_source)),
+            write => {
+                let outcome = if dry_run {
+                    Ok(0)
+                } else {
+                    execute(client, &kind.resource, destination.name, &name, &write).await
+                };
+                match outcome {
+                    Ok(writes) => {
+                        report.writes += writes;
+                        match write {
+                            CopyPlan::Create { .. } => report.created += 1,
+                            CopyPlan::Update { .. } => report.updated += 1,
+                            CopyPlan::Recreate { .. } => report.recreated += 1,
+                            CopyPlan::Delete { .. } => report.deleted += 1,
+                            _ => {}
+                        }
+                    }
+                    Err((writes, error)) => {
+                        report.writes += writes;
+                        let chain = crate::telemetry::chain(&error);
+                        report
+                            .failures
+                            .push(finding(&name, format!("{}: {chain}", write.kind())));
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+/// Carries out one writing plan; returns the number of write requests sent.
+async fn execute(
+    client: &Client,
+    resource: &kube::discovery::ApiResource,
+    namespace: &str,
+    name: &str,
+    plan: &CopyPlan,
+) -> Result<usize, (usize, KubeError)> {
+    match plan {
+        CopyPlan::Create { copy } => k8s::create_dynamic(client, resource, namespace, copy)
+            .await
+            .map(|()| 1)
+            .map_err(|e| (1, e)),
+        CopyPlan::Update { copy } => k8s::replace_dynamic(client, resource, namespace, name, copy)
+            .await
+            .map(|()| 1)
+            .map_err(|e| (1, e)),
+        CopyPlan::Delete { uid, .. } => {
+            match k8s::delete_dynamic(client, resource, namespace, name, uid).await {
+                // Already gone is what we wanted.
+                Err(e) if e.is_not_found() => Ok(1),
+                other => other.map(|()| 1).map_err(|e| (1, e)),
+            }
+        }
+        CopyPlan::Recreate { uid, copy, .. } => {
+            match k8s::delete_dynamic(client, resource, namespace, name, uid).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err((1, e)),
+            }
+            k8s::create_dynamic(client, resource, namespace, copy)
+                .await
+                .map(|()| 2)
+                .map_err(|e| (2, e))
+        }
+        CopyPlan::Nothing | CopyPlan::InSync | CopyPlan::Conflict { .. } | CopyPlan::Forged { .. } => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_counts_and_findings() {
+        let mut a = SyncReport {
+            created: 1,
+            writes: 1,
+            ..SyncReport::default()
+        };
+        let b = SyncReport {
+            deleted: 2,
+            writes: 2,
+            conflicts: vec![Finding {
+                kind: "ConfigMap".into(),
+                namespace: "c".into(),
+                name: "x".into(),
+                detail: "p".into(),
+            }],
+            ..SyncReport::default()
+        };
+        a.merge(b);
+        assert_eq!((a.created, a.deleted, a.writes, a.changes()), (1, 2, 3, 3));
+        assert_eq!(a.conflicts.len(), 1);
+    }
+}
