@@ -16,8 +16,10 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::clock::{Clock, system_clock};
-use crate::k8s::{self, ApplyError, KubeError, TokenRequestError};
+use crate::k8s::{self, ApplyError, KubeError, ResolveKindsError, TokenRequestError};
+use crate::propagate::{self, Destination, Propagation, SyncListError};
 use crate::rules::desired::{DesiredSet, SetConfig, desired_set, namespace_to_create};
+use crate::rules::hierarchy::config::PropagationConfig;
 use crate::rules::hierarchy::tree::{DepthError, ParentAnnotationError, TooManyChildren};
 use crate::rules::kubeconfig::{self, Credentials};
 use crate::rules::labels::{self, TENANT_LABEL};
@@ -42,10 +44,11 @@ pub struct ProvisionerConfig {
     pub page_size: u32,
     /// Deepest a child may sit below its top-most ancestor (`--max-depth`; a root is at 0).
     pub max_depth: usize,
+    /// What propagates from ancestors into a new child (`--propagation-config`); its kinds are
+    /// resolved through discovery at the first child create, not at start-up, so a cold start
+    /// (Lambda) pays nothing for it.
+    pub propagation: PropagationConfig,
 }
-
-/// The default of `--max-depth`: deep enough for org → team → sub-team → experiment.
-pub const DEFAULT_MAX_DEPTH: usize = 4;
 
 /// What a create asks for beyond the tenant. Parsed and validated at the edge.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +66,8 @@ pub struct Provisioner {
     client: Client,
     config: Arc<ProvisionerConfig>,
     clock: Clock,
+    /// `config.propagation` resolved against the API server, once.
+    propagation: Arc<tokio::sync::OnceCell<Propagation>>,
 }
 
 /// A managed namespace as a tenant sees it.
@@ -192,6 +197,15 @@ pub enum ProvisionError {
         #[source]
         source: KubeError,
     },
+    #[error("resolve the propagated kinds")]
+    ResolveKinds(#[source] ResolveKindsError),
+    #[error(transparent)]
+    ListForCopies(#[from] SyncListError),
+    #[error("copy {} object(s) from the ancestors into {namespace}: {}", failures.len(), failures.join("; "))]
+    WriteCopies {
+        namespace: String,
+        failures: Vec<String>,
+    },
     #[error("quota is an allocation from a parent's budget; name the parent too")]
     QuotaWithoutParent,
     #[error(
@@ -278,6 +292,9 @@ impl ProvisionError {
             Self::BeyondParentExpiry { .. } => "beyond_parent_expiry",
             Self::ReadParent { .. } => "read_parent",
             Self::ListChildren { .. } => "list_children",
+            Self::ResolveKinds(_) => "resolve_kinds",
+            Self::ListForCopies(_) => "list_for_copies",
+            Self::WriteCopies { .. } => "write_copies",
             Self::QuotaWithoutParent => "quota_without_parent",
             Self::NoBudget { .. } => "no_budget",
             Self::SeveralBudgets { .. } => "several_budgets",
@@ -320,6 +337,8 @@ impl ProvisionError {
             | Self::ReadQuota { source, .. }
             | Self::WriteQuota { source, .. } => Some(source),
             Self::ApplyContents(e) => Some(&e.source),
+            Self::ListForCopies(e) => Some(&e.source),
+            Self::ResolveKinds(ResolveKindsError::Discover { source, .. }) => Some(source),
             Self::RequestToken(TokenRequestError::Api { source, .. }) => Some(source),
             _ => None,
         }
@@ -336,6 +355,7 @@ impl Provisioner {
             client,
             config: Arc::new(config),
             clock,
+            propagation: Arc::default(),
         }
     }
 
@@ -508,11 +528,17 @@ impl Provisioner {
             return Err(ProvisionError::NamespaceUnnamed);
         };
         let set = desired_set(&name, tenant, expiry, &self.config.set);
+        let labels = created.metadata.labels.clone().unwrap_or_default();
         let completed = async {
             if let Some(reservation) = &reservation {
                 self.create_allocation_quota(reservation).await?;
             }
-            self.complete(&set, expiry, server).await
+            // The set's own objects first: an ancestor's object of the same name is then a
+            // conflict (reported) instead of a copy the set would overwrite.
+            k8s::apply_contents(&self.client, &set).await?;
+            self.copy_from_ancestors(&name, &labels, &placement.ancestors)
+                .await?;
+            self.issue(&set, expiry, server).await
         };
         match completed.await {
             Ok(done) => {
@@ -535,6 +561,46 @@ impl Provisioner {
         }
     }
 
+    /// Write the new child's copies of its ancestors' objects, so the kubeconfig it gets works
+    /// at once with every right a propagated RoleBinding gives (HNC leaves a window here).
+    /// Conflicts and skips are logged; a failed write fails the create.
+    async fn copy_from_ancestors(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        ancestors: &[String],
+    ) -> Result<(), ProvisionError> {
+        let propagation = self
+            .propagation
+            .get_or_try_init(|| Propagation::discover(&self.client, self.config.propagation.clone()))
+            .await
+            .map_err(ProvisionError::ResolveKinds)?;
+        let destination = Destination { name, labels };
+        let report = propagate::sync_namespace(
+            &self.client,
+            propagation,
+            destination,
+            ancestors,
+            self.config.page_size,
+        )
+        .await?;
+        for conflict in &report.conflicts {
+            warn!(namespace = %name, kind = %conflict.kind, object = %conflict.name, source = %conflict.detail,
+                "the child's own object has the name of an ancestor's: not copied");
+        }
+        if !report.failures.is_empty() {
+            return Err(ProvisionError::WriteCopies {
+                namespace: name.to_owned(),
+                failures: report
+                    .failures
+                    .iter()
+                    .map(|f| format!("{} {}: {}", f.kind, f.name, f.detail))
+                    .collect(),
+            });
+        }
+        Ok(())
+    }
+
     /// Apply the namespace's contents and issue credentials.
     async fn complete(
         &self,
@@ -542,8 +608,18 @@ impl Provisioner {
         expiry: Expiry,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
-        let name = set.namespace.name_any();
         k8s::apply_contents(&self.client, set).await?;
+        self.issue(set, expiry, server).await
+    }
+
+    /// Credentials for a set whose contents exist.
+    async fn issue(
+        &self,
+        set: &DesiredSet,
+        expiry: Expiry,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let name = set.namespace.name_any();
         let now = (self.clock)();
         let issued = k8s::request_token(&self.client, &name, k8s::token_seconds(expiry.unix() - now)).await?;
         let server = server.unwrap_or_else(|| self.config.server.clone());

@@ -81,12 +81,6 @@ pub struct ProvisionerArgs {
     #[arg(long, env = "NP_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Deepest a sub-namespace may sit below its top-most ancestor (a root is at 0, its
-    /// children at 1). Creates that would go deeper get 400.
-    // Provisioner-only until the shared flag (reaper + provisioner) lands; then this moves.
-    #[arg(long, env = "NP_MAX_DEPTH", default_value_t = crate::provision::DEFAULT_MAX_DEPTH)]
-    pub max_depth: usize,
-
     #[command(flatten)]
     pub shared: SharedArgs,
 }
@@ -215,7 +209,8 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
         ca_pem: ca_pem(args.certificate_authority.as_deref(), &kube_config)?,
         max_namespaces_per_tenant: args.max_namespaces_per_tenant,
         page_size: args.shared.kube.page_size,
-        max_depth: args.max_depth,
+        max_depth: args.shared.hierarchy.max_depth,
+        propagation: args.shared.hierarchy.propagation_config()?,
     };
     let mut state = AppState::with_metrics(Provisioner::new(client, config), tokens, metrics)
         .map_err(RunError::DefaultTenant)?;
