@@ -25,7 +25,7 @@ use crate::rules::quota::resources::{Resources, ResourcesError};
 
 /// Ledger writes tried before a create gives up on a contended budget (each conflict means
 /// another writer landed: progress was made, just not ours).
-const LEDGER_ATTEMPTS: u32 = 12;
+const LEDGER_ATTEMPTS: u32 = 30;
 
 /// How long a reservation may wait for its namespace: past this the create gives up and
 /// releases. Shorter than the reaper's rebuild grace (300 s, `reaper::quota`) by a margin for
@@ -144,13 +144,17 @@ impl Provisioner {
         parent: &str,
         asked: bool,
     ) -> Result<Option<HierarchicalResourceQuota>, ProvisionError> {
-        let mut budgets =
-            k8s::list_budgets(&self.client, parent)
-                .await
-                .map_err(|source| ProvisionError::ReadBudget {
+        let mut budgets = match k8s::list_budgets(&self.client, parent).await {
+            Ok(budgets) => budgets,
+            // The CRD is not installed: no parent has a budget.
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(source) => {
+                return Err(ProvisionError::ReadBudget {
                     parent: parent.to_owned(),
                     source,
-                })?;
+                });
+            }
+        };
         match budgets.len() {
             0 if asked => Err(ProvisionError::NoBudget {
                 parent: parent.to_owned(),
