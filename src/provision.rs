@@ -4,6 +4,7 @@
 
 mod parent;
 mod quota;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,8 @@ use kube::{Client, ResourceExt};
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
+
+pub use view::{NamespaceView, ObjectRef, QuotaView};
 
 use crate::clock::{Clock, system_clock};
 use crate::k8s::{self, ApplyError, KubeError, ResolveKindsError, TokenRequestError};
@@ -570,11 +573,7 @@ impl Provisioner {
         labels: &BTreeMap<String, String>,
         ancestors: &[String],
     ) -> Result<(), ProvisionError> {
-        let propagation = self
-            .propagation
-            .get_or_try_init(|| Propagation::discover(&self.client, self.config.propagation.clone()))
-            .await
-            .map_err(ProvisionError::ResolveKinds)?;
+        let propagation = self.propagation().await?;
         let destination = Destination { name, labels };
         let report = propagate::sync_namespace(
             &self.client,

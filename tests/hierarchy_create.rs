@@ -228,6 +228,73 @@ async fn a_child_answers_with_its_copies_already_there() {
         .await;
     assert_eq!(compat.status, 201, "{}", compat.body);
     assert_eq!(svc.children(&team).await.len(), 2);
+
+    // The tree as the caller sees it: parent, children, copies and a conflict (the child's own
+    // RoleBinding named like a source of its parent's: reported, not overwritten).
+    let own = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("mine".into()),
+            ..ObjectMeta::default()
+        },
+        ..binding.clone()
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), &child)
+        .create(&PostParams::default(), &own)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &team)
+        .create(&PostParams::default(), &own)
+        .await
+        .unwrap();
+    let view = svc
+        .call("GET", &format!("/api/v1/namespaces/{child}"), Some(ALICE), None)
+        .await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    let view = view.json();
+    assert_eq!(view["parent"], team.as_str());
+    assert_eq!(view["children"], json!([]));
+    assert_eq!(view["copyCount"], 1);
+    assert_eq!(
+        view["copies"][0],
+        json!({"kind": "rbac.authorization.k8s.io/RoleBinding", "name": "team-readers", "source": team})
+    );
+    assert_eq!(
+        view["conflicts"],
+        json!([{"kind": "rbac.authorization.k8s.io/RoleBinding", "name": "mine", "source": team}])
+    );
+    assert_eq!(view["phase"], "Active");
+
+    // The subtree: both children are below team and below root; team itself is not alice's.
+    for ancestor in [&team, &root] {
+        let listed = svc
+            .call(
+                "GET",
+                &format!("/api/v1/namespaces?parent={ancestor}"),
+                Some(ALICE),
+                None,
+            )
+            .await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        assert_eq!(
+            listed.json()["items"].as_array().unwrap().len(),
+            2,
+            "{}",
+            listed.body
+        );
+    }
+    let elsewhere = svc
+        .call(
+            "GET",
+            &format!("/api/v1/namespaces?parent={child}"),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(elsewhere.json()["items"], json!([]));
+    let not_mine = svc
+        .call("GET", &format!("/api/v1/namespaces/{team}"), Some(ALICE), None)
+        .await;
+    assert_problem(&not_mine, 404, "no namespace");
 }
 
 #[tokio::test]

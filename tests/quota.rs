@@ -204,6 +204,18 @@ async fn the_api_server_enforces_the_child_allocation_and_the_parent_remainder()
     let refusal = fill_with_configmaps(&client, &child).await;
     assert!(refusal.contains("exceeded quota"), "{refusal}");
     assert_eq!(configmaps(&client, &child).await, 3);
+    // The namespace view shows the allocation and, once counted, the usage.
+    eventually(Duration::from_secs(30), "the view to show the usage", || async {
+        let view = svc
+            .call("GET", &format!("/api/v1/namespaces/{child}"), Some(ALICE), None)
+            .await;
+        let view = view.json();
+        (view["quota"]["allocation"]["count/configmaps"] == "3"
+            && view["quota"]["used"]["count/configmaps"] == "3")
+            .then_some(())
+            .ok_or_else(|| view.to_string())
+    })
+    .await;
 
     // The parent keeps budget − allocations = 2 (its kube-root-ca.crt is one of them).
     synced(&client, &parent, REMAINDER).await;

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, JsonBody, NamePath, QueryParams};
-use crate::provision::{CreateRequest, NamespaceInfo, Provisioned};
+use crate::provision::{CreateRequest, NamespaceInfo, NamespaceView, Provisioned};
 use crate::rules::kubeconfig;
 use crate::rules::params::{Expiry, ServerUrl, Ttl, is_dns_label};
 use crate::rules::quota::resources::{ResourceList, Resources};
@@ -263,26 +263,40 @@ pub async fn create(
         .into_response())
 }
 
-/// The caller's namespaces.
-#[utoipa::path(get, path = "/api/v1/namespaces", tag = "namespaces",
+/// Query of the list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only the caller's namespaces anywhere below this namespace (children, grandchildren, ...).
+    parent: Option<String>,
+}
+
+/// The caller's namespaces (below `parent`, when given).
+#[utoipa::path(get, path = "/api/v1/namespaces", tag = "namespaces", params(ListQuery),
     responses(
         (status = 200, description = "The caller's namespaces", body = NamespaceList),
+        (status = 400, description = "Bad parent", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(tenant): Caller,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<NamespaceList>, ApiError> {
-    let items = state.provisioner.list(&tenant).await?;
+    let items = match parse_parent(query.parent)? {
+        Some(parent) => state.provisioner.list_under(&tenant, &parent).await?,
+        None => state.provisioner.list(&tenant).await?,
+    };
     Ok(Json(NamespaceList { items }))
 }
 
-/// One of the caller's namespaces.
+/// One of the caller's namespaces, with its parent, children, copies, conflicts and allocation.
 #[utoipa::path(get, path = "/api/v1/namespaces/{name}", tag = "namespaces",
     params(("name" = String, Path, description = "namespace name")),
     responses(
-        (status = 200, description = "The namespace", body = NamespaceInfo),
+        (status = 200, description = "The namespace", body = NamespaceView),
         (status = 404, description = "Not one of the caller's namespaces", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -290,8 +304,8 @@ pub async fn get_one(
     State(state): State<AppState>,
     Caller(tenant): Caller,
     NamePath(name): NamePath,
-) -> Result<Json<NamespaceInfo>, ApiError> {
-    Ok(Json(state.provisioner.get(&tenant, &name).await?))
+) -> Result<Json<NamespaceView>, ApiError> {
+    Ok(Json(state.provisioner.describe(&tenant, &name).await?))
 }
 
 /// Delete one of the caller's namespaces.

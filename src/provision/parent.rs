@@ -131,7 +131,10 @@ impl Provisioner {
     /// The parent and the namespaces above it, read one by one up the parent labels. Stops
     /// at a missing ancestor (the forest then makes the last one a root), at a name seen
     /// twice (a ring: the forest halts it) and one past the depth limit (deep enough to refuse).
-    async fn ancestry(&self, parent: &Namespace) -> Result<Vec<ObservedNamespace>, ProvisionError> {
+    pub(super) async fn ancestry(
+        &self,
+        parent: &Namespace,
+    ) -> Result<Vec<ObservedNamespace>, ProvisionError> {
         let mut chain = vec![ObservedNamespace::from(parent)];
         let mut seen = BTreeSet::from([parent.name_any()]);
         while chain.len() <= self.config.max_depth + 1 {

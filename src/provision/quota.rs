@@ -190,7 +190,11 @@ impl Provisioner {
         Ok(effective_budget(&hard, inherited.as_ref()))
     }
 
-    async fn read_quota(&self, namespace: &str, name: &str) -> Result<Option<ResourceQuota>, ProvisionError> {
+    pub(super) async fn read_quota(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ResourceQuota>, ProvisionError> {
         k8s::get_quota(&self.client, namespace, name)
             .await
             .map_err(|source| ProvisionError::ReadQuota {
