@@ -18,19 +18,40 @@ use serde_json::Value;
 use crate::k8s::{self, KubeError, ResolveKindsError, ResolvedKind};
 use crate::rules::hierarchy::config::{Mode, PropagationConfig};
 use crate::rules::hierarchy::propagation::{self, CopyPlan, KindInDestination, Skip};
+use crate::rules::labels::is_managed;
+use crate::rules::params::Selector;
 
 /// The propagation configuration with its kinds resolved against the API server.
 #[derive(Debug, Clone)]
 pub struct Propagation {
     pub config: PropagationConfig,
     pub kinds: Vec<ResolvedKind>,
+    /// Objects carrying this label (the provisioner's own set in each managed namespace:
+    /// ServiceAccount, RoleBinding, Role) are never sources: every child has its own.
+    pub set_selector: Option<Selector>,
 }
 
 impl Propagation {
     /// Resolves the configuration's kinds (Roles and RoleBindings always) through discovery.
     pub async fn discover(client: &Client, config: PropagationConfig) -> Result<Self, ResolveKindsError> {
         let kinds = k8s::resolve_kinds(client, &config).await?;
-        Ok(Self { config, kinds })
+        Ok(Self {
+            config,
+            kinds,
+            set_selector: None,
+        })
+    }
+
+    /// Never propagate objects carrying `selector` (pass `--selector`; both binaries should).
+    pub fn excluding_sets(mut self, selector: Selector) -> Self {
+        self.set_selector = Some(selector);
+        self
+    }
+
+    fn is_source(&self, object: &Value) -> bool {
+        self.set_selector
+            .as_ref()
+            .is_none_or(|selector| !is_managed(selector, &propagation::labels(object)))
     }
 
     /// The kinds something is done for (mode other than `Ignore`).
@@ -172,6 +193,33 @@ pub async fn sync_kind(
     existing: &[Value],
     dry_run: bool,
 ) -> SyncReport {
+    // The provisioner's own set objects are filtered out of the sources (rarely any: cheap).
+    let filtered: Vec<(&str, Vec<Value>)>;
+    let sources: Vec<(&str, &[Value])>;
+    let ancestors = if propagation.set_selector.is_some()
+        && ancestors
+            .iter()
+            .any(|(_, objects)| objects.iter().any(|o| !propagation.is_source(o)))
+    {
+        filtered = ancestors
+            .iter()
+            .map(|(ns, objects)| {
+                let kept = objects
+                    .iter()
+                    .filter(|o| propagation.is_source(o))
+                    .cloned()
+                    .collect();
+                (*ns, kept)
+            })
+            .collect();
+        sources = filtered
+            .iter()
+            .map(|(ns, objects)| (*ns, objects.as_slice()))
+            .collect();
+        sources.as_slice()
+    } else {
+        ancestors
+    };
     let plans = propagation::plan_kind(&KindInDestination {
         mode: kind.mode,
         strip: propagation.config.strip(),

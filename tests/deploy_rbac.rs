@@ -607,8 +607,12 @@ async fn least_privilege_is_least() {
         // Its own ClusterRole too: RBAC allows binding what one holds, the
         // admission policy does not.
         for other in ["cluster-admin", "admin", "edit", "view", sa] {
-            assert!(
-                !can_i(kc, &["bind", &format!("clusterrole/{other}")]),
+            // The reaper propagates RoleBindings, so RBAC lets it bind any role (as HNC's
+            // manager); the admission policy refuses whatever is not a copy in a tree
+            // (tests/hierarchy_rbac.rs).
+            assert_eq!(
+                can_i(kc, &["bind", &format!("clusterrole/{other}")]),
+                sa == REAPER_SA,
                 "{who} bind {other}"
             );
             // In a managed namespace, so the admission policy lets it through
@@ -655,13 +659,18 @@ async fn least_privilege_is_least() {
             vec!["create", "pods", "-n", managed.as_str()],
             vec!["get", "configmaps", "-n", "kube-system"],
             vec!["create", "clusterrolebindings"],
-            vec!["escalate", "roles"],
             vec!["impersonate", "serviceaccounts"],
             vec!["update", "clusterroles"],
             vec!["create", "deployments.apps", "-n", NS],
         ] {
             assert!(!can_i(kc, &args), "{who} can {args:?}");
         }
+        // Writing Roles it propagates needs `escalate` (see cronjob/base/clusterrole.yaml).
+        assert_eq!(
+            can_i(kc, &["escalate", "roles"]),
+            sa == REAPER_SA,
+            "{who} escalate roles"
+        );
     }
 
     // TokenRequest: the provisioner may ask (RBAC can't scope it to managed

@@ -11,8 +11,11 @@ use clap::{Args, Parser, ValueEnum};
 use thiserror::Error;
 
 use super::{ConfigError, SharedArgs, shutdown_signal};
-use crate::k8s::ClientError;
+use crate::k8s::{ClientError, ResolveKindsError};
+use crate::propagate::Propagation;
+use crate::reaper::hierarchy::{self, TreeSweepConfig};
 use crate::reaper::plan::PlanConfig;
+use crate::reaper::tree_watch::TreeWatch;
 use crate::reaper::watch::{self, LeaseConfig, LeaseConfigError, WatchConfig, WatchError};
 use crate::reaper::{self, ReaperError, SweepConfig};
 
@@ -255,6 +258,8 @@ pub enum RunError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Sweep(#[from] ReaperError),
+    #[error(transparent)]
+    Discover(#[from] ResolveKindsError),
     #[error("encode the report as JSON")]
     Report(#[source] serde_json::Error),
     #[error("listen on --metrics-addr {addr}")]
@@ -276,7 +281,29 @@ pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
     let client = args.shared.kube.client().await?;
     match mode {
         ReaperMode::Sweep(config) => {
-            let report = reaper::run(&client, &config).await?;
+            let propagation_config = args
+                .shared
+                .hierarchy
+                .propagation_config()
+                .map_err(ReaperArgsError::from)?;
+            let mut report = reaper::run(&client, &config).await?;
+            // Trees after expiry: children of a namespace this sweep deleted go in the same run.
+            let propagation = Propagation::discover(&client, propagation_config)
+                .await?
+                .excluding_sets(config.plan.set.selector.clone());
+            let deleted = report.entries.iter().filter(|e| e.action == "delete").count();
+            let trees = TreeSweepConfig {
+                selector: config.plan.set.selector.clone(),
+                page_size: config.page_size,
+                concurrency: config.concurrency,
+                dry_run: config.dry_run,
+                deletions_left: config
+                    .plan
+                    .max_deletions
+                    .map(|max| usize::try_from(max).unwrap_or(usize::MAX).saturating_sub(deleted)),
+            };
+            report.trees =
+                Some(hierarchy::sweep(&client, &propagation, &trees, crate::clock::system_clock()).await?);
             let text = match args.output {
                 OutputFormat::Text => report.to_text(),
                 OutputFormat::Json => report.to_json().map_err(RunError::Report)? + "\n",
@@ -293,8 +320,22 @@ pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
                     addr: metrics_addr,
                     source,
                 })?;
+            let propagation_config = args
+                .shared
+                .hierarchy
+                .propagation_config()
+                .map_err(ReaperArgsError::from)?;
+            let propagation = Propagation::discover(&client, propagation_config)
+                .await?
+                .excluding_sets(config.plan.set.selector.clone());
+            let trees = TreeWatch {
+                propagation: std::sync::Arc::new(propagation),
+                selector: config.plan.set.selector.clone(),
+                page_size: config.page_size,
+                concurrency: usize::from(config.concurrency),
+            };
             let signals = shutdown_signal().map_err(RunError::Signals)?;
-            watch::watch(client, config, listener, signals).await?;
+            watch::watch_with_trees(client, config, Some(trees), listener, signals).await?;
             Ok(Ran::Watched)
         }
     }

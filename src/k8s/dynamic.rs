@@ -246,3 +246,29 @@ pub async fn patch_namespace_labels(
         .await?;
     Ok(())
 }
+
+/// Watch events of every object of `resource` in every namespace (re-listing after a break).
+pub fn watch_dynamic(
+    client: &Client,
+    resource: &ApiResource,
+) -> impl futures::Stream<
+    Item = Result<kube::runtime::watcher::Event<DynamicObject>, kube::runtime::watcher::Error>,
+> + Send
++ 'static {
+    let api = Api::<DynamicObject>::all_with(client.clone(), resource);
+    kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
+}
+
+/// Watch events of every Namespace (re-listing after a break).
+pub fn watch_namespaces(
+    client: &Client,
+) -> impl futures::Stream<
+    Item = Result<
+        kube::runtime::watcher::Event<k8s_openapi::api::core::v1::Namespace>,
+        kube::runtime::watcher::Error,
+    >,
+> + Send
++ 'static {
+    let api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
+}

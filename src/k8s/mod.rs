@@ -26,7 +26,7 @@ pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
 pub use client::{ClientError, client_config, counted_client, ping};
 pub use dynamic::{
     ResolveKindsError, ResolvedKind, apply_dynamic, create_dynamic, delete_dynamic, list_dynamic,
-    patch_namespace_labels, replace_dynamic, resolve_kinds,
+    patch_namespace_labels, replace_dynamic, resolve_kinds, watch_dynamic, watch_namespaces,
 };
 pub use events::EventRecorder;
 pub use list::{list_all, list_all_map, list_kind, list_namespaces};

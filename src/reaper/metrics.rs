@@ -27,6 +27,15 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub leader: Gauge,
     pub delete_delay: Histogram,
+    /// Namespace trees (issue 11).
+    pub copy_writes: Counter,
+    pub conflicts: Counter,
+    pub forged: Counter,
+    pub skips: Counter,
+    pub tree_label_patches: Counter,
+    pub cascades: Counter,
+    pub tree_pass_errors: Counter,
+    pub propagation_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -73,7 +82,62 @@ impl Default for Metrics {
             "Time from a namespace's expiry instant to its deletion",
             delete_delay.clone(),
         );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let copy_writes = counter(
+            &mut registry,
+            "copy_writes",
+            "Propagated copies created, updated, recreated or deleted",
+        );
+        let conflicts = counter(
+            &mut registry,
+            "copy_conflicts",
+            "Times a namespace's own object was found with a propagated source's name (never overwritten)",
+        );
+        let forged = counter(
+            &mut registry,
+            "copies_forged",
+            "Times an object claiming to be a copy without proof was found (never touched)",
+        );
+        let skips = counter(
+            &mut registry,
+            "propagation_skips",
+            "Sources passed over (never propagated, invalid exceptions), per destination",
+        );
+        let tree_label_patches = counter(
+            &mut registry,
+            "tree_label_patches",
+            "Namespaces whose tree labels were patched",
+        );
+        let cascades = counter(
+            &mut registry,
+            "cascades",
+            "Managed children deleted because their parent is gone, expiring or recreated",
+        );
+        let tree_pass_errors = counter(
+            &mut registry,
+            "tree_pass_errors",
+            "Failed tree passes and propagations",
+        );
+        // From the first event of a batch to the end of the pass that handled it.
+        let propagation_lag = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]);
+        registry.register(
+            "propagation_lag_seconds",
+            "Time from a tree or propagated-kind event to the end of the pass that handled it",
+            propagation_lag.clone(),
+        );
         Self {
+            copy_writes,
+            conflicts,
+            forged,
+            skips,
+            tree_label_patches,
+            cascades,
+            tree_pass_errors,
+            propagation_lag,
             registry,
             deletions,
             repairs,
@@ -105,6 +169,16 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Count what one propagation into a namespace did.
+    pub fn record_sync(&self, report: &crate::propagate::SyncReport) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.copy_writes.inc_by(count(report.changes()));
+        self.conflicts.inc_by(count(report.conflicts.len()));
+        self.forged.inc_by(count(report.forged.len()));
+        self.skips.inc_by(count(report.skips.len()));
+        self.tree_pass_errors.inc_by(count(report.failures.len()));
     }
 
     pub fn registry(&self) -> &Registry {

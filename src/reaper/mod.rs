@@ -25,11 +25,13 @@ pub mod diff;
 pub mod execute;
 #[cfg(test)]
 mod fixtures;
+pub mod hierarchy;
 pub mod metrics;
 pub mod observation;
 pub mod plan;
 pub mod quota;
 pub mod report;
+pub mod tree_watch;
 pub mod watch;
 
 use std::time::Instant;

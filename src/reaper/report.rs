@@ -117,6 +117,9 @@ pub struct Report {
     pub summary: Summary,
     /// Every set except those in sync with nothing to report.
     pub entries: Vec<Entry>,
+    /// Namespace trees: tree labels, cascades, propagation (`reaper` binary sweeps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trees: Option<super::hierarchy::TreeReport>,
 }
 
 impl Report {
@@ -146,12 +149,16 @@ impl Report {
                 entries.push(entry(set, outcome));
             }
         }
-        Self { summary: s, entries }
+        Self {
+            summary: s,
+            entries,
+            trees: None,
+        }
     }
 
     /// Whether anything failed (the process exits non-zero).
     pub fn failed(&self) -> bool {
-        self.summary.failed > 0
+        self.summary.failed > 0 || self.trees.as_ref().is_some_and(|t| t.failed())
     }
 
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
@@ -239,6 +246,9 @@ impl Report {
                 "deletion cap reached: {} expired namespaces left for the next run (--max-deletions {cap})",
                 s.deletions_capped
             );
+        }
+        if let Some(trees) = &self.trees {
+            out.push_str(&trees.to_text());
         }
         out
     }

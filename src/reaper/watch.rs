@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::execute::{ExecuteError, Executor, Outcome};
 use super::metrics::{self, InFlight, Metrics};
 use super::plan::{self, PlanConfig};
+use super::tree_watch::{self, TreeWatch};
 use super::{ReaperError, observe_namespace};
 use crate::clock::{system_clock, system_clock_f64};
 use crate::k8s;
@@ -126,6 +127,7 @@ impl ReconcileError {
 
 struct Context {
     client: Client,
+    trees: Option<TreeWatch>,
     executor: Executor,
     plan: PlanConfig,
     page_size: u32,
@@ -154,6 +156,17 @@ pub async fn watch(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WatchError> {
+    watch_with_trees(client, config, None, listener, shutdown).await
+}
+
+/// [`watch`], plus tree labels, cascades and propagation ([`tree_watch`]) while leading.
+pub async fn watch_with_trees(
+    client: Client,
+    config: WatchConfig,
+    trees: Option<TreeWatch>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WatchError> {
     let metrics = Arc::new(Metrics::default());
     let addr = listener.local_addr().ok();
     let (stop_http, http_stopped) = oneshot::channel::<()>();
@@ -166,6 +179,7 @@ pub async fn watch(
     let context = Arc::new(Context {
         executor: Executor::new(client.clone(), &config.lease.identity),
         client: client.clone(),
+        trees,
         plan: config.plan.clone(),
         page_size: config.page_size,
         metrics: metrics.clone(),
@@ -312,7 +326,23 @@ async fn lead(
     }
 }
 
+/// Aborts a task when dropped: the tree watch stops with the controller, also when aborted.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn run_controller(context: Arc<Context>, concurrency: u16, stopped: oneshot::Receiver<()>) {
+    let _trees = context.trees.clone().map(|trees| {
+        AbortOnDrop(tokio::spawn(tree_watch::run(
+            context.client.clone(),
+            trees,
+            context.metrics.clone(),
+        )))
+    });
     let selector = context.plan.set.selector.to_label_selector();
     k8s::managed_controller(&context.client, &selector)
         .with_config(controller::Config::default().concurrency(concurrency))
