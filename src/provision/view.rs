@@ -172,7 +172,12 @@ impl Provisioner {
     /// `config.propagation` resolved through discovery, once per process.
     pub(super) async fn propagation(&self) -> Result<&Propagation, ProvisionError> {
         self.propagation
-            .get_or_try_init(|| Propagation::discover(&self.client, self.config.propagation.clone()))
+            .get_or_try_init(|| async {
+                let discovered = Propagation::discover(&self.client, self.config.propagation.clone()).await?;
+                // A managed parent's own set (its ServiceAccount's RoleBinding) is not policy to
+                // hand down: the reaper excludes it too.
+                Ok(discovered.excluding_sets(self.config.set.selector.clone()))
+            })
             .await
             .map_err(ProvisionError::ResolveKinds)
     }
