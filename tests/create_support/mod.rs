@@ -32,9 +32,15 @@ pub struct Service {
 
 impl Service {
     pub async fn new() -> Service {
+        Self::with_client(None).await
+    }
+
+    /// The provisioner talks through `client` (e.g. one that counts requests), else the fixture's.
+    pub async fn with_client(client: Option<kube::Client>) -> Service {
         // The provisioner's logs (a 5xx's cause chain) in the test's output.
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let fx = Fixture::new(SELECTOR_KEY).await.create_grant(vec![]).await;
+        let client = client.unwrap_or_else(|| fx.client.clone());
         let config = ProvisionerConfig {
             set: fx.set.clone(),
             ttl: TtlPolicy::new(Duration::from_secs(1800), Some(Duration::from_secs(7200))).unwrap(),
@@ -47,7 +53,7 @@ impl Service {
             propagation: Default::default(),
         };
         let tokens = Tokens::parse(&format!("alice {ALICE}\nbob {BOB}\n")).unwrap();
-        let state = AppState::new(Provisioner::new(fx.client.clone(), config), Some(tokens)).unwrap();
+        let state = AppState::new(Provisioner::new(client, config), Some(tokens)).unwrap();
         Service {
             app: api::router(state, Duration::from_secs(120)),
             fx,
