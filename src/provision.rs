@@ -528,6 +528,9 @@ impl Provisioner {
             }
         };
         let Some(uid) = created.metadata.uid.clone() else {
+            if let Some(reservation) = &reservation {
+                self.release(reservation, None).await;
+            }
             return Err(ProvisionError::NamespaceUnnamed);
         };
         let set = desired_set(&name, tenant, expiry, &self.config.set);

@@ -386,3 +386,58 @@ async fn a_leaked_reservation_is_dropped_by_one_rebuild() {
     );
     created_name(&svc.create(json!({"parent": parent})).await);
 }
+
+#[tokio::test]
+async fn a_grandchild_allocates_from_its_parents_allocation() {
+    let svc = Service::new().await;
+    let client = svc.fx.client.clone();
+    let root = budgeted(&svc, json!({"count/pods": "10"}), None).await;
+    let child = created_name(
+        &svc.create(json!({"parent": root, "quota": {"count/pods": "2"}}))
+            .await,
+    );
+    // The administrator makes the child a parent with a budget larger than its allocation.
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &child,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {create_support::ALLOWED: "*"}}})),
+        )
+        .await
+        .unwrap();
+    let hrq: HierarchicalResourceQuota = serde_json::from_value(json!({
+        "apiVersion": "controller.observatorium.io/v1alpha1",
+        "kind": "HierarchicalResourceQuota",
+        "metadata": {"name": "budget", "namespace": child},
+        "spec": {"hard": {"count/pods": "5"}},
+    }))
+    .unwrap();
+    Api::<HierarchicalResourceQuota>::namespaced(client.clone(), &child)
+        .create(&PostParams::default(), &hrq)
+        .await
+        .unwrap();
+    // Clamped to the child's own allocation (2), not its HRQ's 5.
+    let too_big = svc
+        .create(json!({"parent": child, "quota": {"count/pods": "3"}}))
+        .await;
+    assert_problem(&too_big, 409, "count/pods asked 3, left 2");
+    let grandchild = created_name(
+        &svc.create(json!({"parent": child, "quota": {"count/pods": "2"}}))
+            .await,
+    );
+    assert_eq!(
+        hard(
+            &quota(&client, &grandchild, ALLOCATION).await.unwrap(),
+            "count/pods"
+        ),
+        "2"
+    );
+    assert_eq!(
+        hard(&quota(&client, &child, REMAINDER).await.unwrap(), "count/pods"),
+        "0"
+    );
+    assert_eq!(
+        hard(&quota(&client, &root, REMAINDER).await.unwrap(), "count/pods"),
+        "8"
+    );
+}
