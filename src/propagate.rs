@@ -273,6 +273,15 @@ pub async fn sync_kind(
                             _ => {}
                         }
                     }
+                    Err((writes, error)) if is_terminating_namespace(&error) => {
+                        // The destination started going away after it was listed: so do its
+                        // copies. Not a failure (a sweep would otherwise exit non-zero).
+                        report.writes += writes;
+                        report.skips.push(finding(
+                            &name,
+                            format!("{}: namespace-terminating", destination.name),
+                        ));
+                    }
                     Err((writes, error)) => {
                         report.writes += writes;
                         let chain = crate::telemetry::chain(&error);
@@ -285,6 +294,12 @@ pub async fn sync_kind(
         }
     }
     report
+}
+
+/// The API server's NamespaceLifecycle admission refuses new objects in a namespace being
+/// deleted with a 403 that says so; no other field of the Status tells this case apart.
+fn is_terminating_namespace(error: &KubeError) -> bool {
+    error.status_code() == Some(403) && error.to_string().contains("because it is being terminated")
 }
 
 /// Carries out one writing plan; returns the number of write requests sent.

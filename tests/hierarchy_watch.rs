@@ -46,6 +46,7 @@ async fn watch_propagates_source_edits_restores_copies_and_cascades() {
         selector: fx.selector.clone(),
         page_size: 500,
         concurrency: 4,
+        instance: "test".into(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -154,6 +155,25 @@ async fn watch_propagates_source_edits_restores_copies_and_cascades() {
         "watch propagation: {lag_count} passes, mean {:.1} ms per pass (propagation_lag_seconds)",
         1000.0 * lag_sum / lag_count.max(1.0)
     );
+
+    // A conflict (a's own object with a source's name) is reported once as an Event.
+    config_map(&client, &a, "taken", "mine", &[], &[]).await;
+    config_map(&client, &parent, "taken", "source", &[], &[]).await;
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "default");
+    eventually(WAIT, "a PropagationConflict Event about a", || async {
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("PropagationConflict")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(a.as_str())
+            })
+    })
+    .await;
+    assert_eq!(data_in(&client, &a, "taken").await.as_deref(), Some("mine"));
 
     // A managed child of a deleted parent is reaped (cascade), at once.
     let mut set = fx.desired(&unique("hw-m"), support::now() + 3600);

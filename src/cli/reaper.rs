@@ -333,6 +333,7 @@ pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
                 selector: config.plan.set.selector.clone(),
                 page_size: config.page_size,
                 concurrency: usize::from(config.concurrency),
+                instance: config.lease.identity.clone(),
             };
             let signals = shutdown_signal().map_err(RunError::Signals)?;
             watch::watch_with_trees(client, config, Some(trees), listener, signals).await?;

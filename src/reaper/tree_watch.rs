@@ -10,7 +10,7 @@
 //! so a burst (a new tree, a relist) costs one plan. The reaper's own writes come back as
 //! events and find everything in sync: one LIST each, no write.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,13 +21,15 @@ use kube::runtime::watcher::Event;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::execute::REPORTING_CONTROLLER;
 use super::hierarchy::{
     TreeNamespace, TreePlan, TreeSweepConfig, observe_objects, plan_namespaces, sync_all,
 };
 use super::metrics::Metrics;
 use crate::clock::system_clock;
 use crate::k8s;
-use crate::propagate::{Destination, Propagation, SyncReport, sync_namespace};
+use crate::k8s::EventRecorder;
+use crate::propagate::{Destination, Finding, Propagation, SyncReport, sync_namespace};
 use crate::rules::hierarchy::tree::Forest;
 use crate::rules::params::Selector;
 use crate::telemetry::chain;
@@ -43,6 +45,8 @@ pub struct TreeWatch {
     pub selector: Selector,
     pub page_size: u32,
     pub concurrency: usize,
+    /// Names this replica in the Events it emits.
+    pub instance: String,
 }
 
 /// What an event can change.
@@ -107,6 +111,8 @@ pub async fn run(client: Client, trees: TreeWatch, metrics: Arc<Metrics>) {
         }));
     }
     drop(tx);
+    let recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, &trees.instance);
+    let mut reported: BTreeSet<(String, String, String)> = BTreeSet::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -114,11 +120,15 @@ pub async fn run(client: Client, trees: TreeWatch, metrics: Arc<Metrics>) {
         }
         let oldest = batch.iter().map(|(_, at)| *at).min();
         let triggers: Vec<Trigger> = batch.into_iter().map(|(t, _)| t).collect();
-        if let Err(error) = pass(&client, &trees, &metrics, &triggers).await {
-            warn!(error = %chain(&error), "tree pass failed; the next event retries");
-            metrics.tree_pass_errors.inc();
-            continue;
-        }
+        let found = match pass(&client, &trees, &metrics, &triggers).await {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(error = %chain(&error), "tree pass failed; the next event retries");
+                metrics.tree_pass_errors.inc();
+                continue;
+            }
+        };
+        report_new_conflicts(&recorder, &mut reported, found).await;
         if let Some(oldest) = oldest {
             metrics.propagation_lag.observe(oldest.elapsed().as_secs_f64());
         }
@@ -151,7 +161,7 @@ async fn pass(
     trees: &TreeWatch,
     metrics: &Metrics,
     triggers: &[Trigger],
-) -> Result<(), k8s::KubeError> {
+) -> Result<Found, k8s::KubeError> {
     let namespaces: Vec<TreeNamespace> = k8s::list_namespaces(client, "", trees.page_size)
         .await?
         .iter()
@@ -159,7 +169,15 @@ async fn pass(
         .collect();
     let forest = Forest::build(namespaces.iter().map(|n| &n.observed));
     let plan = plan_namespaces(&namespaces, system_clock());
+    let uids: BTreeMap<String, String> = namespaces
+        .iter()
+        .map(|n| (n.observed.name.clone(), n.observed.uid.clone()))
+        .collect();
     drop(namespaces);
+    let mut found = Found {
+        uids,
+        conflicts: Vec::new(),
+    };
     for (name, patch) in &plan.label_patches {
         match k8s::patch_namespace_labels(client, name, patch).await {
             Ok(()) => {
@@ -208,13 +226,14 @@ async fn pass(
             Ok(objects) => {
                 let report = sync_all(client, &trees.propagation, &plan, &objects, &config).await;
                 metrics.record_sync(&report);
+                found.conflicts.extend(report.conflicts);
             }
             Err(error) => {
                 metrics.tree_pass_errors.inc();
                 warn!(error = %chain(&error), "propagation");
             }
         }
-        return Ok(());
+        return Ok(found);
     }
     // Collected first: a lazy iterator of borrowing closures is not provably Send in a task.
     let mut syncs = Vec::with_capacity(targets.len());
@@ -234,16 +253,58 @@ async fn pass(
         .await;
     for report in reports {
         match report {
-            Ok(report) => metrics.record_sync(&report),
+            Ok(report) => {
+                metrics.record_sync(&report);
+                found.conflicts.extend(report.conflicts);
+            }
             Err(error) => {
                 metrics.tree_pass_errors.inc();
                 warn!(error = %chain(&error), "propagation");
             }
         }
     }
-    Ok(())
+    Ok(found)
 }
 
+/// What a pass found that is reported as Events.
+struct Found {
+    /// Namespace uids, for the Events' references.
+    uids: BTreeMap<String, String>,
+    conflicts: Vec<Finding>,
+}
+
+/// One Event per conflict the first time this replica sees it (on the destination Namespace),
+/// not on every pass: Events are for people, the metric counts every sighting.
+async fn report_new_conflicts(
+    recorder: &EventRecorder,
+    reported: &mut BTreeSet<(String, String, String)>,
+    found: Found,
+) {
+    for conflict in found.conflicts {
+        let key = (
+            conflict.namespace.clone(),
+            conflict.kind.clone(),
+            conflict.name.clone(),
+        );
+        if reported.contains(&key) {
+            continue;
+        }
+        let uid = found.uids.get(&conflict.namespace).map_or("", String::as_str);
+        let note = format!(
+            "{} {} in {} has the name of an object propagated from {}: left as it is, not propagated here",
+            conflict.kind, conflict.name, conflict.namespace, conflict.detail
+        );
+        match recorder
+            .on_namespace(&conflict.namespace, uid, "PropagationConflict", "Propagate", note)
+            .await
+        {
+            Ok(()) => {
+                reported.insert(key);
+            }
+            Err(error) => debug!(error = %chain(&error), "conflict Event"),
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

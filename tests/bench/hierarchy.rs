@@ -210,6 +210,7 @@ async fn watch_one_edit(
         selector: fx.selector.clone(),
         page_size: PAGE_SIZE,
         concurrency: 16,
+        instance: "bench".into(),
     };
     let task = tokio::spawn(watch_with_trees(
         client.clone(),
