@@ -322,6 +322,20 @@ async fn a_child_never_outlives_its_parent() {
         "child {expiry} after parent {parent_expiry}"
     );
 
+    // No ttl asked: the default (30m) ends with a parent that expires sooner, not refused.
+    let soon = now() + 600;
+    let short_lived = svc
+        .namespace("short-lived", &[(EXPIRY, &soon.to_string())], &[(ALLOWED, "*")])
+        .await;
+    let defaulted = created_name(&svc.create(json!({"parent": short_lived})).await);
+    let capped = Api::<Namespace>::all(svc.fx.client.clone())
+        .get(&defaulted)
+        .await
+        .unwrap()
+        .labels()[EXPIRY]
+        .clone();
+    assert_eq!(capped, soon.to_string());
+
     // Extending past the parent's expiry is refused, naming it; the child keeps its expiry.
     let extend = svc
         .call(

@@ -102,7 +102,8 @@ impl Provisioner {
 
         let max = policy.effective_max_ttl(self.config.ttl.max());
         let ttl_secs = resolve_under(&self.config.ttl, ttl, max, parent_name)?;
-        let expiry = bounded_expiry(&parent, parent_name, now, ttl_secs)?;
+        let asked = ttl.is_some_and(|t| !t.duration().is_zero());
+        let expiry = expiry_under(&parent, parent_name, now, ttl_secs, asked)?;
 
         let live = self.live_children(parent_name).await?;
         policy
@@ -216,6 +217,23 @@ fn resolve_under(
     Ok(secs)
 }
 
+/// A new child's expiry. No TTL asked: the default ends with the parent rather than being
+/// refused; an explicit ask past the parent's expiry is a 400.
+fn expiry_under(
+    parent: &Namespace,
+    parent_name: &str,
+    now: i64,
+    ttl_secs: u64,
+    asked: bool,
+) -> Result<Expiry, ProvisionError> {
+    match bounded_expiry(parent, parent_name, now, ttl_secs) {
+        Err(refused) if !asked => labels::expiry_of(parent.labels())
+            .filter(|e| e.unix() > now)
+            .ok_or(refused),
+        other => other,
+    }
+}
+
 /// `now + ttl`, refused when it is after the parent's expiry (a parent without one bounds nothing).
 fn bounded_expiry(
     parent: &Namespace,
@@ -287,6 +305,10 @@ mod tests {
         let message = refused.to_string();
         assert!(message.contains("1970-01-01T00:16:40Z"), "{message}");
         assert!(message.contains("15m"), "{message}");
+        // The default (nothing asked) ends with the parent instead.
+        assert_eq!(expiry_under(&parent, "p", 100, 901, false).unwrap().unix(), 1_000);
+        assert!(expiry_under(&parent, "p", 100, 901, true).is_err());
+        assert!(expiry_under(&parent, "p", 1_000, 1, false).is_err());
         // A parent without an expiry (an administrator's namespace) bounds nothing.
         assert!(bounded_expiry(&parent_expiring(None), "p", 100, 1_000_000).is_ok());
     }
