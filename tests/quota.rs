@@ -103,8 +103,9 @@ async fn synced(client: &Client, namespace: &str, name: &str) {
     .await;
 }
 
-/// Create ConfigMaps in `namespace` until the API server refuses; the refusal's message.
-async fn fill_with_configmaps(client: &Client, namespace: &str) -> String {
+/// Create ConfigMaps in `namespace` until the API server refuses; how many it admitted and the
+/// refusal's message.
+async fn fill_with_configmaps(client: &Client, namespace: &str) -> (usize, String) {
     let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
     for i in 0..20 {
         let cm = ConfigMap {
@@ -115,10 +116,18 @@ async fn fill_with_configmaps(client: &Client, namespace: &str) -> String {
             ..ConfigMap::default()
         };
         if let Err(e) = api.create(&PostParams::default(), &cm).await {
-            return e.to_string();
+            return (i, e.to_string());
         }
     }
     panic!("20 ConfigMaps admitted in {namespace}: no quota bounds it");
+}
+
+async fn used(client: &Client, namespace: &str, name: &str, resource: &str) -> usize {
+    let quota = quota(client, namespace, name).await.unwrap();
+    quota.status.unwrap().used.unwrap_or_default()[resource]
+        .0
+        .parse()
+        .unwrap()
 }
 
 async fn configmaps(client: &Client, namespace: &str) -> usize {
@@ -201,17 +210,27 @@ async fn the_api_server_enforces_the_child_allocation_and_the_parent_remainder()
     assert_eq!(hard(&allocation, "count/configmaps"), "3");
 
     synced(&client, &child, ALLOCATION).await;
-    let refusal = fill_with_configmaps(&client, &child).await;
+    // What the quota counts already: the root CA ConfigMap, unless the controller-manager
+    // wrote it in the instant before the quota existed (see NOTES: that system object can
+    // slip in uncounted at first; nothing of the tenant's can, no token exists yet).
+    let counted = used(&client, &child, ALLOCATION, "count/configmaps").await;
+    let (admitted, refusal) = fill_with_configmaps(&client, &child).await;
     assert!(refusal.contains("exceeded quota"), "{refusal}");
-    assert_eq!(configmaps(&client, &child).await, 3);
+    assert_eq!(
+        admitted + counted,
+        3,
+        "admitted {admitted} beside {counted} counted"
+    );
     // The namespace view shows the allocation and, once counted, the usage.
     eventually(Duration::from_secs(30), "the view to show the usage", || async {
         let view = svc
             .call("GET", &format!("/api/v1/namespaces/{child}"), Some(ALICE), None)
             .await;
         let view = view.json();
-        (view["quota"]["allocation"]["count/configmaps"] == "3"
-            && view["quota"]["used"]["count/configmaps"] == "3")
+        let used = view["quota"]["used"]["count/configmaps"]
+            .as_str()
+            .and_then(|u| u.parse::<usize>().ok());
+        (view["quota"]["allocation"]["count/configmaps"] == "3" && used.is_some_and(|u| u >= 3))
             .then_some(())
             .ok_or_else(|| view.to_string())
     })
@@ -226,7 +245,7 @@ async fn the_api_server_enforces_the_child_allocation_and_the_parent_remainder()
         ),
         "2"
     );
-    let refusal = fill_with_configmaps(&client, &parent).await;
+    let (_, refusal) = fill_with_configmaps(&client, &parent).await;
     assert!(refusal.contains("exceeded quota"), "{refusal}");
     assert_eq!(configmaps(&client, &parent).await, 2);
 }
