@@ -5,6 +5,11 @@
 //! for children). Decides with [`crate::rules`], does every Kubernetes call
 //! through [`crate::k8s`], reads the time from its [`Clock`].
 
+mod parent;
+mod quota;
+mod view;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -14,15 +19,23 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use view::{NamespaceView, ObjectRef, QuotaView};
+
 use crate::clock::{Clock, system_clock};
-use crate::k8s::{self, ApplyError, KubeError, TokenRequestError};
+use crate::k8s::{self, ApplyError, KubeError, ResolveKindsError, TokenRequestError};
+use crate::propagate::{self, Destination, Propagation, SyncListError};
 use crate::rules::auth::{Identity, Right, Verb};
 use crate::rules::desired::{DesiredSet, Owner, SetConfig, desired_set_for, namespace_to_create_for};
+use crate::rules::hierarchy::config::PropagationConfig;
+use crate::rules::hierarchy::tree::{DepthError, ParentAnnotationError, TooManyChildren};
 use crate::rules::kubeconfig::{self, Credentials};
 use crate::rules::labels::{self, OWNER_ANNOTATION, TENANT_LABEL};
 use crate::rules::params::{
     Expiry, NamePrefix, ServerUrl, TenantName, Ttl, TtlError, TtlPolicy, is_dns_label,
 };
+use crate::rules::quota::allocation::{AllocationError, Refusal};
+use crate::rules::quota::ledger;
+use crate::rules::quota::resources::{Resources, ResourcesError};
 
 mod authorize;
 
@@ -38,6 +51,25 @@ pub struct ProvisionerConfig {
     pub ca_pem: Option<Vec<u8>>,
     pub max_namespaces_per_tenant: Option<u32>,
     pub page_size: u32,
+    /// Deepest a child may sit below its top-most ancestor (`--max-depth`; a root is at 0).
+    pub max_depth: usize,
+    /// What propagates from ancestors into a new child (`--propagation-config`); its kinds are
+    /// resolved through discovery at the first child create, not at start-up, so a cold start
+    /// (Lambda) pays nothing for it.
+    pub propagation: PropagationConfig,
+}
+
+/// What a create asks for beyond the tenant. Parsed and validated at the edge.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub ttl: Option<Ttl>,
+    pub server: Option<ServerUrl>,
+    /// Create a sub-namespace of this parent (a DNS label).
+    pub parent: Option<String>,
+    /// The allocation asked from the parent's budget (else its `defaultAllocation`).
+    pub quota: Option<Resources>,
+    /// Also bind a Kubernetes caller's own user to the grant ClusterRole inside it.
+    pub bind_caller: bool,
 }
 
 #[derive(Clone)]
@@ -45,6 +77,8 @@ pub struct Provisioner {
     client: Client,
     config: Arc<ProvisionerConfig>,
     clock: Clock,
+    /// `config.propagation` resolved against the API server, once.
+    propagation: Arc<tokio::sync::OnceCell<Propagation>>,
 }
 
 /// A managed namespace as a tenant sees it.
@@ -99,8 +133,9 @@ pub enum ProvisionError {
     },
     #[error("create namespace: the API server returned no name")]
     NamespaceUnnamed,
+    // Boxed: the largest variant, and every Result of this type carries its size.
     #[error(transparent)]
-    ApplyContents(#[from] ApplyError),
+    ApplyContents(Box<ApplyError>),
     #[error("apply namespace {name}")]
     ApplyNamespace {
         name: String,
@@ -140,6 +175,120 @@ pub enum ProvisionError {
         #[source]
         source: KubeError,
     },
+    #[error("parent namespace {parent} does not exist; name an existing parent")]
+    ParentNotFound { parent: String },
+    #[error("parent namespace {parent} is being deleted; no new children can be created under it")]
+    ParentTerminating { parent: String },
+    #[error(
+        "namespace {parent} is not a parent: it has no {annotation} annotation; ask an administrator to add one naming your tenant",
+        annotation = crate::rules::hierarchy::keys::ALLOWED_TENANTS_ANNOTATION
+    )]
+    NotAParent { parent: String },
+    #[error(
+        "tenant {tenant} may not create children under {parent}: it is not in the parent's {annotation} annotation",
+        annotation = crate::rules::hierarchy::keys::ALLOWED_TENANTS_ANNOTATION
+    )]
+    TenantNotAllowed { parent: String, tenant: String },
+    #[error("parent {parent} is misconfigured; ask an administrator to fix it: {source}")]
+    ParentAnnotation {
+        parent: String,
+        source: ParentAnnotationError,
+    },
+    #[error("{0}")]
+    Depth(DepthError),
+    #[error("{0}; delete one of its children or wait for one to expire")]
+    TooManyChildren(TooManyChildren),
+    #[error("ttl {requested} is above the maximum {max} of parent {parent}; ask for at most {max}")]
+    AboveParentMaxTtl {
+        parent: String,
+        requested: String,
+        max: String,
+    },
+    #[error(
+        "a child may not outlive its parent: parent {parent} expires at {parent_expires_at}; ask for a ttl of at most {left}"
+    )]
+    BeyondParentExpiry {
+        parent: String,
+        parent_expires_at: String,
+        left: String,
+    },
+    #[error("read parent namespace {parent}")]
+    ReadParent {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("list the children of {parent}")]
+    ListChildren {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("resolve the propagated kinds")]
+    ResolveKinds(#[source] ResolveKindsError),
+    #[error(transparent)]
+    ListForCopies(#[from] SyncListError),
+    #[error("copy {} object(s) from the ancestors into {namespace}: {}", failures.len(), failures.join("; "))]
+    WriteCopies {
+        namespace: String,
+        failures: Vec<String>,
+    },
+    #[error("quota is an allocation from a parent's budget; name the parent too")]
+    QuotaWithoutParent,
+    #[error(
+        "parent {parent} has no budget (HierarchicalResourceQuota) to allocate quota from; leave quota out or ask an administrator for a budget"
+    )]
+    NoBudget { parent: String },
+    #[error("parent {parent} has several budgets ({}); an administrator must keep one", names.join(", "))]
+    SeveralBudgets { parent: String, names: Vec<String> },
+    #[error("budget {parent}/{budget} cannot be read; ask an administrator to fix it: {source}")]
+    BudgetUnreadable {
+        parent: String,
+        budget: String,
+        source: ResourcesError,
+    },
+    #[error("quota under parent {parent}: {source}")]
+    Allocation { parent: String, source: AllocationError },
+    #[error("parent {parent}: {refusal}")]
+    QuotaRefused { parent: String, refusal: Refusal },
+    #[error("the budget of {parent} is being changed by many creates at once; retry")]
+    LedgerContended { parent: String },
+    #[error("the quota of {namespace} was not applied by the quota controller in time")]
+    QuotaNotSynced { namespace: String },
+    #[error("the reservation under {parent} waited too long for its namespace")]
+    ReservationExpired { parent: String },
+    #[error("read the budget of {parent}")]
+    ReadBudget {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("write the quota ledger of {parent}")]
+    WriteLedger {
+        parent: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("read quota {namespace}/{name}")]
+    ReadQuota {
+        namespace: String,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
+    #[error("write quota {namespace}/{name}")]
+    WriteQuota {
+        namespace: String,
+        name: String,
+        #[source]
+        source: KubeError,
+    },
+}
+
+impl From<ApplyError> for ProvisionError {
+    fn from(error: ApplyError) -> Self {
+        Self::ApplyContents(Box::new(error))
+    }
 }
 
 impl ProvisionError {
@@ -162,6 +311,33 @@ impl ProvisionError {
             Self::Forbidden { .. } => "forbidden",
             Self::BindNeedsUser => "bind_needs_user",
             Self::ReviewAccess { .. } => "review_access",
+            Self::ParentNotFound { .. } => "parent_not_found",
+            Self::ParentTerminating { .. } => "parent_terminating",
+            Self::NotAParent { .. } => "not_a_parent",
+            Self::TenantNotAllowed { .. } => "tenant_not_allowed",
+            Self::ParentAnnotation { .. } => "parent_annotation",
+            Self::Depth(_) => "too_deep",
+            Self::TooManyChildren(_) => "too_many_children",
+            Self::AboveParentMaxTtl { .. } => "above_parent_max_ttl",
+            Self::BeyondParentExpiry { .. } => "beyond_parent_expiry",
+            Self::ReadParent { .. } => "read_parent",
+            Self::ListChildren { .. } => "list_children",
+            Self::ResolveKinds(_) => "resolve_kinds",
+            Self::ListForCopies(_) => "list_for_copies",
+            Self::WriteCopies { .. } => "write_copies",
+            Self::QuotaWithoutParent => "quota_without_parent",
+            Self::NoBudget { .. } => "no_budget",
+            Self::SeveralBudgets { .. } => "several_budgets",
+            Self::BudgetUnreadable { .. } => "budget_unreadable",
+            Self::Allocation { .. } => "allocation",
+            Self::QuotaRefused { refusal, .. } => refusal.kind(),
+            Self::LedgerContended { .. } => "ledger_contended",
+            Self::QuotaNotSynced { .. } => "quota_not_synced",
+            Self::ReservationExpired { .. } => "reservation_expired",
+            Self::ReadBudget { .. } => "read_budget",
+            Self::WriteLedger { .. } => "write_ledger",
+            Self::ReadQuota { .. } => "read_quota",
+            Self::WriteQuota { .. } => "write_quota",
         }
     }
 
@@ -184,8 +360,16 @@ impl ProvisionError {
             | Self::ReadNamespace { source, .. }
             | Self::ListNamespaces { source }
             | Self::DeleteNamespace { source, .. }
-            | Self::ReviewAccess { source, .. } => Some(source),
+            | Self::ReviewAccess { source, .. }
+            | Self::ReadParent { source, .. }
+            | Self::ListChildren { source, .. }
+            | Self::ReadBudget { source, .. }
+            | Self::WriteLedger { source, .. }
+            | Self::ReadQuota { source, .. }
+            | Self::WriteQuota { source, .. } => Some(source),
             Self::ApplyContents(e) => Some(&e.source),
+            Self::ListForCopies(e) => Some(&e.source),
+            Self::ResolveKinds(ResolveKindsError::Discover { source, .. }) => Some(source),
             Self::RequestToken(TokenRequestError::Api { source, .. }) => Some(source),
             _ => None,
         }
@@ -202,6 +386,7 @@ impl Provisioner {
             client,
             config: Arc::new(config),
             clock,
+            propagation: Arc::default(),
         }
     }
 
@@ -217,10 +402,6 @@ impl Provisioner {
     /// Create a namespace set for `who` and return its kubeconfig;
     /// `bind_caller` also binds a Kubernetes caller's user to the grant
     /// ClusterRole inside it.
-    ///
-    /// The work after the Namespace is created runs in its own task, so a
-    /// caller that disconnects cannot leave a half-made set: the task finishes
-    /// it or rolls it back either way.
     pub async fn create(
         &self,
         who: &Identity,
@@ -228,23 +409,70 @@ impl Provisioner {
         server: Option<ServerUrl>,
         bind_caller: bool,
     ) -> Result<Provisioned, ProvisionError> {
-        let ttl_secs = self.config.ttl.resolve(ttl)?;
+        self.create_with(
+            who,
+            CreateRequest {
+                ttl,
+                server,
+                bind_caller,
+                ..CreateRequest::default()
+            },
+        )
+        .await
+    }
+
+    /// Create a namespace set (under a parent, if the request names one) and return its
+    /// kubeconfig. RBAC (for a Kubernetes caller) is asked in the parent, or cluster-wide
+    /// for a top-level namespace.
+    ///
+    /// The work after the Namespace is created runs in its own task, so a
+    /// caller that disconnects cannot leave a half-made set: the task finishes
+    /// it or rolls it back either way.
+    pub async fn create_with(
+        &self,
+        who: &Identity,
+        request: CreateRequest,
+    ) -> Result<Provisioned, ProvisionError> {
+        let CreateRequest {
+            ttl,
+            server,
+            parent,
+            quota,
+            bind_caller,
+        } = request;
         let username = who.kubernetes_user().map(|u| u.username.clone());
         if bind_caller && username.is_none() {
             return Err(ProvisionError::BindNeedsUser);
         }
-        self.authorize(who, Verb::Create, None).await?;
-        self.check_quota(who.tenant()).await?;
-        let expiry = Expiry::after((self.clock)(), ttl_secs);
+        if parent.is_none() && quota.is_some() {
+            return Err(ProvisionError::QuotaWithoutParent);
+        }
+        self.authorize(who, Verb::Create, parent.as_deref()).await?;
         let owner = Owner {
             tenant: who.tenant().clone(),
             bound_user: username.clone().filter(|_| bind_caller),
             user: username,
         };
         let this = self.clone();
-        tokio::spawn(async move { this.create_set(&owner, expiry, server).await })
-            .await
-            .map_err(|_| ProvisionError::TaskStopped)?
+        match parent {
+            None => {
+                let ttl_secs = self.config.ttl.resolve(ttl)?;
+                self.check_quota(who.tenant()).await?;
+                let expiry = Expiry::after((self.clock)(), ttl_secs);
+                tokio::spawn(async move { this.create_set(&owner, expiry, server).await })
+                    .await
+                    .map_err(|_| ProvisionError::TaskStopped)?
+            }
+            Some(parent) => {
+                let placement = self
+                    .place_child(who.tenant(), &parent, ttl, (self.clock)())
+                    .await?;
+                self.check_quota(who.tenant()).await?;
+                tokio::spawn(async move { this.create_child(&owner, placement, quota, server).await })
+                    .await
+                    .map_err(|_| ProvisionError::TaskStopped)?
+            }
+        }
     }
 
     /// Best effort across replicas: two concurrent creates may both pass.
@@ -302,6 +530,128 @@ impl Provisioner {
         }
     }
 
+    /// A child of `placement.parent`: named here rather than by `generateName`, because its
+    /// own tree label (`<name>.tree...=0`) must be in the first write. Everything the child
+    /// needs exists before this returns; any failure deletes the namespace.
+    async fn create_child(
+        &self,
+        owner: &Owner,
+        placement: parent::Placement,
+        ask: Option<Resources>,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let name = child_name(&self.config.prefix);
+        let parent_name = placement.parent_name.as_str();
+        // The allocation is reserved under the child's name before the namespace exists, so a
+        // create that does not fit writes nothing.
+        let reservation = self
+            .reserve(parent_name, &name, ask.as_ref(), (self.clock)())
+            .await?;
+        if let Some(reservation) = &reservation
+            && ledger::reservation_expired(
+                reservation.reserved_at,
+                (self.clock)(),
+                quota::RESERVATION_GRACE_SECONDS,
+            )
+        {
+            self.release(reservation, None).await;
+            return Err(ProvisionError::ReservationExpired {
+                parent: parent_name.to_owned(),
+            });
+        }
+        let expiry = placement.expiry;
+        let (tree_labels, annotations) = placement.metadata(&name);
+        let tenant = &owner.tenant;
+        let mut namespace = namespace_to_create_for(&self.config.prefix, owner, expiry, &self.config.set);
+        namespace.metadata.generate_name = None;
+        namespace.metadata.name = Some(name.clone());
+        merge_into(&mut namespace.metadata.labels, tree_labels);
+        merge_into(&mut namespace.metadata.annotations, annotations);
+        let created = match k8s::create_namespace(&self.client, &namespace).await {
+            Ok(created) => created,
+            Err(source) => {
+                if let Some(reservation) = &reservation {
+                    self.release(reservation, None).await;
+                }
+                return Err(ProvisionError::CreateNamespace { source });
+            }
+        };
+        let Some(uid) = created.metadata.uid.clone() else {
+            if let Some(reservation) = &reservation {
+                self.release(reservation, None).await;
+            }
+            return Err(ProvisionError::NamespaceUnnamed);
+        };
+        let set = desired_set_for(&name, owner, expiry, &self.config.set);
+        let labels = created.metadata.labels.clone().unwrap_or_default();
+        let completed = async {
+            if let Some(reservation) = &reservation {
+                self.create_allocation_quota(reservation).await?;
+            }
+            // The set's own objects first: an ancestor's object of the same name is then a
+            // conflict (reported) instead of a copy the set would overwrite.
+            k8s::apply_contents(&self.client, &set).await?;
+            self.copy_from_ancestors(&name, &labels, &placement.ancestors)
+                .await?;
+            self.issue(&set, expiry, server).await
+        };
+        match completed.await {
+            Ok(done) => {
+                if let Some(reservation) = &reservation {
+                    self.confirm(reservation, &uid).await;
+                }
+                info!(namespace = %name, parent = %parent_name, %tenant, expiry = %expiry, "child namespace created");
+                Ok(done)
+            }
+            Err(err) => {
+                warn!(namespace = %name, error = %err, "creating the child failed; deleting the namespace");
+                if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
+                    warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
+                }
+                if let Some(reservation) = &reservation {
+                    self.release(reservation, Some(&uid)).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Write the new child's copies of its ancestors' objects, so the kubeconfig it gets works
+    /// at once with every right a propagated RoleBinding gives (HNC leaves a window here).
+    /// Conflicts and skips are logged; a failed write fails the create.
+    async fn copy_from_ancestors(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        ancestors: &[String],
+    ) -> Result<(), ProvisionError> {
+        let propagation = self.propagation().await?;
+        let destination = Destination { name, labels };
+        let report = propagate::sync_namespace(
+            &self.client,
+            propagation,
+            destination,
+            ancestors,
+            self.config.page_size,
+        )
+        .await?;
+        for conflict in &report.conflicts {
+            warn!(namespace = %name, kind = %conflict.kind, object = %conflict.name, source = %conflict.detail,
+                "the child's own object has the name of an ancestor's: not copied");
+        }
+        if !report.failures.is_empty() {
+            return Err(ProvisionError::WriteCopies {
+                namespace: name.to_owned(),
+                failures: report
+                    .failures
+                    .iter()
+                    .map(|f| format!("{} {}: {}", f.kind, f.name, f.detail))
+                    .collect(),
+            });
+        }
+        Ok(())
+    }
+
     /// Apply the namespace's contents and issue credentials.
     async fn complete(
         &self,
@@ -309,8 +659,18 @@ impl Provisioner {
         expiry: Expiry,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
-        let name = set.namespace.name_any();
         k8s::apply_contents(&self.client, set).await?;
+        self.issue(set, expiry, server).await
+    }
+
+    /// Credentials for a set whose contents exist.
+    async fn issue(
+        &self,
+        set: &DesiredSet,
+        expiry: Expiry,
+        server: Option<ServerUrl>,
+    ) -> Result<Provisioned, ProvisionError> {
+        let name = set.namespace.name_any();
         let now = (self.clock)();
         let issued = k8s::request_token(&self.client, &name, k8s::token_seconds(expiry.unix() - now)).await?;
         let server = server.unwrap_or_else(|| self.config.server.clone());
@@ -435,7 +795,9 @@ impl Provisioner {
                 name: name.to_owned(),
             });
         }
-        let expiry = Expiry::after((self.clock)(), ttl_secs);
+        let expiry = self
+            .check_extend_under_parent(&ns, (self.clock)(), ttl_secs)
+            .await?;
         let set = desired_set_for(name, &owner, expiry, &self.config.set);
         k8s::apply_namespace(&self.client, &set.namespace)
             .await
@@ -447,6 +809,22 @@ impl Provisioner {
         info!(namespace = %name, by = %who, expiry = %expiry, "namespace extended");
         Ok(done)
     }
+}
+
+/// `<prefix>-<8 random characters>`, from the alphabet `generateName` uses (no vowels, no
+/// look-alikes): 27^8 names, so a collision is an AlreadyExists error, not worth a retry.
+fn child_name(prefix: &NamePrefix) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..8)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{}-{suffix}", prefix.as_str())
+}
+
+fn merge_into(target: &mut Option<BTreeMap<String, String>>, extra: BTreeMap<String, String>) {
+    target.get_or_insert_with(BTreeMap::new).extend(extra);
 }
 
 /// Counts against the tenant's limit: not being deleted, not yet expired

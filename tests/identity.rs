@@ -72,6 +72,8 @@ impl Service {
             ca_pem: Some(cluster().ca_pem()),
             max_namespaces_per_tenant: None,
             page_size: 500,
+            max_depth: 3,
+            propagation: Default::default(),
         };
         let client = admin().await;
         let provisioner = Provisioner::new(client.clone(), config);

@@ -320,16 +320,17 @@ async fn every_subcommand_against_the_real_provisioner() {
             .is_some()
     );
 
-    // --parent/--quota: today's server answers 400 naming the field; shown on one line.
+    // --parent/--quota reach the server (issue 11/12): a namespace that is not a parent is a
+    // 403 naming the annotation; shown on one line.
     let hierarchy = alice(&server, &["create", "--parent", &first, "--quota", "pods=3"]);
     assert_eq!(hierarchy.code, 1, "{hierarchy:?}");
     assert_eq!(hierarchy.stderr.lines().count(), 1, "{hierarchy:?}");
     assert!(
-        hierarchy.stderr.starts_with("error: Bad Request (400): "),
+        hierarchy.stderr.starts_with("error: Forbidden (403): ")
+            && hierarchy.stderr.contains("is not a parent"),
         "{hierarchy:?}"
     );
     assert!(hierarchy.stderr.contains("parent"), "{hierarchy:?}");
-    assert!(hierarchy.stderr.contains("hierarchy support"), "{hierarchy:?}");
     assert_eq!(
         alice(&server, &["list", "-o", "name"])
             .ok()

@@ -74,6 +74,8 @@ impl Service {
             ca_pem: Some(cluster().ca_pem()),
             max_namespaces_per_tenant: max_per_tenant,
             page_size: 500,
+            max_depth: 3,
+            propagation: Default::default(),
         };
         let tokens = Tokens::parse(&format!("alice {ALICE}\nbob {BOB}\n")).unwrap();
         let state = AppState::new(Provisioner::new(client, config), Some(tokens)).unwrap();

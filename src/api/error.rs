@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::access::AuthError;
 use crate::provision::ProvisionError;
+use crate::rules::quota::allocation::Refusal;
 use crate::telemetry::chain;
 
 /// Seconds a caller should wait after a 503.
@@ -26,6 +27,9 @@ pub struct ApiError {
     internal: Option<String>,
     /// Stable error kind for metrics.
     kind: &'static str,
+    /// RFC 9457 extension members (e.g. a quota refusal's `shortfalls`); boxed, as most
+    /// errors have none and every `Result` of this type carries its size.
+    extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// RFC 9457 problem details body.
@@ -38,6 +42,12 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong and what to do about it.
     pub detail: String,
+    /// Extension members of some problems: `parent` and `shortfalls` (`resource`, `asked`,
+    /// `left`), `overAllocated` (`resource`, `budget`, `allocated`) or `overruns`
+    /// (`resource`, `hard`, `used`) of a quota refusal.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Placed in response extensions so middleware can log and count failures.
@@ -56,7 +66,16 @@ impl ApiError {
             challenge: None,
             internal: None,
             kind,
+            extensions: None,
         }
+    }
+
+    /// Add an RFC 9457 extension member.
+    pub fn with_extension(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extensions
+            .get_or_insert_with(Box::default)
+            .insert(key.to_owned(), value);
+        self
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -98,6 +117,28 @@ impl From<ProvisionError> for ApiError {
             ProvisionError::NotFound { .. } => client_error(StatusCode::NOT_FOUND),
             ProvisionError::TooMany { .. } => client_error(StatusCode::TOO_MANY_REQUESTS),
             ProvisionError::Terminating { .. } => client_error(StatusCode::CONFLICT),
+            // A parent that does not exist is named by the request: 404, like a name in the path.
+            ProvisionError::ParentNotFound { .. } => client_error(StatusCode::NOT_FOUND),
+            ProvisionError::ParentTerminating { .. }
+            | ProvisionError::ParentAnnotation { .. }
+            | ProvisionError::TooManyChildren(_) => client_error(StatusCode::CONFLICT),
+            // Not a parent is a refusal of the caller's right to create there, like a tenant
+            // the parent does not allow: 403 (the detail says which).
+            ProvisionError::NotAParent { .. } | ProvisionError::TenantNotAllowed { .. } => {
+                client_error(StatusCode::FORBIDDEN)
+            }
+            ProvisionError::Depth(_)
+            | ProvisionError::AboveParentMaxTtl { .. }
+            | ProvisionError::BeyondParentExpiry { .. }
+            | ProvisionError::QuotaWithoutParent
+            | ProvisionError::NoBudget { .. }
+            | ProvisionError::Allocation { .. } => client_error(StatusCode::BAD_REQUEST),
+            ProvisionError::SeveralBudgets { .. }
+            | ProvisionError::BudgetUnreadable { .. }
+            | ProvisionError::LedgerContended { .. } => client_error(StatusCode::CONFLICT),
+            ProvisionError::QuotaRefused { parent, refusal } => {
+                quota_refusal(client_error(StatusCode::CONFLICT), parent, refusal)
+            }
             _ => {
                 let (status, detail, retry_after) = if err.is_unavailable() {
                     (
@@ -152,6 +193,21 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// The 409 of a quota that does not fit, with what a client needs to retry smaller.
+fn quota_refusal(error: ApiError, parent: &str, refusal: &Refusal) -> ApiError {
+    // The refusal lists are plain data: serializing them cannot fail.
+    fn json<T: Serialize>(value: &T) -> serde_json::Value {
+        serde_json::to_value(value).unwrap_or_default()
+    }
+    let error = error.with_extension("parent", serde_json::Value::from(parent));
+    match refusal {
+        Refusal::DoesNotFit(shortfalls) => error.with_extension("shortfalls", json(shortfalls)),
+        Refusal::BudgetOverAllocated(over) => error.with_extension("overAllocated", json(over)),
+        Refusal::ParentGrew(overruns) => error.with_extension("overruns", json(overruns)),
+        Refusal::Arithmetic(_) => error,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Problem {
@@ -159,6 +215,7 @@ impl IntoResponse for ApiError {
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail,
+            extensions: self.extensions.map(|e| *e).unwrap_or_default(),
         };
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
@@ -245,5 +302,32 @@ mod tests {
             response.headers()[header::CONTENT_TYPE],
             "application/problem+json"
         );
+    }
+
+    #[tokio::test]
+    async fn a_quota_that_does_not_fit_names_each_resource_asked_and_left() {
+        use crate::rules::quota::allocation::Shortfall;
+        let e = ApiError::from(ProvisionError::QuotaRefused {
+            parent: "team".into(),
+            refusal: Refusal::DoesNotFit(vec![Shortfall {
+                resource: "count/pods".into(),
+                asked: "3".into(),
+                left: "1".into(),
+            }]),
+        });
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert!(
+            e.detail().contains("count/pods asked 3, left 1"),
+            "{}",
+            e.detail()
+        );
+        let body = axum::body::to_bytes(e.into_response().into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["parent"], "team");
+        assert_eq!(body["shortfalls"][0]["resource"], "count/pods");
+        assert_eq!(body["shortfalls"][0]["left"], "1");
+        assert_eq!(body["status"], 409);
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP handlers: parse input, call the provisioner, shape the answer. No
 //! Kubernetes calls of their own: they go through [`crate::provision`].
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::Json;
@@ -13,9 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, JsonBody, NamePath, QueryParams};
-use crate::provision::{NamespaceInfo, Provisioned};
+use crate::provision::{CreateRequest, NamespaceInfo, NamespaceView, Provisioned};
 use crate::rules::kubeconfig;
-use crate::rules::params::{Expiry, ServerUrl, Ttl};
+use crate::rules::params::{Expiry, ServerUrl, Ttl, is_dns_label};
+use crate::rules::quota::resources::{ResourceList, Resources};
 
 /// Query of the original tool's create call.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -26,9 +28,40 @@ pub struct CreateQuery {
     ttl: Option<String>,
     /// API server URL to write into the kubeconfig (absolute http/https URL).
     server: Option<String>,
+    /// Create a sub-namespace of this parent namespace (see `parent` of the JSON create).
+    parent: Option<String>,
 }
 
-/// Body of create and extend.
+/// Body of create.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateRequestBody {
+    /// Lifetime from now, e.g. `30s`, `5m`, `1h30m`; absent or `0` = the default; at most the maximum
+    /// (and, under a parent, at most its `max-ttl` and never past its expiry).
+    ttl: Option<String>,
+    /// API server URL to write into the kubeconfig (absolute http/https URL).
+    server: Option<String>,
+    /// Create a sub-namespace of this parent namespace. The parent must carry the
+    /// `controller.observatorium.io/allowed-tenants` annotation naming the caller's tenant.
+    /// Refusals: 404 no such namespace, 409 being deleted, 403 not a parent or tenant not
+    /// allowed, 400 too deep / ttl above the parent's `max-ttl` / past the parent's expiry,
+    /// 409 the parent's `max-children` reached.
+    parent: Option<String>,
+    /// Only with `parent`: the allocation asked from the parent's budget (its
+    /// HierarchicalResourceQuota), quota resource name → quantity (`{"requests.cpu": "1.5",
+    /// "count/pods": 4}`). Budget resources left out get the budget's `defaultAllocation`, else 0;
+    /// absent = the default allocation. A resource outside the budget is a 400; an allocation
+    /// that does not fit is a 409 whose `shortfalls` name each resource, what was asked and what is left.
+    #[schema(value_type = Option<Object>)]
+    quota: Option<BTreeMap<String, serde_json::Value>>,
+    /// Kubernetes callers only: also bind your own user (not your groups) to
+    /// the grant ClusterRole inside the new namespace, so your usual
+    /// kubeconfig works with `-n <name>`. The returned kubeconfig still works.
+    #[serde(default)]
+    bind_caller: bool,
+}
+
+/// Body of extend.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LifetimeRequest {
@@ -36,21 +69,6 @@ pub struct LifetimeRequest {
     ttl: Option<String>,
     /// API server URL to write into the kubeconfig (absolute http/https URL).
     server: Option<String>,
-}
-
-/// Body of create.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct CreateRequest {
-    /// Lifetime from now, e.g. `30s`, `5m`, `1h30m`; absent or `0` = the default; at most the maximum.
-    ttl: Option<String>,
-    /// API server URL to write into the kubeconfig (absolute http/https URL).
-    server: Option<String>,
-    /// Kubernetes callers only: also bind your own user (not your groups) to
-    /// the grant ClusterRole inside the new namespace, so your usual
-    /// kubeconfig works with `-n <name>`. The returned kubeconfig still works.
-    #[serde(default)]
-    bind_caller: bool,
 }
 
 /// A namespace with a fresh kubeconfig.
@@ -89,6 +107,42 @@ fn parse_inputs(
     Ok((ttl, server))
 }
 
+/// A parent name is a namespace name: a DNS label. Empty means none.
+fn parse_parent(parent: Option<String>) -> Result<Option<String>, ApiError> {
+    match parent.filter(|p| !p.is_empty()) {
+        Some(p) if !is_dns_label(&p) => Err(ApiError::bad_request(format!(
+            "parent {p:?} is not a namespace name: use lower-case letters, digits and '-', at most 63 characters"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// `quota` of the body: quantities as JSON strings or numbers, checked exactly.
+fn parse_quota(quota: Option<BTreeMap<String, serde_json::Value>>) -> Result<Option<Resources>, ApiError> {
+    let Some(quota) = quota else {
+        return Ok(None);
+    };
+    let mut list = ResourceList::new();
+    for (name, value) in quota {
+        let quantity = match value {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "quota {name:?}: {other} is not a quantity; write a string such as \"1500m\" or \"2Gi\", or a number"
+                )));
+            }
+        };
+        list.insert(
+            name,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(quantity),
+        );
+    }
+    Resources::parse(&list)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("quota: {e}")))
+}
+
 fn kubeconfig_yaml(done: &Provisioned) -> Result<String, ApiError> {
     kubeconfig::to_yaml(&done.kubeconfig).map_err(|e| {
         ApiError::new(
@@ -118,9 +172,11 @@ fn location(name: &str) -> HeaderValue {
     responses(
         (status = 201, description = "Created; body is the kubeconfig", content_type = "application/yaml", body = String,
          headers(("Location" = String, description = "the namespace's REST URL"))),
-        (status = 400, description = "Bad ttl or server", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad ttl, server or parent; too deep; ttl past the parent's max-ttl or expiry", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "A Kubernetes caller lacks the RBAC right to create (named in the detail)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A Kubernetes caller lacks the RBAC right to create (named in the detail); the parent is not a parent, or does not allow the caller's tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The parent does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -131,8 +187,16 @@ pub async fn compat_create(
     QueryParams(query): QueryParams<CreateQuery>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(query.ttl, query.server)?;
+    let parent = parse_parent(query.parent)?;
     let started = Instant::now();
-    let done = state.provisioner.create(&who, ttl, server, false).await?;
+    let request = CreateRequest {
+        ttl,
+        server,
+        parent,
+        quota: None,
+        bind_caller: false,
+    };
+    let done = state.provisioner.create_with(&who, request).await?;
     state.metrics.observe_create(started);
     let yaml = kubeconfig_yaml(&done)?;
     Ok((
@@ -166,13 +230,15 @@ pub async fn compat_delete(
 
 /// Create a namespace; answers with its name, expiry and kubeconfig.
 #[utoipa::path(post, path = "/api/v1/namespaces", tag = "namespaces",
-    request_body(content = CreateRequest, description = "empty body = defaults"),
+    request_body(content = CreateRequestBody, description = "empty body = defaults"),
     responses(
         (status = 201, description = "Created", body = IssuedKubeconfig,
          headers(("Location" = String, description = "the namespace's URL"))),
-        (status = 400, description = "Bad ttl, server or JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad ttl, server, parent or JSON; too deep; ttl past the parent's max-ttl or expiry", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "A Kubernetes caller lacks the RBAC right to create (named in the detail)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A Kubernetes caller lacks the RBAC right to create (named in the detail); the parent is not a parent, or does not allow the caller's tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The parent does not exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children; the quota does not fit (`shortfalls`: resource, asked, left; `overAllocated` when the budget was lowered; `overruns` when the parent's own usage grew)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -180,14 +246,20 @@ pub async fn compat_delete(
 pub async fn create(
     State(state): State<AppState>,
     Caller(who): Caller,
-    JsonBody(body): JsonBody<CreateRequest>,
+    JsonBody(body): JsonBody<CreateRequestBody>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
+    let parent = parse_parent(body.parent)?;
+    let quota = parse_quota(body.quota)?;
     let started = Instant::now();
-    let done = state
-        .provisioner
-        .create(&who, ttl, server, body.bind_caller)
-        .await?;
+    let request = CreateRequest {
+        ttl,
+        server,
+        parent,
+        quota,
+        bind_caller: body.bind_caller,
+    };
+    let done = state.provisioner.create_with(&who, request).await?;
     state.metrics.observe_create(started);
     let location = location(&done.name);
     Ok((
@@ -198,26 +270,40 @@ pub async fn create(
         .into_response())
 }
 
-/// The caller's namespaces.
-#[utoipa::path(get, path = "/api/v1/namespaces", tag = "namespaces",
+/// Query of the list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only the caller's namespaces anywhere below this namespace (children, grandchildren, ...).
+    parent: Option<String>,
+}
+
+/// The caller's namespaces (below `parent`, when given).
+#[utoipa::path(get, path = "/api/v1/namespaces", tag = "namespaces", params(ListQuery),
     responses(
         (status = 200, description = "The caller's namespaces", body = NamespaceList),
+        (status = 400, description = "Bad parent", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(who): Caller,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<NamespaceList>, ApiError> {
-    let items = state.provisioner.list(&who).await?;
+    let items = match parse_parent(query.parent)? {
+        Some(parent) => state.provisioner.list_under(&who, &parent).await?,
+        None => state.provisioner.list(&who).await?,
+    };
     Ok(Json(NamespaceList { items }))
 }
 
-/// One of the caller's namespaces.
+/// One of the caller's namespaces, with its parent, children, copies, conflicts and allocation.
 #[utoipa::path(get, path = "/api/v1/namespaces/{name}", tag = "namespaces",
     params(("name" = String, Path, description = "namespace name")),
     responses(
-        (status = 200, description = "The namespace", body = NamespaceInfo),
+        (status = 200, description = "The namespace", body = NamespaceView),
         (status = 404, description = "Not one of the caller's namespaces", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])))]
@@ -225,8 +311,8 @@ pub async fn get_one(
     State(state): State<AppState>,
     Caller(who): Caller,
     NamePath(name): NamePath,
-) -> Result<Json<NamespaceInfo>, ApiError> {
-    Ok(Json(state.provisioner.get(&who, &name).await?))
+) -> Result<Json<NamespaceView>, ApiError> {
+    Ok(Json(state.provisioner.describe(&who, &name).await?))
 }
 
 /// Delete one of the caller's namespaces.

@@ -53,6 +53,8 @@ fn state_with(client: kube::Client, tokens: bool) -> AppState {
             ca_pem: None,
             max_namespaces_per_tenant: None,
             page_size: 500,
+            max_depth: 3,
+            propagation: Default::default(),
         },
     );
     let tokens = tokens.then(|| Tokens::parse(&format!("team-a {TOKEN}\n")).unwrap());

@@ -276,6 +276,8 @@ pub async fn run(args: ProvisionerArgs) -> Result<(), RunError> {
         ca_pem: ca_pem(args.certificate_authority.as_deref(), &kube_config)?,
         max_namespaces_per_tenant: args.max_namespaces_per_tenant,
         page_size: args.shared.kube.page_size,
+        max_depth: args.shared.hierarchy.max_depth,
+        propagation: args.shared.hierarchy.propagation_config()?,
     };
     let mut state = AppState::with_metrics(Provisioner::new(client.clone(), config), tokens, metrics)
         .map_err(RunError::DefaultTenant)?;

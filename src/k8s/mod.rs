@@ -18,6 +18,7 @@ mod dynamic;
 mod events;
 mod list;
 pub mod preflight;
+mod quota;
 mod render;
 mod review;
 mod token;
@@ -32,6 +33,10 @@ pub use dynamic::{
 };
 pub use events::EventRecorder;
 pub use list::{list_all, list_all_map, list_kind, list_namespaces};
+pub use quota::{
+    create_quota, get_quota, list_all_budgets, list_budgets, list_quotas_named, replace_budget_status,
+    replace_quota,
+};
 pub use render::ApiFailure;
 pub use review::{review_access, review_token};
 pub use token::{

@@ -30,6 +30,7 @@ pub mod hierarchy;
 pub mod metrics;
 pub mod observation;
 pub mod plan;
+pub mod quota;
 pub mod report;
 pub mod tree_watch;
 pub mod watch;
@@ -154,6 +155,9 @@ pub async fn sweep(client: &Client, config: &SweepConfig, now: i64) -> Result<Re
                 .await,
         )
     };
+    if !config.dry_run {
+        quota::rebuild_budgets(client, &config.plan.set.selector, config.page_size, now).await;
+    }
     let durations = Durations {
         list: listed - started,
         plan: planned - listed,
