@@ -83,6 +83,8 @@ fn render(set: &[&str]) -> Vec<Value> {
         NS,
         "--kube-version",
         KUBE_VERSION,
+        // What `helm install` applies: the chart's crds/ too.
+        "--include-crds",
     ];
     for s in set {
         args.extend(["--set", s]);
@@ -109,7 +111,8 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     v.as_str().unwrap_or_default()
 }
 
-const CLUSTER_SCOPED: [&str; 4] = [
+const CLUSTER_SCOPED: [&str; 5] = [
+    "CustomResourceDefinition",
     "ClusterRole",
     "ClusterRoleBinding",
     "ValidatingAdmissionPolicy",
@@ -241,16 +244,16 @@ fn chart_values_change_what_they_say() {
     );
     let grant = find(&objects, "ClusterRole", "ci-grant");
     assert_eq!(grant["rules"][0]["resources"][0].as_str(), Some("configmaps"));
-    for role in ["namespace-provisioner", "namespace-provisioner-reaper"] {
-        let rules = find(&objects, "ClusterRole", role)["rules"]
-            .as_sequence()
-            .unwrap();
-        let bind = rules
-            .iter()
-            .find(|r| r["verbs"][0].as_str() == Some("bind"))
-            .unwrap();
-        assert_eq!(bind["resourceNames"][0].as_str(), Some("ci-grant"), "{role}");
-    }
+    // The reaper binds any ClusterRole a propagated RoleBinding names (its
+    // admission policy confines that to copies); the provisioner only the grant.
+    let rules = find(&objects, "ClusterRole", "namespace-provisioner")["rules"]
+        .as_sequence()
+        .unwrap();
+    let bind = rules
+        .iter()
+        .find(|r| r["verbs"][0].as_str() == Some("bind"))
+        .unwrap();
+    assert_eq!(bind["resourceNames"][0].as_str(), Some("ci-grant"));
     for policy in [
         "namespace-provisioner-managed-only",
         "namespace-provisioner-reaper-managed-only",
@@ -625,6 +628,15 @@ async fn binaries_configured_by_the_chart_work_as_its_service_accounts() {
         reaper_identity.path().display().to_string(),
     );
     env.insert("POD_NAME".into(), "helm-test".into());
+    // The chart mounts its propagation ConfigMap at NP_PROPAGATION_CONFIG; here the
+    // file holds the same content.
+    let propagation = find(installed(), "ConfigMap", "namespace-provisioner-propagation");
+    let propagation = support::temp_file(str_at(propagation, &["data", "propagation.yaml"]));
+    assert!(env.contains_key("NP_PROPAGATION_CONFIG"), "{env:?}");
+    env.insert(
+        "NP_PROPAGATION_CONFIG".into(),
+        propagation.path().display().to_string(),
+    );
     let reaper = Running::spawn("reaper --once", env!("CARGO_BIN_EXE_reaper"), &args, &env);
     let (status, log) = reaper.wait(Duration::from_secs(120)).await;
     assert!(status.success(), "reaper ({status}):\n{log}");

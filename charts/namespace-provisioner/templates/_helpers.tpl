@@ -75,20 +75,52 @@ spec:
         request.resource.resource == 'namespaces'
         ? dyn(request.operation == 'CREATE' ? object : oldObject)
         : dyn(namespaceObject)
+    - name: targetLabels
+      expression: >-
+        variables.target != null && has(variables.target.metadata.labels)
+        ? variables.target.metadata.labels : dyn({})
+    # Namespace trees: the parent label or a tree label.
+    - name: treeSuffix
+      expression: "'.tree.controller.observatorium.io/depth'"
+    - name: inTree
+      expression: >-
+        'controller.observatorium.io/parent' in variables.targetLabels
+        || variables.targetLabels.exists(k, k.endsWith(variables.treeSuffix))
+    # The object written (or deleted) is a propagated copy.
+    - name: isCopy
+      expression: >-
+        request.resource.resource != 'namespaces'
+        && (request.operation == 'DELETE'
+        ? has(oldObject.metadata.labels) && 'controller.observatorium.io/inherited-from' in oldObject.metadata.labels
+        : has(object.metadata.labels) && 'controller.observatorium.io/inherited-from' in object.metadata.labels)
+    # An update of a Namespace that changes tree labels and nothing else in its metadata.
+    - name: onlyTreeLabels
+      expression: >-
+        request.resource.resource == 'namespaces' && request.operation == 'UPDATE'
+        && variables.targetLabels.all(k, k.endsWith(variables.treeSuffix)
+        || (has(object.metadata.labels) && k in object.metadata.labels
+        && object.metadata.labels[k] == variables.targetLabels[k]))
+        && (!has(object.metadata.labels)
+        || object.metadata.labels.all(k, k.endsWith(variables.treeSuffix) || k in variables.targetLabels))
+        && has(object.metadata.annotations) == has(oldObject.metadata.annotations)
+        && (!has(object.metadata.annotations) || object.metadata.annotations == oldObject.metadata.annotations)
   validations:
     - expression: >-
-        variables.target != null
-        && has(variables.target.metadata.labels)
-        && variables.managedKey in variables.target.metadata.labels
+        variables.managedKey in variables.targetLabels
+        || (variables.isCopy && variables.inTree)
+        || variables.onlyTreeLabels
       reason: Forbidden
       message: >-
         {{ .who }} may only write namespaces labelled
-        {{ include "np.selectorKey" .root }} and objects inside them
+        {{ include "np.selectorKey" .root }} and objects inside them, propagated copies
+        (label controller.observatorium.io/inherited-from) in namespaces in a
+        tree, and the tree labels of namespaces
     # RBAC lets anyone bind a role whose permissions they hold; this identity
     # binds only the grant ClusterRole and the set's own Role, nothing else.
     - expression: >-
         request.resource.resource != 'rolebindings'
         || request.operation == 'DELETE'
+        || variables.isCopy
         || (dyn(object).roleRef.kind == 'ClusterRole' && dyn(object).roleRef.name == variables.grant)
         || (dyn(object).roleRef.kind == 'Role' && dyn(object).roleRef.name == 'namespace-provisioner')
       reason: Forbidden

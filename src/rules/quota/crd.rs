@@ -220,7 +220,20 @@ pub fn status_for(
 
 /// The CRD manifest as committed (YAML, with a header saying how to regenerate it).
 pub fn crd_manifest() -> Result<String, serde_yaml_ng::Error> {
-    let yaml = serde_yaml_ng::to_string(&HierarchicalResourceQuota::crd())?;
+    let mut crd = HierarchicalResourceQuota::crd();
+    // The labels every shipped object carries (the Helm chart's comparison and selectors rely on them).
+    crd.metadata.labels = Some(
+        [
+            ("app.kubernetes.io/name", "namespace-provisioner"),
+            ("app.kubernetes.io/component", "quota"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    // schemars writes `minimum` as a float (`0.0`); the API server and kustomize give it
+    // back as `0`: write it the way it is stored, so the shipped file equals what is applied.
+    let yaml = serde_yaml_ng::to_string(&crd)?.replace("minimum: 0.0\n", "minimum: 0\n");
     Ok(format!(
         "# Generated from src/rules/quota/crd.rs; do not edit. Regenerate: NP_UPDATE_DOCS=1 cargo test --lib quota::crd\n{yaml}"
     ))
