@@ -39,13 +39,18 @@ const CACHE_TTL: Duration = Duration::from_secs(2);
 /// default, also for TokenReview): part of the revocation window.
 const API_SERVER_TOKEN_CACHE: Duration = Duration::from_secs(10);
 
-/// The shipped ClusterRoles (the same file `kubectl apply -k function/` applies).
+/// The shipped ClusterRoles (the same file `kubectl apply -k function/` applies),
+/// applied once per test process: two tests applying it at the same time race
+/// to create it and one gets AlreadyExists.
 fn apply_access_roles() {
-    let out = kubectl(
-        &cluster().kubeconfig,
-        &["apply", "-f", "function/access-clusterroles.yaml"],
-    );
-    assert!(out.status.success(), "{}", support::text(&out));
+    static APPLIED: std::sync::Once = std::sync::Once::new();
+    APPLIED.call_once(|| {
+        let out = kubectl(
+            &cluster().kubeconfig,
+            &["apply", "-f", "function/access-clusterroles.yaml"],
+        );
+        assert!(out.status.success(), "{}", support::text(&out));
+    });
 }
 
 /// A test's fixture, its callers' namespace, and a provisioner accepting

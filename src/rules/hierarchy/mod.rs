@@ -35,7 +35,7 @@
 //!   immutable ConfigMap/Secret, Secret type), delete, in sync, or a conflict / forged copy to
 //!   report and never touch. [`propagation::plan_kind`] does it for every name of a kind.
 //!
-//! # How the binaries use it (the I/O is not built yet; see NOTES-issue-11.md)
+//! # How the binaries use it (the I/O: `crate::propagate`, `crate::reaper::hierarchy`, `crate::provision`)
 //!
 //! * **Reaper**, each `--once` run or watch event: list namespaces → `Forest::build`; for each
 //!   namespace, patch its [`tree::Forest::tree_label_changes`]; resolve the config's

@@ -1,7 +1,7 @@
 //! Aggregate quota over a tree (issue 12, DESIGN.md § Aggregate quota): HNC's
 //! HierarchicalResourceQuota made strict, with no webhook. This module is the PURE core: no
-//! client, no clock, no I/O. The I/O (provisioner create, reaper rebuild) is described below
-//! and not built yet (see NOTES-issue-12.md).
+//! client, no clock, no I/O. The I/O (provisioner create in `crate::provision`, reaper rebuild
+//! in `crate::reaper::quota`) follows the steps described below.
 //!
 //! # The model
 //!
