@@ -13,6 +13,7 @@ use namespace_provisioner::params::Ttl;
 use namespace_provisioner::plugin::client::Client;
 use namespace_provisioner::plugin::commands::{self, Action, Invocation, KubeconfigTtl, Output, Terminal};
 use namespace_provisioner::plugin::config::{self, Sources};
+use namespace_provisioner::plugin::kube_auth::{self, KubeCredentials};
 use namespace_provisioner::plugin::{CreateRequest, ExitStatus, PluginError};
 use secrecy::SecretString;
 
@@ -55,7 +56,9 @@ Exit status:
 /// them. The provisioner URL and token come from flags, the environment
 /// variables shown, or the config file (~/.config/kubectl-np/config.yaml:
 /// `server-url`, `token-file`, `ca-file`), in that order. The token is read
-/// from NP_TOKEN or a file, never from a flag.
+/// from NP_TOKEN or a file, never from a flag. Without one, the credentials
+/// of the current kubeconfig context (or --context) are sent: its token,
+/// token file or exec plugin, for a provisioner with Kubernetes-identity auth.
 #[derive(Debug, Parser)]
 #[command(name = "kubectl-np", bin_name = "kubectl np", version, after_long_help = EXAMPLES)]
 struct Args {
@@ -84,8 +87,28 @@ struct Args {
     #[arg(long, env = "NP_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     timeout: Duration,
 
+    /// Kubeconfig context whose credentials to send (token, token file or
+    /// exec plugin), for a provisioner with Kubernetes-identity auth.
+    /// Default: the current context, when no provisioner token is set.
+    /// The kubeconfig is $KUBECONFIG or ~/.kube/config, as for kubectl.
+    #[arg(long, env = "NP_CONTEXT", global = true)]
+    context: Option<String>,
+
+    /// When to send the kubeconfig context's credentials: `auto` (when no
+    /// provisioner token is set and a kubeconfig exists, or --context is
+    /// given), `always`, or `never`.
+    #[arg(long, env = "NP_KUBE_AUTH", value_enum, default_value_t = KubeAuthArg::Auto, global = true)]
+    kube_auth: KubeAuthArg,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KubeAuthArg {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,11 +127,11 @@ enum Command {
         /// Lifetime, e.g. 30m or 2h (default: the provisioner's; at most its maximum).
         #[arg(long, env = "NP_TTL", value_parser = parse_ttl)]
         ttl: Option<String>,
-        /// Parent namespace. Needs a provisioner with hierarchy support (others answer 400).
+        /// Parent namespace: create a sub-namespace of it (its administrator must allow your tenant).
         #[arg(long, env = "NP_PARENT")]
         parent: Option<String>,
-        /// Quota, `resource=quantity,...` (e.g. pods=10,requests.cpu=2). Needs a
-        /// provisioner with hierarchy support (others answer 400).
+        /// With --parent: the allocation asked from the parent's quota budget,
+        /// `resource=quantity,...` (e.g. count/pods=10,requests.cpu=2).
         #[arg(long, env = "NP_QUOTA", value_delimiter = ',', value_parser = parse_quota_item)]
         quota: Vec<(String, String)>,
         /// Write the kubeconfig to this file (mode 0600, replacing it) instead of stdout.
@@ -278,7 +301,20 @@ async fn run(args: Args) -> Result<(), PluginError> {
         config: args.config,
         default_config: config::default_config_path(env_path("XDG_CONFIG_HOME"), env_path("HOME")),
     })?;
-    let client = Client::new(settings, args.timeout)?;
+    let kube = kube_credentials(args.kube_auth, args.context.as_deref(), settings.token.is_some()).await;
+    let mut client = Client::new(settings, args.timeout)?;
+    match kube {
+        Ok(Some(kube)) => client = client.with_kube_credentials(&kube),
+        Ok(None) => {}
+        // `auto` and the current context has no bearer token (e.g. a client
+        // certificate): nothing to send; the 401, if any, says why.
+        Err(PluginError::NoBearer { context, why, .. })
+            if args.kube_auth == KubeAuthArg::Auto && args.context.is_none() =>
+        {
+            client = client.with_kube_skipped(format!("kubeconfig context {context:?} {why}"));
+        }
+        Err(e) => return Err(e),
+    }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let mut term = Terminal {
@@ -287,6 +323,32 @@ async fn run(args: Args) -> Result<(), PluginError> {
         err: &mut stderr.lock(),
     };
     commands::run(&client, invocation, &mut term).await
+}
+
+/// The kubeconfig credentials to send, if any (see `--kube-auth`).
+async fn kube_credentials(
+    mode: KubeAuthArg,
+    context: Option<&str>,
+    has_token: bool,
+) -> Result<Option<KubeCredentials>, PluginError> {
+    let required = match (mode, context, has_token) {
+        (KubeAuthArg::Never, Some(_), _) => {
+            return Err(PluginError::Usage(
+                "--context names kubeconfig credentials, but --kube-auth is never".into(),
+            ));
+        }
+        (KubeAuthArg::Never, None, _) | (KubeAuthArg::Auto, None, true) => return Ok(None),
+        (_, _, true) => {
+            return Err(PluginError::Usage(
+                "both a provisioner token (NP_TOKEN, --token-file or token-file) and kubeconfig credentials \
+                 (--context or --kube-auth always) are asked for; keep one"
+                    .into(),
+            ));
+        }
+        (KubeAuthArg::Auto, None, false) => false,
+        (KubeAuthArg::Auto | KubeAuthArg::Always, _, false) => true,
+    };
+    kube_auth::load(None, context, required).await
 }
 
 fn main() -> ExitCode {

@@ -1,7 +1,7 @@
 //! reaper: deletes expired namespace sets and repairs incomplete ones,
 //! `--once` (default, for a CronJob) or `--watch`. Parses flags, sets up
 //! logging, runs the library, maps the result to an exit status (0 done,
-//! 1 some set failed, 2 could not run).
+//! 1 some set failed, 2 could not run, 3 deletions refused by a safety guard).
 
 use std::process::ExitCode;
 
@@ -11,6 +11,7 @@ use namespace_provisioner::telemetry::chain;
 
 const SET_FAILED: u8 = 1;
 const COULD_NOT_RUN: u8 = 2;
+const DELETIONS_REFUSED: u8 = 3;
 
 fn main() -> ExitCode {
     let args = ReaperArgs::parse();
@@ -33,8 +34,9 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(reaper::run(&args)) {
-        Ok(Ran::Swept { failed: true }) => ExitCode::from(SET_FAILED),
-        Ok(Ran::Swept { failed: false } | Ran::Watched) => ExitCode::SUCCESS,
+        Ok(Ran::Swept { refused: true, .. }) => ExitCode::from(DELETIONS_REFUSED),
+        Ok(Ran::Swept { failed: true, .. }) => ExitCode::from(SET_FAILED),
+        Ok(Ran::Swept { failed: false, .. } | Ran::Watched) => ExitCode::SUCCESS,
         Err(e) => {
             namespace_provisioner::log_error!(error, &e, "reaper could not run");
             eprintln!("reaper: {}", chain(&e));

@@ -96,6 +96,10 @@ pub struct SyncReport {
     pub failures: Vec<Finding>,
     /// Write requests sent.
     pub writes: usize,
+    /// Failed writes that lost a race (409: created, changed or deleted by another writer
+    /// since the list); a fresh list and plan resolves them.
+    #[serde(skip)]
+    pub raced: usize,
 }
 
 impl SyncReport {
@@ -107,10 +111,21 @@ impl SyncReport {
         self.deleted += other.deleted;
         self.in_sync += other.in_sync;
         self.writes += other.writes;
+        self.raced += other.raced;
         self.conflicts.extend(other.conflicts);
         self.forged.extend(other.forged);
         self.skips.extend(other.skips);
         self.failures.extend(other.failures);
+    }
+
+    /// Keeps what an attempt that lost a race wrote (its changes and requests), dropping its
+    /// findings and in-sync count: the next attempt re-plans the same objects.
+    fn merge_writes(&mut self, other: SyncReport) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.recreated += other.recreated;
+        self.deleted += other.deleted;
+        self.writes += other.writes;
     }
 
     /// Copies written (created, updated, recreated) or deleted.
@@ -129,9 +144,14 @@ pub struct SyncListError {
     pub source: KubeError,
 }
 
+/// Attempts of one kind in [`sync_namespace`] while writes lose races (another writer, such
+/// as the reaper's watch, copying into the same new child at the same time).
+const RACE_ATTEMPTS: usize = 3;
+
 /// Synchronizes every active kind into `destination` from `ancestors` (top-most first),
 /// listing each ancestor's and the destination's objects. The provisioner calls this for a new
-/// child before it answers.
+/// child before it answers. A kind whose writes lost a race to another writer (409) is listed
+/// and planned again, up to [`RACE_ATTEMPTS`] times: what the other wrote is then in sync.
 pub async fn sync_namespace(
     client: &Client,
     propagation: &Propagation,
@@ -141,44 +161,102 @@ pub async fn sync_namespace(
 ) -> Result<SyncReport, SyncListError> {
     let mut report = SyncReport::default();
     for kind in propagation.active_kinds() {
-        let list = |namespace: String| async move {
-            k8s::list_dynamic(client, &kind.resource, Some(&namespace), "", page_size)
-                .await
-                .map_err(|source| SyncListError {
-                    kind: kind.label(),
-                    namespace,
-                    source,
-                })
-        };
-        let lists = futures::future::try_join_all(
-            ancestors
-                .iter()
-                .cloned()
-                .chain(std::iter::once(destination.name.to_string()))
-                .map(list),
-        )
-        .await?;
-        let (existing, sources) = lists
-            .split_last()
-            .map_or((&[][..], &[][..]), |(last, rest)| (last.as_slice(), rest));
-        let by_ancestor: Vec<(&str, &[Value])> = ancestors
-            .iter()
-            .map(String::as_str)
-            .zip(sources.iter().map(Vec::as_slice))
-            .collect();
-        let kind_report = sync_kind(
+        let first = sync_kind_listed(client, propagation, kind, destination, ancestors, page_size).await?;
+        let again = Relist {
             client,
             propagation,
             kind,
             destination,
-            &by_ancestor,
-            existing,
-            false,
-        )
-        .await;
-        report.merge(kind_report);
+            ancestors,
+            page_size,
+        };
+        report.merge(again.after_races(first).await?);
     }
     Ok(report)
+}
+
+/// How to list and plan one kind into one destination again, when the writes of an
+/// attempt lost races to another writer.
+pub struct Relist<'a> {
+    pub client: &'a Client,
+    pub propagation: &'a Propagation,
+    pub kind: &'a ResolvedKind,
+    pub destination: Destination<'a>,
+    pub ancestors: &'a [String],
+    pub page_size: u32,
+}
+
+impl Relist<'_> {
+    /// `first` as it is when none of its writes raced; otherwise its writes, plus the
+    /// report of a fresh list and plan (up to [`RACE_ATTEMPTS`] attempts in all, the
+    /// last one's findings kept): what the other writer made is then in sync.
+    pub async fn after_races(&self, first: SyncReport) -> Result<SyncReport, SyncListError> {
+        let mut report = SyncReport::default();
+        let mut attempt = first;
+        for _ in 1..RACE_ATTEMPTS {
+            if attempt.raced == 0 {
+                break;
+            }
+            report.merge_writes(attempt);
+            attempt = sync_kind_listed(
+                self.client,
+                self.propagation,
+                self.kind,
+                self.destination,
+                self.ancestors,
+                self.page_size,
+            )
+            .await?;
+        }
+        report.merge(attempt);
+        Ok(report)
+    }
+}
+
+/// Lists one kind in `ancestors` and `destination`, then [`sync_kind`].
+async fn sync_kind_listed(
+    client: &Client,
+    propagation: &Propagation,
+    kind: &ResolvedKind,
+    destination: Destination<'_>,
+    ancestors: &[String],
+    page_size: u32,
+) -> Result<SyncReport, SyncListError> {
+    let list = |namespace: String| async move {
+        k8s::list_dynamic(client, &kind.resource, Some(&namespace), "", page_size)
+            .await
+            .map_err(|source| SyncListError {
+                kind: kind.label(),
+                namespace,
+                source,
+            })
+    };
+    let lists = futures::future::try_join_all(
+        ancestors
+            .iter()
+            .cloned()
+            .chain(std::iter::once(destination.name.to_string()))
+            .map(list),
+    )
+    .await?;
+    let (existing, sources) = lists
+        .split_last()
+        .map_or((&[][..], &[][..]), |(last, rest)| (last.as_slice(), rest));
+    let by_ancestor: Vec<(&str, &[Value])> = ancestors
+        .iter()
+        .map(String::as_str)
+        .zip(sources.iter().map(Vec::as_slice))
+        .collect();
+    Ok(sync_kind(
+        client,
+        propagation,
+        kind,
+        destination,
+        &by_ancestor,
+        existing,
+        false,
+    )
+    .await)
 }
 
 /// Plans one kind in one destination from already-listed objects and executes the plan
@@ -286,6 +364,9 @@ pub async fn sync_kind(
                     }
                     Err((writes, error)) => {
                         report.writes += writes;
+                        if error.status_code() == Some(409) {
+                            report.raced += 1;
+                        }
                         let chain = crate::telemetry::chain(&error);
                         report
                             .failures
@@ -368,5 +449,33 @@ mod tests {
         a.merge(b);
         assert_eq!((a.created, a.deleted, a.writes, a.changes()), (1, 2, 3, 3));
         assert_eq!(a.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn a_raced_attempt_keeps_its_writes_not_its_findings() {
+        let finding = Finding {
+            kind: "ConfigMap".into(),
+            namespace: "c".into(),
+            name: "x".into(),
+            detail: "create: 409".into(),
+        };
+        let mut total = SyncReport::default();
+        total.merge_writes(SyncReport {
+            created: 1,
+            in_sync: 2,
+            writes: 2,
+            raced: 1,
+            failures: vec![finding],
+            ..SyncReport::default()
+        });
+        total.merge(SyncReport {
+            in_sync: 3,
+            ..SyncReport::default()
+        });
+        assert_eq!(
+            (total.created, total.in_sync, total.writes, total.raced),
+            (1, 3, 2, 0)
+        );
+        assert!(total.failures.is_empty());
     }
 }

@@ -6,24 +6,30 @@
 //! through [`crate::k8s`], reads the time from its [`Clock`].
 
 mod parent;
+mod pool;
 mod quota;
 mod view;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::config::Kubeconfig;
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use pool::{claims as pool_claims, misses as pool_misses};
+pub use quota::conflicts_retried as quota_conflicts_retried;
 pub use view::{NamespaceView, ObjectRef, QuotaView};
 
 use crate::clock::{Clock, system_clock};
 use crate::k8s::{self, ApplyError, KubeError, ResolveKindsError, TokenRequestError};
 use crate::propagate::{self, Destination, Propagation, SyncListError};
+use crate::reload::Live;
 use crate::rules::auth::{Identity, Right, Verb};
 use crate::rules::desired::{DesiredSet, Owner, SetConfig, desired_set_for, namespace_to_create_for};
 use crate::rules::hierarchy::config::PropagationConfig;
@@ -79,6 +85,14 @@ pub struct Provisioner {
     clock: Clock,
     /// `config.propagation` resolved against the API server, once.
     propagation: Arc<tokio::sync::OnceCell<Propagation>>,
+    /// `--certificate-authority` as it is now (else `config.ca_pem`).
+    live_ca: Option<Live<Vec<u8>>>,
+    /// `--role-rules-file` as it is now (else `config.set.role_rules`).
+    live_role_rules: Option<Live<Vec<PolicyRule>>>,
+    /// `--claim-from-pool`: top-level creates try the reaper's warm pool first (issue 16).
+    claim_top_level: bool,
+    /// Pool members listed but not claimed yet, per pool: the next claim tries them first.
+    pool_candidates: pool::Candidates,
 }
 
 /// A managed namespace as a tenant sees it.
@@ -106,6 +120,9 @@ pub struct Provisioned {
     /// When the token in the kubeconfig expires (Unix seconds).
     pub token_expires_at: i64,
     pub kubeconfig: Kubeconfig,
+    /// For the audit line: `Some("hit")` when a warm-pool member was claimed, `Some("miss")`
+    /// when a pool was tried and the create went cold, `None` when no pool was tried.
+    pub pool: Option<&'static str>,
 }
 
 #[derive(Debug, Error)]
@@ -387,6 +404,42 @@ impl Provisioner {
             config: Arc::new(config),
             clock,
             propagation: Arc::default(),
+            live_ca: None,
+            live_role_rules: None,
+            claim_top_level: false,
+            pool_candidates: pool::Candidates::default(),
+        }
+    }
+
+    /// Top-level creates claim a member of the reaper's top-level pool when one is ready
+    /// (`--claim-from-pool`); a child's create tries its parent's pool whenever the parent
+    /// asks for one.
+    pub fn with_pool_claims(mut self, top_level: bool) -> Self {
+        self.claim_top_level = top_level;
+        self
+    }
+
+    /// Write the CA of `ca` (a reloaded `--certificate-authority`) into kubeconfigs.
+    pub fn with_live_ca(mut self, ca: Live<Vec<u8>>) -> Self {
+        self.live_ca = Some(ca);
+        self
+    }
+
+    /// Give new sets the Role of `rules` (a reloaded `--role-rules-file`).
+    pub fn with_live_role_rules(mut self, rules: Live<Vec<PolicyRule>>) -> Self {
+        self.live_role_rules = Some(rules);
+        self
+    }
+
+    /// The set configuration with the role rules as they are now.
+    fn set_config(&self) -> Cow<'_, SetConfig> {
+        match &self.live_role_rules {
+            None => Cow::Borrowed(&self.config.set),
+            Some(rules) => {
+                let mut set = self.config.set.clone();
+                set.role_rules = Some(rules.get().as_ref().clone());
+                Cow::Owned(set)
+            }
         }
     }
 
@@ -459,44 +512,78 @@ impl Provisioner {
                 let ttl_secs = self.config.ttl.resolve(ttl)?;
                 self.check_quota(who.tenant()).await?;
                 let expiry = Expiry::after((self.clock)(), ttl_secs);
-                tokio::spawn(async move { this.create_set(&owner, expiry, server).await })
-                    .await
-                    .map_err(|_| ProvisionError::TaskStopped)?
+                tokio::spawn(async move {
+                    if this.claim_top_level && owner.bound_user.is_none() {
+                        let from = pool::ClaimFrom::top_level();
+                        if let Some(done) = this.claim(from, &owner, expiry, &server).await? {
+                            return Ok(done);
+                        }
+                        return pool::missed_then(this.create_set(&owner, expiry, server).await);
+                    }
+                    this.create_set(&owner, expiry, server).await
+                })
+                .await
+                .map_err(|_| ProvisionError::TaskStopped)?
             }
             Some(parent) => {
                 let placement = self
                     .place_child(who.tenant(), &parent, ttl, (self.clock)())
                     .await?;
                 self.check_quota(who.tenant()).await?;
-                tokio::spawn(async move { this.create_child(&owner, placement, quota, server).await })
-                    .await
-                    .map_err(|_| ProvisionError::TaskStopped)?
+                tokio::spawn(async move {
+                    if quota.is_none()
+                        && owner.bound_user.is_none()
+                        && this.parent_keeps_pool(&placement).await
+                    {
+                        let from = pool::ClaimFrom::child_of(&placement);
+                        if let Some(done) = this.claim(from, &owner, placement.expiry, &server).await? {
+                            return Ok(done);
+                        }
+                        return pool::missed_then(this.create_child(&owner, placement, quota, server).await);
+                    }
+                    this.create_child(&owner, placement, quota, server).await
+                })
+                .await
+                .map_err(|_| ProvisionError::TaskStopped)?
             }
         }
     }
 
     /// Best effort across replicas: two concurrent creates may both pass.
+    ///
+    /// One LIST of at most `limit + 1` of the tenant's namespaces decides it, whatever the
+    /// tenant holds (issue 16): a further page is asked for only while the pages seen were
+    /// full of namespaces that no longer count (expired or terminating), so the cost grows
+    /// with those, never with the live ones.
     async fn check_quota(&self, tenant: &TenantName) -> Result<(), ProvisionError> {
         let Some(limit) = self.config.max_namespaces_per_tenant else {
             return Ok(());
         };
         let now = (self.clock)();
-        let live = k8s::list_namespaces(&self.client, &self.tenant_selector(tenant), self.config.page_size)
-            .await
-            .map_err(|source| ProvisionError::CountNamespaces {
-                tenant: tenant.to_string(),
-                source,
-            })?
-            .iter()
-            .filter(|ns| is_live(ns, now))
-            .count();
-        if live >= usize::try_from(limit).unwrap_or(usize::MAX) {
-            return Err(ProvisionError::TooMany {
-                tenant: tenant.to_string(),
-                limit,
-            });
+        let selector = self.tenant_selector(tenant);
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut live = 0;
+        let mut next: Option<String> = None;
+        loop {
+            let (page, token) =
+                k8s::list_namespaces_page(&self.client, &selector, limit.saturating_add(1), next.as_deref())
+                    .await
+                    .map_err(|source| ProvisionError::CountNamespaces {
+                        tenant: tenant.to_string(),
+                        source,
+                    })?;
+            live += page.iter().filter(|ns| is_live(ns, now)).count();
+            if live >= wanted {
+                return Err(ProvisionError::TooMany {
+                    tenant: tenant.to_string(),
+                    limit,
+                });
+            }
+            match token {
+                Some(token) => next = Some(token),
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     async fn create_set(
@@ -506,15 +593,23 @@ impl Provisioner {
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
         let tenant = &owner.tenant;
-        // Labelled from the first write, so the reaper finds it if we die here.
-        let namespace = namespace_to_create_for(&self.config.prefix, owner, expiry, &self.config.set);
-        let created = k8s::create_namespace(&self.client, &namespace)
-            .await
-            .map_err(|source| ProvisionError::CreateNamespace { source })?;
+        // Labelled from the first write, so the reaper finds it if we die here. Named here
+        // rather than by `generateName`: a create whose answer is lost (a reset connection,
+        // an API server restart) is then found by name and rolled back.
+        let mut namespace = namespace_to_create_for(&self.config.prefix, owner, expiry, &self.set_config());
+        namespace.metadata.generate_name = None;
+        namespace.metadata.name = Some(namespace_name(&self.config.prefix));
+        let created = match k8s::create_namespace(&self.client, &namespace).await {
+            Ok(created) => created,
+            Err(source) => {
+                settle_unanswered(&self.client, &namespace, &source);
+                return Err(ProvisionError::CreateNamespace { source });
+            }
+        };
         let (Some(name), Some(uid)) = (created.metadata.name.clone(), created.metadata.uid.clone()) else {
             return Err(ProvisionError::NamespaceUnnamed);
         };
-        let set = desired_set_for(&name, owner, expiry, &self.config.set);
+        let set = desired_set_for(&name, owner, expiry, &self.set_config());
         match self.complete(&set, expiry, server).await {
             Ok(done) => {
                 info!(namespace = %name, %tenant, owner = owner.user.as_deref(), expiry = %expiry, "namespace created");
@@ -522,9 +617,7 @@ impl Provisioner {
             }
             Err(err) => {
                 warn!(namespace = %name, error = %err, "creating the set failed; deleting the namespace");
-                if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
-                    warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
-                }
+                roll_back(&self.client, &name, &uid).await;
                 Err(err)
             }
         }
@@ -540,7 +633,7 @@ impl Provisioner {
         ask: Option<Resources>,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
-        let name = child_name(&self.config.prefix);
+        let name = namespace_name(&self.config.prefix);
         let parent_name = placement.parent_name.as_str();
         // The allocation is reserved under the child's name before the namespace exists, so a
         // create that does not fit writes nothing.
@@ -562,7 +655,7 @@ impl Provisioner {
         let expiry = placement.expiry;
         let (tree_labels, annotations) = placement.metadata(&name);
         let tenant = &owner.tenant;
-        let mut namespace = namespace_to_create_for(&self.config.prefix, owner, expiry, &self.config.set);
+        let mut namespace = namespace_to_create_for(&self.config.prefix, owner, expiry, &self.set_config());
         namespace.metadata.generate_name = None;
         namespace.metadata.name = Some(name.clone());
         merge_into(&mut namespace.metadata.labels, tree_labels);
@@ -570,6 +663,7 @@ impl Provisioner {
         let created = match k8s::create_namespace(&self.client, &namespace).await {
             Ok(created) => created,
             Err(source) => {
+                settle_unanswered(&self.client, &namespace, &source);
                 if let Some(reservation) = &reservation {
                     self.release(reservation, None).await;
                 }
@@ -582,7 +676,7 @@ impl Provisioner {
             }
             return Err(ProvisionError::NamespaceUnnamed);
         };
-        let set = desired_set_for(&name, owner, expiry, &self.config.set);
+        let set = desired_set_for(&name, owner, expiry, &self.set_config());
         let labels = created.metadata.labels.clone().unwrap_or_default();
         let completed = async {
             if let Some(reservation) = &reservation {
@@ -605,9 +699,7 @@ impl Provisioner {
             }
             Err(err) => {
                 warn!(namespace = %name, error = %err, "creating the child failed; deleting the namespace");
-                if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
-                    warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
-                }
+                roll_back(&self.client, &name, &uid).await;
                 if let Some(reservation) = &reservation {
                     self.release(reservation, Some(&uid)).await;
                 }
@@ -674,10 +766,14 @@ impl Provisioner {
         let now = (self.clock)();
         let issued = k8s::request_token(&self.client, &name, k8s::token_seconds(expiry.unix() - now)).await?;
         let server = server.unwrap_or_else(|| self.config.server.clone());
+        let live_ca = self.live_ca.as_ref().map(Live::get);
         let config = kubeconfig::build(Credentials {
             namespace: &name,
             server: &server,
-            ca_pem: self.config.ca_pem.as_deref(),
+            ca_pem: live_ca
+                .as_deref()
+                .map(Vec::as_slice)
+                .or(self.config.ca_pem.as_deref()),
             token: issued.token,
         });
         Ok(Provisioned {
@@ -685,6 +781,7 @@ impl Provisioner {
             expiry,
             token_expires_at: issued.expires_at,
             kubeconfig: config,
+            pool: None,
         })
     }
 
@@ -798,7 +895,7 @@ impl Provisioner {
         let expiry = self
             .check_extend_under_parent(&ns, (self.clock)(), ttl_secs)
             .await?;
-        let set = desired_set_for(name, &owner, expiry, &self.config.set);
+        let set = desired_set_for(name, &owner, expiry, &self.set_config());
         k8s::apply_namespace(&self.client, &set.namespace)
             .await
             .map_err(|source| ProvisionError::ApplyNamespace {
@@ -811,9 +908,10 @@ impl Provisioner {
     }
 }
 
-/// `<prefix>-<8 random characters>`, from the alphabet `generateName` uses (no vowels, no
-/// look-alikes): 27^8 names, so a collision is an AlreadyExists error, not worth a retry.
-fn child_name(prefix: &NamePrefix) -> String {
+/// `<prefix>-<8 random characters>` (every new namespace, top-level, child or warm-pool
+/// member), from the alphabet `generateName` uses (no vowels, no look-alikes): 27^8 names,
+/// so a collision is an AlreadyExists error, not worth a retry.
+pub(crate) fn namespace_name(prefix: &NamePrefix) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
@@ -845,6 +943,98 @@ fn info_of(ns: &Namespace) -> NamespaceInfo {
         created: ns.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         expires_at: expiry.map(Expiry::rfc3339),
         phase: if terminating { "Terminating" } else { "Active" }.to_owned(),
+    }
+}
+
+/// How long a rollback the API server could not take (unreachable, 5xx, 429)
+/// is retried in the background: an API server restart or a reset connection
+/// must not leave a half-made set (issue 15). Past it, the reaper finds the
+/// namespace by its labels and completes it until its expiry.
+const ROLLBACK_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Delete a namespace whose set could not be completed (uid precondition).
+/// If the API server is unavailable, the deletion is retried in a task of
+/// its own (backing off from 0.5 s to 10 s, for [`ROLLBACK_RETRY_FOR`]), so
+/// the caller's error answer is not held up.
+async fn roll_back(client: &Client, name: &str, uid: &str) {
+    match k8s::delete_namespace(client, name, uid).await {
+        Ok(()) => {}
+        Err(e) if e.is_gone() => {}
+        Err(e) if e.is_unavailable() => {
+            warn!(namespace = %name, error = %e, "rollback failed; retrying in the background");
+            let (client, name, uid) = (client.clone(), name.to_owned(), uid.to_owned());
+            tokio::spawn(async move { retry_roll_back(&client, &name, &uid).await });
+        }
+        Err(e) => {
+            warn!(namespace = %name, error = %e, "rollback failed; the reaper will complete the set and delete it at expiry");
+        }
+    }
+}
+
+/// How long after a create whose answer was lost the namespace may still appear: the API
+/// server finishes (or abandons) a request it received within its own request timeout (60 s).
+const UNANSWERED_CREATE_SETTLES: std::time::Duration = std::time::Duration::from_secs(65);
+
+/// A Namespace create failed without a clear answer (the API server unavailable: the
+/// request may have been carried out, its answer lost). In a task of its own, look the
+/// name up until the API server answers; if the namespace exists and carries every label
+/// of `namespace` (our first write, under a name drawn for this create), delete it.
+fn settle_unanswered(client: &Client, namespace: &Namespace, error: &KubeError) {
+    let Some(name) = namespace.metadata.name.clone() else {
+        return;
+    };
+    if !error.is_unavailable() {
+        return;
+    }
+    let client = client.clone();
+    let labels = namespace.metadata.labels.clone().unwrap_or_default();
+    tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut delay = std::time::Duration::from_millis(500);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            match k8s::get_namespace(&client, &name).await {
+                Ok(Some(found)) => {
+                    let have = found.metadata.labels.unwrap_or_default();
+                    let ours = labels.iter().all(|(k, v)| have.get(k) == Some(v));
+                    if let (true, Some(uid)) = (ours, found.metadata.uid) {
+                        info!(namespace = %name, "a create whose answer was lost made this namespace; rolling it back");
+                        roll_back(&client, &name, &uid).await;
+                    }
+                    return;
+                }
+                Ok(None) if started.elapsed() >= UNANSWERED_CREATE_SETTLES => return,
+                Ok(None) => {}
+                Err(e) if e.is_unavailable() && started.elapsed() < ROLLBACK_RETRY_FOR => {}
+                Err(e) => {
+                    warn!(namespace = %name, error = %e, "cannot tell whether a create whose answer was lost made this namespace; the reaper completes it and deletes it at expiry");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+async fn retry_roll_back(client: &Client, name: &str, uid: &str) {
+    let deadline = tokio::time::Instant::now() + ROLLBACK_RETRY_FOR;
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        tokio::time::sleep(delay).await;
+        match k8s::delete_namespace(client, name, uid).await {
+            Ok(()) => {
+                info!(namespace = %name, "rolled back after retrying");
+                return;
+            }
+            Err(e) if e.is_gone() => return,
+            Err(e) if e.is_unavailable() && tokio::time::Instant::now() + delay < deadline => {
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => {
+                warn!(namespace = %name, error = %e, "rollback failed; the reaper will complete the set and delete it at expiry");
+                return;
+            }
+        }
     }
 }
 

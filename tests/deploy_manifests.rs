@@ -120,6 +120,10 @@ fn manifests_pass_server_dry_run_then_apply() {
     let a = yaml_file("cronjob/base/namespace.yaml");
     let b = yaml_file("function/namespace.yaml");
     assert_eq!(a, b, "cronjob/ and function/ describe the namespace differently");
+    // Both binaries must agree on what propagates in which mode.
+    let a = yaml_file("cronjob/base/propagation-config.yaml");
+    let b = yaml_file("function/propagation-config.yaml");
+    assert_eq!(a, b, "cronjob/ and function/ ship different propagation configs");
     // The two admission policies are one policy for two identities.
     let normalize = |path: &str, sa: &str| {
         let text = std::fs::read_to_string(deploy_support::repo().join(path)).unwrap();

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, DeleteParams};
 use namespace_provisioner::k8s;
 use namespace_provisioner::rules::permissions::{Identity, Permission, PermissionContext, required};
 use namespace_provisioner::telemetry;
@@ -82,8 +82,8 @@ async fn a_403_names_the_action_the_message_once_and_the_status() {
         Identity::Reaper { watch: false },
         &PermissionContext {
             grant_cluster_role: "namespace-provisioner-grant",
-            role_rules: false,
             lease_namespace: None,
+            propagated: &[],
         },
     );
     let grants: Vec<&Permission> = reaper
@@ -121,16 +121,22 @@ async fn a_403_names_the_action_the_message_once_and_the_status() {
 async fn a_missing_grant_cluster_role_says_how_to_create_it() {
     let fx = Fixture::new(SELECTOR_KEY).await;
     let home = fx.create_unmanaged("np-errors", BTreeMap::new()).await;
-    // The shipped provisioner rights: `bind` on namespace-provisioner-grant only.
+    // The provisioner's rights without `bind` on ClusterRoles (the shipped
+    // RBAC binds any ClusterRole, for copies; an identity that holds `bind`
+    // makes the API server skip looking the role up). Without it the API
+    // server's escalation check looks the missing role up and answers 404.
     let rights = required(
         Identity::Provisioner,
         &PermissionContext {
             grant_cluster_role: "namespace-provisioner-grant",
-            role_rules: false,
             lease_namespace: None,
+            propagated: &[],
         },
     );
-    let grants: Vec<&Permission> = rights.iter().collect();
+    let grants: Vec<&Permission> = rights
+        .iter()
+        .filter(|p| !(p.verb == "bind" && p.resource == "clusterroles"))
+        .collect();
     let kubeconfig = identity(&fx, &home, "provisioner", &grants).await;
     await_rbac(kubeconfig.path(), grants[0]).await;
     let missing = support::unique("np-missing-grant");
@@ -148,6 +154,7 @@ async fn a_missing_grant_cluster_role_says_how_to_create_it() {
             ("NP_SELECTOR", fx.selector.to_string()),
             ("NP_CLUSTER_ROLE", missing.clone()),
             ("NP_SKIP_PREFLIGHT", "true".into()),
+            ("NP_LOG_FORMAT", "json".into()),
         ],
     );
     support::wait_http_ok(&internal, "/readyz", &mut process).await;
@@ -166,6 +173,72 @@ async fn a_missing_grant_cluster_role_says_how_to_create_it() {
     assert!(
         line.contains("create it: function/grant-clusterrole.yaml"),
         "{line}"
+    );
+    // The refusal as fields beside the line (the HTTP answer keeps `status`).
+    let logged: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(logged["status"], 500, "{logged}");
+    assert_eq!(logged["api_status"], 404, "{logged}");
+    assert_eq!(logged["api_reason"], "NotFound", "{logged}");
+}
+
+#[tokio::test]
+async fn a_refused_repair_logs_the_refusal_as_fields_and_an_audit_line() {
+    let fx = Fixture::new(SELECTOR_KEY).await;
+    let home = fx.create_unmanaged("np-errors", BTreeMap::new()).await;
+    let set = fx.create_set("np-errors", support::now() + 3600).await;
+    let namespace = set.namespace.metadata.name.clone().unwrap();
+    Api::<ServiceAccount>::namespaced(fx.client.clone(), &namespace)
+        .delete("namespace-provisioner", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Every right of a sweep but writing ServiceAccounts (server-side apply is a PATCH).
+    let reaper = required(
+        Identity::Reaper { watch: false },
+        &PermissionContext {
+            grant_cluster_role: "namespace-provisioner-grant",
+            lease_namespace: None,
+            propagated: &[],
+        },
+    );
+    let grants: Vec<&Permission> = reaper
+        .iter()
+        .filter(|p| !(p.verb == "patch" && p.resource == "serviceaccounts"))
+        .collect();
+    let kubeconfig = identity(&fx, &home, "no-patch-sa", &grants).await;
+    await_rbac(kubeconfig.path(), grants[0]).await;
+
+    let (code, _, stderr) = run_reaper(kubeconfig.path(), &fx, &["--once", "--skip-preflight"]);
+    assert_eq!(code, Some(1), "a set failed:\n{stderr}");
+    let failed = json_lines(&stderr, "write failed");
+    assert_eq!(failed.len(), 1, "{stderr}");
+    let line = &failed[0];
+    assert_eq!(line["status"], 403, "{line}");
+    assert_eq!(line["reason"], "Forbidden", "{line}");
+    assert_eq!(
+        line["namespace"],
+        namespace.as_str(),
+        "the request's target: {line}"
+    );
+    assert_eq!(line["name"], "namespace-provisioner", "{line}");
+    assert_eq!(line["set"], namespace.as_str(), "{line}");
+    assert_readable(line["error"].as_str().unwrap(), "is forbidden");
+
+    let audit: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["audit"] == true && v["namespace"] == namespace.as_str())
+        .collect();
+    assert_eq!(audit.len(), 1, "{stderr}");
+    assert_eq!(audit[0]["action"], "repair", "{}", audit[0]);
+    assert_eq!(audit[0]["outcome"], "failed", "{}", audit[0]);
+    assert_eq!(audit[0]["tenant"], fx.tenant().as_str(), "{}", audit[0]);
+    assert!(
+        audit[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ServiceAccount/namespace-provisioner"),
+        "{}",
+        audit[0]
     );
 }
 
@@ -207,4 +280,65 @@ async fn an_unreachable_api_server_says_so_once() {
         assert_readable(line, "Connection refused");
         assert!(line.contains("check the server URL"), "{line}");
     }
+}
+
+/// With the shipped rights (`bind` on any ClusterRole, for copies) the API
+/// server accepts a binding to a missing grant ClusterRole, so the
+/// provisioner looks it up itself: not ready, with the hint, until it exists.
+#[tokio::test]
+async fn a_missing_grant_cluster_role_keeps_the_provisioner_unready_until_it_exists() {
+    let fx = Fixture::new(SELECTOR_KEY).await;
+    let home = fx.create_unmanaged("np-errors", BTreeMap::new()).await;
+    let missing = support::unique("np-later-grant");
+    let rights = required(
+        Identity::Provisioner,
+        &PermissionContext {
+            grant_cluster_role: &missing,
+            lease_namespace: None,
+            propagated: &[],
+        },
+    );
+    let grants: Vec<&Permission> = rights.iter().collect();
+    let kubeconfig = identity(&fx, &home, "provisioner-gate", &grants).await;
+    await_rbac(kubeconfig.path(), grants[0]).await;
+    let internal = format!("127.0.0.1:{}", support::free_port());
+    let mut process = Process::spawn(
+        "errors-provisioner-gate",
+        env!("CARGO_BIN_EXE_provisioner"),
+        &[],
+        &[
+            ("NP_LISTEN", format!("127.0.0.1:{}", support::free_port())),
+            ("NP_INTERNAL_LISTEN", internal.clone()),
+            ("NP_KUBECONFIG", kubeconfig.path().display().to_string()),
+            ("NP_INSECURE_ALLOW_UNAUTHENTICATED", "true".into()),
+            ("NP_SELECTOR", fx.selector.to_string()),
+            ("NP_CLUSTER_ROLE", missing.clone()),
+            ("NP_PREFLIGHT_INTERVAL", "1s".into()),
+        ],
+    );
+    let hint =
+        format!("the grant ClusterRole {missing} does not exist: create it: function/grant-clusterrole.yaml");
+    support::eventually(
+        std::time::Duration::from_secs(60),
+        "/readyz to refuse, naming the missing grant ClusterRole",
+        || {
+            process.assert_running();
+            let (internal, hint) = (internal.clone(), hint.clone());
+            async move {
+                match support::try_http(&internal, "GET", "/readyz", None, None).await {
+                    Some(answer) if answer.status == 503 && answer.body.contains(&hint) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        process.log().matches(&hint).count(),
+        1,
+        "logged once, not on every check:\n{}",
+        process.log()
+    );
+    fx.create_cluster_role(&missing, Vec::new()).await;
+    support::wait_http_ok(&internal, "/readyz", &mut process).await;
 }

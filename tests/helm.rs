@@ -148,7 +148,16 @@ fn by_key(objects: Vec<Value>, what: &str) -> BTreeMap<String, Value> {
                 "{what}: {key} lacks label {label}"
             );
         }
-        assert!(out.insert(key.clone(), object).is_none(), "{what}: {key} twice");
+        // function/ and cronjob/ each ship the propagation ConfigMap, so that
+        // either applies alone; applied together they must be one object.
+        if let Some(earlier) = out.insert(key.clone(), object.clone()) {
+            assert!(
+                earlier == object,
+                "{what}: {key} twice, and the two differ:\n{}\n{}",
+                serde_yaml_ng::to_string(&earlier).unwrap(),
+                serde_yaml_ng::to_string(&object).unwrap()
+            );
+        }
     }
     out
 }
@@ -564,6 +573,18 @@ async fn binaries_configured_by_the_chart_work_as_its_service_accounts() {
     env.insert("NP_TOKEN_FILE".into(), tokens.path().display().to_string());
     env.insert("NP_LISTEN".into(), format!("127.0.0.1:{port}"));
     env.insert("NP_INTERNAL_LISTEN".into(), format!("127.0.0.1:{internal}"));
+    // Both binaries read the chart's propagation ConfigMap; here a file holds
+    // the same content.
+    let propagation = find(installed(), "ConfigMap", "namespace-provisioner-propagation");
+    let propagation = support::temp_file(str_at(propagation, &["data", "propagation.yaml"]));
+    let mounted = env.insert(
+        "NP_PROPAGATION_CONFIG".into(),
+        propagation.path().display().to_string(),
+    );
+    assert!(
+        mounted.is_some(),
+        "the chart's provisioner lacks NP_PROPAGATION_CONFIG: {env:?}"
+    );
     let mut provisioner = Running::spawn("provisioner", env!("CARGO_BIN_EXE_provisioner"), &args, &env);
     let deadline = Instant::now() + Duration::from_secs(60);
     while curl("GET", &format!("http://127.0.0.1:{internal}/readyz"), None).0 != 200 {
@@ -628,10 +649,6 @@ async fn binaries_configured_by_the_chart_work_as_its_service_accounts() {
         reaper_identity.path().display().to_string(),
     );
     env.insert("POD_NAME".into(), "helm-test".into());
-    // The chart mounts its propagation ConfigMap at NP_PROPAGATION_CONFIG; here the
-    // file holds the same content.
-    let propagation = find(installed(), "ConfigMap", "namespace-provisioner-propagation");
-    let propagation = support::temp_file(str_at(propagation, &["data", "propagation.yaml"]));
     assert!(env.contains_key("NP_PROPAGATION_CONFIG"), "{env:?}");
     env.insert(
         "NP_PROPAGATION_CONFIG".into(),

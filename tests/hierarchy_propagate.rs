@@ -1,14 +1,14 @@
 //! The shared propagation I/O (`propagate::sync_namespace`, `k8s::dynamic`) against the real
 //! control plane: copies from two ancestors (top-most wins), steady state writes nothing,
 //! source edits and deletions, conflicts and forged copies never touched, roleRef change
-//! recreates, immutable ConfigMaps, GitOps metadata stripped, unknown kinds refused.
+//! recreates, immutable ConfigMaps and Secrets, GitOps metadata stripped, unknown kinds refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod hierarchy_support;
 mod support;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -326,5 +326,55 @@ async fn unknown_and_cluster_scoped_kinds_are_refused_by_name() {
             "rbac.authorization.k8s.io/RoleBinding",
             "Secret"
         ]
+    );
+}
+
+#[tokio::test]
+async fn immutable_secret_is_recreated_when_its_source_is() {
+    let fx = Fixture::new(SELECTOR_KEY).await;
+    let client = fx.client.clone();
+    let parent = tree_namespace(&fx, "hp-sp", None, &[]).await;
+    let child = tree_namespace(&fx, "hp-sc", Some(&parent), &[]).await;
+    let secret = |value: &str| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("frozen".into()),
+            ..Default::default()
+        },
+        string_data: Some([("k".to_string(), value.to_string())].into()),
+        immutable: Some(true),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    };
+    let parent_secrets = Api::<Secret>::namespaced(client.clone(), &parent);
+    parent_secrets
+        .create(&PostParams::default(), &secret("v1"))
+        .await
+        .unwrap();
+    let propagation = propagation(&client, &format!("{CONFIG}- kind: Secret\n  mode: Propagate\n")).await;
+    let report = sync(&client, &propagation, &child, &[&parent]).await;
+    assert_eq!(counts(&report), (1, 0, 0, 0, 0), "{report:?}");
+    let child_secrets = Api::<Secret>::namespaced(client.clone(), &child);
+    let value = |s: Secret| s.data.unwrap()["k"].0.clone();
+    let first = child_secrets.get("frozen").await.unwrap();
+    assert_eq!(first.immutable, Some(true));
+    assert_eq!(value(first.clone()), b"v1");
+
+    parent_secrets
+        .delete("frozen", &DeleteParams::default())
+        .await
+        .unwrap();
+    parent_secrets
+        .create(&PostParams::default(), &secret("v2"))
+        .await
+        .unwrap();
+    let report = sync(&client, &propagation, &child, &[&parent]).await;
+    assert_eq!(counts(&report), (0, 0, 1, 0, 0), "{report:?}");
+    assert_eq!(report.writes, 2, "a recreate is one delete and one create");
+    let second = child_secrets.get("frozen").await.unwrap();
+    assert_ne!(second.uid(), first.uid());
+    assert_eq!(value(second), b"v2");
+    assert!(
+        sync(&client, &propagation, &child, &[&parent]).await.writes == 0,
+        "steady state writes nothing"
     );
 }

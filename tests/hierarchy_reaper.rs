@@ -2,7 +2,8 @@
 //! tree labels, propagation from every ancestor (top-most wins), a second `--once` that writes
 //! nothing (counted on the wire), cascade on parent deletion and uid change under `--dry-run`
 //! and `--max-deletions`, full namespaces detached and never deleted, HNC's exceptions end to
-//! end with a namespace label change, and mode changes Propagate → Ignore → Propagate → Remove.
+//! end with a namespace label change, and mode changes Propagate → (kind removed from the file)
+//! → Ignore → Propagate → Remove.
 //!
 //! The tree part sweeps every tree of the cluster, so the tests of this file take turns
 //! ([`TURN`]); each owns a [`Fixture`] (dump on failure, cleanup by label).
@@ -426,8 +427,18 @@ async fn mode_changes_propagate_ignore_propagate_remove() {
     let copy = get_config_map(&client, &child, "cfg").await.unwrap();
     assert_eq!(data_of(&copy), "v1");
 
-    // Ignore: nothing of the kind is touched, the copy stays as it was.
+    // A kind removed from the file is Ignore: its copies stay as they were.
     edit_source("v2").await;
+    let removed = temp_file("resources: []\n");
+    let json = once(&fx, removed.path(), &[]);
+    assert_eq!(json["trees"]["propagation"]["updated"], 0, "{json:#}");
+    assert_eq!(json["trees"]["propagation"]["deleted"], 0, "{json:#}");
+    assert_eq!(
+        data_of(&get_config_map(&client, &child, "cfg").await.unwrap()),
+        "v1"
+    );
+
+    // Ignore: nothing of the kind is touched, the copy stays as it was.
     let json = once(&fx, mode("Ignore").path(), &[]);
     assert_eq!(json["trees"]["propagation"]["updated"], 0, "{json:#}");
     assert_eq!(

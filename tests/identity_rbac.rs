@@ -131,7 +131,7 @@ async fn provisioner_least_privilege_suffices_for_kubernetes_identities() {
     // No API refusal of the provisioner itself (our own 403 answers aside).
     let refused_by_api: Vec<&str> = forbidden_lines(&log)
         .into_iter()
-        .filter(|l| !l.contains("request refused"))
+        .filter(|l| !l.contains("request refused") && !l.contains("api::audit"))
         .collect();
     assert!(refused_by_api.is_empty(), "{log}");
     for secret in [&lead_token, &nobody_token] {
@@ -165,8 +165,9 @@ async fn identity_rights_are_least() {
         vec!["impersonate", "groups"],
         // The rights it checks are not its own to use or hand out.
         vec!["create", "namespaces.controller.observatorium.io"],
-        vec!["bind", "clusterrole/namespace-provisioner:creator"],
-        vec!["bind", "clusterrole/namespace-provisioner:manager"],
+        // (`bind` on ClusterRoles it holds for copies of ancestors'
+        // RoleBindings; the admission policy confines it to copies in tree
+        // namespaces: tests/hierarchy_rbac.rs.)
         vec!["update", "clusterroles"],
     ] {
         assert!(!can_i(kc, &args), "provisioner can {args:?}");

@@ -61,8 +61,13 @@ fn sam_template_passes_cfn_lint() {
         "Runtime: provided.al2023",
         "Architectures: [x86_64]",
         "FunctionUrlConfig:",
-        "NP_TOKEN_FILE: /opt/namespace-provisioner/tokens",
-        "NP_KUBECONFIG: /opt/namespace-provisioner/kubeconfig",
+        "NP_TOKEN_FILE: !If [UseSecret, !Ref AWS::NoValue, /opt/namespace-provisioner/tokens]",
+        "NP_KUBECONFIG: !If [UseEks, !Ref AWS::NoValue, /opt/namespace-provisioner/kubeconfig]",
+        // Issue 17: IAM to EKS and tokens from Secrets Manager, least privilege.
+        "NP_EKS_CLUSTER_NAME: !If [UseEks, !Ref EksClusterName, !Ref AWS::NoValue]",
+        "NP_TOKENS_SECRET: !If [UseSecret, !Ref TokensSecretArn, !Ref AWS::NoValue]",
+        "Action: secretsmanager:GetSecretValue\n                Resource: !Ref TokensSecretArn",
+        "Action: kms:Decrypt\n                Resource: !Ref KmsKeyArn",
     ] {
         assert!(
             template.contains(needle),

@@ -13,10 +13,11 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use support::{Process, admin, cluster, temp_file, unique};
 
@@ -35,6 +36,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(&[]).await
+    }
+
+    /// With more environment for the provisioner (e.g. `NP_AUTH`).
+    async fn start_with(extra: &[(&str, String)]) -> Server {
         let admin = admin().await;
         let grant = unique("np-grant");
         support::create_cluster_role(
@@ -45,18 +51,15 @@ impl Server {
         .await;
         let selector = format!("np-test.example.com/provisioner={}", unique("t"));
         let token_file = temp_file(&format!("alice {TOKEN}\n"));
-        let provisioner = support::process::start_provisioner(
-            "plugin-provisioner",
-            &[],
-            &[
-                ("NP_TOKEN_FILE", token_file.path().display().to_string()),
-                ("NP_KUBECONFIG", cluster().kubeconfig.display().to_string()),
-                ("NP_SELECTOR", selector.clone()),
-                ("NP_CLUSTER_ROLE", grant.clone()),
-            ],
-            "/readyz",
-        )
-        .await;
+        let mut env = vec![
+            ("NP_TOKEN_FILE", token_file.path().display().to_string()),
+            ("NP_KUBECONFIG", cluster().kubeconfig.display().to_string()),
+            ("NP_SELECTOR", selector.clone()),
+            ("NP_CLUSTER_ROLE", grant.clone()),
+        ];
+        env.extend(extra.iter().cloned());
+        let provisioner =
+            support::process::start_provisioner("plugin-provisioner", &[], &env, "/readyz").await;
         Server {
             url: format!("http://{}", provisioner.addr),
             selector,
@@ -371,6 +374,110 @@ async fn every_subcommand_against_the_real_provisioner() {
 }
 
 /// URL and token from the config file; a wrong token; an unreachable server.
+/// `create --parent P --quota ...` end to end: a child of an administrator's parent with
+/// an allocation from its budget (a ResourceQuota the API server enforces), `get` shows
+/// the parent; an allocation that does not fit is a 409 on one line, exit 1.
+#[tokio::test]
+async fn create_under_a_parent_with_a_quota() {
+    let server = Server::start().await;
+    support::kubectl_ok(
+        &cluster().kubeconfig,
+        &["apply", "-f", "cronjob/base/crd-hierarchicalresourcequota.yaml"],
+    );
+    let parent = unique("np-parent");
+    let parent_ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": parent,
+            "annotations": {"controller.observatorium.io/allowed-tenants": "alice"},
+        },
+    }))
+    .unwrap();
+    let namespaces = Api::<Namespace>::all(server.admin.clone());
+    namespaces
+        .create(&PostParams::default(), &parent_ns)
+        .await
+        .unwrap();
+    let hrq = kube::api::DynamicObject::new("budget", &hrq_resource())
+        .within(&parent)
+        .data(serde_json::json!({"spec": {"hard": {"count/pods": "4"}}}));
+    let hrqs =
+        Api::<kube::api::DynamicObject>::namespaced_with(server.admin.clone(), &parent, &hrq_resource());
+    // The CRD may take a moment to be served after the apply.
+    support::eventually(Duration::from_secs(30), "the HRQ budget to be created", || {
+        let (hrqs, hrq) = (hrqs.clone(), hrq.clone());
+        async move {
+            hrqs.create(&PostParams::default(), &hrq)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+
+    let created = alice(
+        &server,
+        &[
+            "create",
+            "--parent",
+            &parent,
+            "--quota",
+            "count/pods=3",
+            "--ttl",
+            "10m",
+            "-o",
+            "json",
+            "--wait",
+        ],
+    )
+    .ok();
+    let child = created.json()["name"].as_str().unwrap().to_owned();
+    let got = alice(&server, &["get", &child, "-o", "json"]).ok().json();
+    assert_eq!(got["parent"], parent.as_str(), "{got}");
+    let quotas = Api::<ResourceQuota>::namespaced(server.admin.clone(), &child)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        quotas.items.iter().any(|q| q
+            .spec
+            .as_ref()
+            .and_then(|s| s.hard.as_ref())
+            .and_then(|h| h.get("count/pods"))
+            .is_some_and(|v| v.0 == "3")),
+        "no count/pods=3 allocation in {child}: {quotas:?}"
+    );
+
+    // 3 of 4 allocated: 2 more does not fit.
+    let refused = alice(
+        &server,
+        &["create", "--parent", &parent, "--quota", "count/pods=2"],
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(refused.stderr.lines().count(), 1, "{refused:?}");
+    assert!(
+        refused.stderr.starts_with("error: Conflict (409): "),
+        "{refused:?}"
+    );
+    assert!(
+        refused.stderr.contains("does not fit") && refused.stderr.contains("count/pods asked 2, left 1"),
+        "{refused:?}"
+    );
+    assert!(!refused.stderr.contains("hierarchy support"), "{refused:?}");
+
+    alice(&server, &["delete", &child, "--wait", "--timeout", "90s"]).ok();
+    let _ = namespaces.delete(&parent, &DeleteParams::default()).await;
+    server.cleanup().await;
+}
+
+fn hrq_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "controller.observatorium.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "controller.observatorium.io/v1alpha1".into(),
+        kind: "HierarchicalResourceQuota".into(),
+        plural: "hierarchicalresourcequotas".into(),
+    }
+}
+
 #[tokio::test]
 async fn config_file_auth_errors_and_unreachable_servers() {
     let server = Server::start().await;
@@ -522,4 +629,192 @@ fn usage_errors_exit_2() {
         assert!(script.stdout.contains("kubectl-np"), "{shell}");
         assert!(script.stdout.contains("kubeconfig"), "{shell}");
     }
+}
+
+/// Kubernetes-identity auth: with no provisioner token, `kubectl np` sends
+/// the credentials of the current kubeconfig context, here an exec plugin (a
+/// script printing an ExecCredential with a ServiceAccount token) run by
+/// kube-rs; the provisioner reviews the token (TokenReview) and authorizes
+/// the ServiceAccount by RBAC. A context with only a client certificate is
+/// refused before anything is sent.
+#[tokio::test]
+async fn kubeconfig_exec_plugin_credentials_create_and_list() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+
+    let server = Server::start_with(&[("NP_AUTH", "both".to_owned())]).await;
+    let admin = admin().await;
+    // A ServiceAccount allowed to create and manage namespaces through the provisioner.
+    let callers = unique("np-callers");
+    support::create_named(
+        &Api::<Namespace>::all(admin.clone()),
+        &callers,
+        Default::default(),
+    )
+    .await;
+    support::create_named(
+        &Api::<ServiceAccount>::namespaced(admin.clone(), &callers),
+        "runner",
+        Default::default(),
+    )
+    .await;
+    let role = unique("np-plugin-caller");
+    support::create_cluster_role(
+        &admin,
+        &role,
+        vec![support::rule(
+            &["controller.observatorium.io"],
+            &["namespaces"],
+            &["create", "list", "get", "patch", "delete"],
+        )],
+    )
+    .await;
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRoleBinding {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(role.clone()),
+                    ..Default::default()
+                },
+                role_ref: RoleRef {
+                    api_group: "rbac.authorization.k8s.io".to_owned(),
+                    kind: "ClusterRole".to_owned(),
+                    name: role.clone(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: "runner".to_owned(),
+                    namespace: Some(callers.clone()),
+                    api_group: None,
+                }]),
+            },
+        )
+        .await
+        .unwrap();
+    let sa_kubeconfig = support::service_account_kubeconfig(&admin, &callers, "runner").await;
+    let value: serde_json::Value = serde_yaml_ng::from_str(&sa_kubeconfig).unwrap();
+    let sa_token = value["users"][0]["user"]["token"].as_str().unwrap().to_owned();
+
+    // The exec plugin: prints the token as an ExecCredential, and leaves a mark.
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("exec-ran");
+    let script = dir.path().join("np-credential");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho ran >> '{}'\nprintf '%s' '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\
+             \"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{sa_token}\"}}}}'\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: exec\n\
+             clusters:\n- name: c\n  cluster:\n    server: {server}\n\
+             contexts:\n- name: exec\n  context:\n    cluster: c\n    user: exec-user\n\
+             - name: cert\n  context:\n    cluster: c\n    user: cert-user\n\
+             users:\n- name: exec-user\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n\
+             \x20     command: {script}\n      interactiveMode: Never\n\
+             - name: cert-user\n  user:\n    client-certificate-data: AAAA\n    client-key-data: BBBB\n",
+            server = cluster().server,
+            script = script.display(),
+        ),
+    )
+    .unwrap();
+    let kc = kubeconfig.to_str().unwrap();
+    let as_runner = |args: &[&str]| {
+        let run = np(&[("NP_URL", &server.url), ("KUBECONFIG", kc)], args);
+        assert!(
+            !run.stdout.contains(&sa_token) && !run.stderr.contains(&sa_token),
+            "the ServiceAccount token was printed: {run:?}"
+        );
+        run
+    };
+
+    let created = as_runner(&["create", "--ttl", "10m", "-o", "json"]).ok();
+    let name = created.json()["name"].as_str().unwrap().to_owned();
+    assert!(mark.exists(), "the exec plugin did not run");
+    let ns = server.namespace(&name).await.expect("created");
+    assert!(
+        ns.labels().contains_key("controller.observatorium.io/tenant"),
+        "{ns:?}"
+    );
+    let listed = as_runner(&["list", "-o", "json"]).ok();
+    let names: Vec<String> = listed.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{listed:?}");
+    assert_eq!(names[0], name, "{listed:?}");
+    // The static tenant does not see it (it is the ServiceAccount's).
+    assert_eq!(alice(&server, &["list", "-o", "name"]).ok().stdout, "");
+    // --context picks the context explicitly, as kubectl does.
+    as_runner(&["get", &name, "--context", "exec"]).ok();
+
+    // A client-certificate context is refused before anything is sent: exit 2.
+    let cert = as_runner(&["list", "--context", "cert"]);
+    assert_eq!(cert.code, 2, "{cert:?}");
+    assert!(
+        cert.stderr
+            .contains("context \"cert\" (user \"cert-user\") authenticates with a client certificate only"),
+        "{cert:?}"
+    );
+    // The same as the *current* context under `auto`: nothing to send, so
+    // nothing is sent, and the 401 says why (a cluster with certificate users
+    // and a provisioner without auth keep working).
+    let cert_current = dir.path().join("cert-current");
+    std::fs::write(
+        &cert_current,
+        std::fs::read_to_string(&kubeconfig)
+            .unwrap()
+            .replace("current-context: exec", "current-context: cert"),
+    )
+    .unwrap();
+    let skipped = np(
+        &[
+            ("NP_URL", &server.url),
+            ("KUBECONFIG", cert_current.to_str().unwrap()),
+        ],
+        &["list"],
+    );
+    assert_eq!(skipped.code, 1, "{skipped:?}");
+    assert!(
+        skipped.stderr.contains("Unauthorized (401)")
+            && skipped.stderr.contains(
+                "not sent: kubeconfig context \"cert\" authenticates with a client certificate only"
+            ),
+        "{skipped:?}"
+    );
+    // Both a provisioner token and kubeconfig credentials: ambiguous, refused.
+    let both = np(
+        &[("NP_URL", &server.url), ("KUBECONFIG", kc), ("NP_TOKEN", TOKEN)],
+        &["list", "--context", "exec"],
+    );
+    assert_eq!(both.code, 2, "{both:?}");
+    // --kube-auth never: no credentials, the server's 401 with the hint.
+    let never = as_runner(&["list", "--kube-auth", "never"]);
+    assert_eq!(never.code, 1, "{never:?}");
+    assert!(never.stderr.contains("no token configured"), "{never:?}");
+
+    as_runner(&["delete", &name, "--wait"]).ok();
+    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    let _ = Api::<Namespace>::all(admin.clone())
+        .delete(&callers, &DeleteParams::default())
+        .await;
+    server.cleanup().await;
 }

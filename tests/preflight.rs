@@ -20,8 +20,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::rbac::v1::Subject;
-use namespace_provisioner::rules::permissions::{Identity, Permission, PermissionContext, Scope, required};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use namespace_provisioner::rules::permissions::{
+    Identity, Permission, PermissionContext, PropagatedKind, Scope, required,
+};
 use rbac_support::{await_rbac, identity, rule};
 use support::process::Process;
 use support::{Fixture, eventually};
@@ -38,12 +42,38 @@ const IDENTITIES: [Identity; 3] = [
     Identity::Reaper { watch: true },
 ];
 
+/// A propagation configuration naming one kind besides Roles and
+/// RoleBindings: its rows are computed at start-up from the configuration.
+const PROPAGATION: &str = "resources:\n- kind: ConfigMap\n  mode: Propagate\n";
+
+fn propagation_file() -> &'static Path {
+    static FILE: std::sync::LazyLock<tempfile::NamedTempFile> =
+        std::sync::LazyLock::new(|| support::temp_file(PROPAGATION));
+    FILE.path()
+}
+
 fn context() -> PermissionContext<'static> {
+    let kinds = vec![PropagatedKind {
+        group: String::new(),
+        plural: "configmaps".to_owned(),
+    }];
     PermissionContext {
         grant_cluster_role: GRANT,
-        role_rules: false,
         lease_namespace: Some(LEASE_NAMESPACE),
+        propagated: kinds.leak(),
     }
+}
+
+/// Whether holding `wider` also grants `p` (RBAC: every name covers one
+/// name, cluster scope covers a namespace), so an identity lacking `p`
+/// must lack `wider` too.
+fn covers(wider: &Permission, p: &Permission) -> bool {
+    wider.verb == p.verb
+        && wider.group == p.group
+        && wider.resource == p.resource
+        && wider.subresource == p.subresource
+        && (wider.name.is_none() || wider.name == p.name)
+        && (wider.scope == Scope::Cluster || wider.scope == p.scope)
 }
 
 fn reaper_args(fx: &Fixture, kubeconfig: &Path, watch: bool) -> Vec<String> {
@@ -54,6 +84,8 @@ fn reaper_args(fx: &Fixture, kubeconfig: &Path, watch: bool) -> Vec<String> {
         fx.selector.to_string(),
         "--max-ttl".to_owned(),
         "1h".to_owned(),
+        "--propagation-config".to_owned(),
+        propagation_file().display().to_string(),
     ];
     if watch {
         args.extend(
@@ -118,6 +150,23 @@ async fn provisioner_readiness(
     kubeconfig: &Path,
     interval: &str,
 ) -> (u16, String, Process, String) {
+    // The grant ClusterRole the provisioner looks up (shared by the tests
+    // of this binary: created once, kept).
+    let created = Api::<ClusterRole>::all(fx.client.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRole {
+                metadata: ObjectMeta {
+                    name: Some(GRANT.into()),
+                    ..ObjectMeta::default()
+                },
+                ..ClusterRole::default()
+            },
+        )
+        .await;
+    if let Err(e) = created {
+        assert!(matches!(&e, kube::Error::Api(s) if s.code == 409), "{e}");
+    }
     let internal = format!("127.0.0.1:{}", support::free_port());
     let process = Process::spawn(
         "preflight-provisioner",
@@ -130,6 +179,7 @@ async fn provisioner_readiness(
             ("NP_INSECURE_ALLOW_UNAUTHENTICATED", "true".into()),
             ("NP_SELECTOR", fx.selector.to_string()),
             ("NP_PREFLIGHT_INTERVAL", interval.into()),
+            ("NP_PROPAGATION_CONFIG", propagation_file().display().to_string()),
         ],
     );
     let (status, body) = eventually(Duration::from_secs(30), "the provisioner's preflight", || {
@@ -201,13 +251,13 @@ async fn each_missing_permission_is_named_exactly() {
     let fx = Fixture::new(SELECTOR_KEY).await;
     let home = fx.create_unmanaged("np-preflight", BTreeMap::new()).await;
     let context = context();
-    let all = union(&context);
-    let all: Vec<&Permission> = all.values().collect();
+    let union = union(&context);
+    let all: Vec<&Permission> = union.values().collect();
 
-    // One ServiceAccount per permission, lacking only it.
+    // One ServiceAccount per permission, lacking only it (and what would cover it).
     let lacking: BTreeMap<Key, tempfile::NamedTempFile> = futures::stream::iter(all.iter().enumerate())
         .map(|(i, missing)| {
-            let grants: Vec<&Permission> = all.iter().copied().filter(|p| key(p) != key(missing)).collect();
+            let grants: Vec<&Permission> = all.iter().copied().filter(|p| !covers(p, missing)).collect();
             let (fx, home) = (&fx, home.as_str());
             async move {
                 (
@@ -220,7 +270,7 @@ async fn each_missing_permission_is_named_exactly() {
         .collect()
         .await;
     for (missing, kubeconfig) in &lacking {
-        let other = all.iter().find(|p| key(p) != *missing).unwrap();
+        let other = all.iter().find(|p| !covers(p, &union[missing])).unwrap();
         await_rbac(kubeconfig.path(), other).await;
     }
 
@@ -299,13 +349,14 @@ async fn all_permissions_pass_and_fixed_rbac_recovers_without_a_restart() {
     process.kill();
     assert_eq!((status, body.as_str()), (200, "ok"), "{}", process.log());
 
-    // Lacking `create namespaces`: not ready; granted later: ready, same process.
-    let create = all
+    // Lacking `create namespaces`: not ready; granted later: ready, same process. (The
+    // reaper needs it too, for warm-pool members: the provisioner's row names its manifest.)
+    let provisioner_rows = required(Identity::Provisioner, &context);
+    let create = provisioner_rows
         .iter()
-        .copied()
         .find(|p| p.verb == "create" && p.resource == "namespaces")
         .unwrap();
-    let others: Vec<&Permission> = all.iter().copied().filter(|p| *p != create).collect();
+    let others: Vec<&Permission> = all.iter().copied().filter(|p| key(p) != key(create)).collect();
     let lacking = identity(&fx, &home, "fixed-later", &others).await;
     await_rbac(lacking.path(), others[0]).await;
     let (status, body, mut process, internal) = provisioner_readiness(&fx, lacking.path(), "1s").await;
@@ -335,4 +386,49 @@ async fn all_permissions_pass_and_fixed_rbac_recovers_without_a_restart() {
     process.assert_running();
     process.kill();
     assert!(process.log().contains("ready"), "{}", process.log());
+}
+
+/// An hour ahead of the real clock (and of the API server's).
+fn an_hour_ahead() -> i64 {
+    support::now() + 3600
+}
+
+#[tokio::test]
+async fn a_skewed_clock_keeps_the_provisioner_unready_until_it_is_right() {
+    use namespace_provisioner::api::Readiness;
+    use namespace_provisioner::cli::provisioner::clock_gate;
+    let client = support::admin().await;
+    let readiness = Readiness::default();
+    let skewed = tokio::spawn(clock_gate(
+        client.clone(),
+        Duration::from_secs(30),
+        readiness.clone(),
+        Duration::from_secs(1),
+        an_hour_ahead,
+    ));
+    let reason = eventually(Duration::from_secs(30), "not ready for the clock", || {
+        let readiness = readiness.clone();
+        async move { readiness.refused() }
+    })
+    .await;
+    assert!(
+        reason.starts_with("clock: the local clock is ")
+            && reason.contains("s ahead of the API server's (--max-clock-skew 30s)"),
+        "{reason}"
+    );
+    skewed.abort();
+    // The right clock: ready again, same gate.
+    let right = tokio::spawn(clock_gate(
+        client,
+        Duration::from_secs(30),
+        readiness.clone(),
+        Duration::from_secs(1),
+        support::now,
+    ));
+    eventually(Duration::from_secs(30), "ready with the right clock", || {
+        let readiness = readiness.clone();
+        async move { readiness.refused().is_none() }
+    })
+    .await;
+    right.abort();
 }

@@ -917,3 +917,44 @@ async fn api_server_down_is_503_with_retry_after() {
     let (status, log) = served.process.terminate().await;
     assert!(status.success(), "{log}");
 }
+
+/// Issue 16: `--max-namespaces-per-tenant` is decided by a LIST of at most
+/// `max + 1` of the tenant's namespaces, whatever it holds; a further page only
+/// while the pages seen held namespaces that no longer count (here: expired
+/// ones the reaper has not removed yet), never because of live ones.
+#[tokio::test]
+async fn the_tenant_limit_lists_at_most_max_plus_one() {
+    let (client, log) = support::counting_client().await;
+    let svc = Service::with_client(client, Some(2), vec![]).await;
+    let alice: namespace_provisioner::params::TenantName = "alice".parse().unwrap();
+    for _ in 0..3 {
+        let expired = namespace_provisioner::desired::desired_set(
+            &unique("np-expired"),
+            &alice,
+            namespace_provisioner::params::Expiry::from_unix(now() - 60),
+            &svc.fx.set,
+        );
+        support::fixture::make_set(&svc.fx.client, &expired).await;
+    }
+    let namespace_lists = || {
+        log.entries()
+            .into_iter()
+            .filter(|(m, p, _)| m == http::Method::GET && p.starts_with("/api/v1/namespaces?"))
+            .map(|(_, p, _)| p)
+            .collect::<Vec<_>>()
+    };
+    log.clear();
+    svc.create(ALICE, "").await;
+    svc.create(ALICE, "").await;
+    let refused = svc.call("POST", "/api/v1/namespace", Some(ALICE), None).await;
+    assert_problem(&refused, 429, "2 live namespaces");
+    let lists = namespace_lists();
+    assert!(!lists.is_empty());
+    assert!(lists.iter().all(|p| p.contains("limit=3")), "{lists:#?}");
+    // 3 expired + at most 2 live: at most two pages of 3 per create.
+    assert!(lists.len() <= 6, "{lists:#?}");
+    // Bob holds nothing: one LIST decides, and his create stays at the minimum.
+    log.clear();
+    svc.create(BOB, "").await;
+    assert_eq!(namespace_lists().len(), 1, "{:#?}", log.entries());
+}

@@ -460,3 +460,226 @@ async fn a_grandchild_allocates_from_its_parents_allocation() {
         "8"
     );
 }
+
+#[tokio::test]
+async fn extended_resources_and_a_budget_resource_missing_from_the_ask() {
+    let svc = Service::new().await;
+    let client = svc.fx.client.clone();
+    let parent = budgeted(
+        &svc,
+        json!({"requests.example.com/gpu": "2", "count/secrets": "5"}),
+        None,
+    )
+    .await;
+    // Only the GPU is asked: count/secrets is in the budget, so it is written as 0 (documented:
+    // a budget resource missing from the ask is defaulted from defaultAllocation, else zero;
+    // leaving it out would leave the child unbounded in it).
+    let child = created_name(
+        &svc.create(json!({"parent": parent, "quota": {"requests.example.com/gpu": 1}}))
+            .await,
+    );
+    let allocation = quota(&client, &child, ALLOCATION).await.unwrap();
+    assert_eq!(hard(&allocation, "requests.example.com/gpu"), "1");
+    assert_eq!(hard(&allocation, "count/secrets"), "0");
+    // The API server enforces the zero.
+    synced(&client, &child, ALLOCATION).await;
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: ObjectMeta {
+            name: Some("one".into()),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    let refused = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &child)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("exceeded quota"), "{refused}");
+    // The extended resource is counted like any other.
+    assert_problem(
+        &svc.create(json!({"parent": parent, "quota": {"requests.example.com/gpu": 2}}))
+            .await,
+        409,
+        "requests.example.com/gpu asked 2, left 1",
+    );
+    let remainder = quota(&client, &parent, REMAINDER).await.unwrap();
+    assert_eq!(hard(&remainder, "requests.example.com/gpu"), "1");
+    assert_eq!(hard(&remainder, "count/secrets"), "5");
+}
+
+#[tokio::test]
+async fn kubectl_get_hrq_prints_budget_allocated_used_and_children() {
+    let svc = Service::new().await;
+    let parent = budgeted(
+        &svc,
+        json!({"count/pods": "10", "requests.cpu": "4"}),
+        Some(json!({"count/pods": "1", "requests.cpu": "500m"})),
+    )
+    .await;
+    for _ in 0..2 {
+        created_name(&svc.create(json!({"parent": parent})).await);
+    }
+    rebuild_budgets(&svc.fx.client, &svc.fx.selector, 500, now()).await;
+    let table = support::kubectl_ok(&cluster().kubeconfig, &["get", "hrq", "-n", &parent]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "BUDGET", "ALLOCATED", "USED", "CHILDREN", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "budget", "{table}");
+    assert_eq!(row[1], "count/pods=10,requests.cpu=4", "{table}");
+    assert_eq!(row[2], "count/pods=2,requests.cpu=1", "{table}");
+    assert!(row[3].contains("count/pods="), "{table}");
+    assert_eq!(row[4], "2", "{table}");
+}
+
+#[tokio::test]
+async fn a_provisioner_killed_mid_create_leaves_a_ledger_one_sweep_repairs() {
+    let svc = Service::new().await;
+    let client = svc.fx.client.clone();
+    let parent = budgeted(&svc, json!({"count/pods": "3"}), Some(json!({"count/pods": "1"}))).await;
+    let kept = created_name(&svc.create(json!({"parent": parent})).await);
+    let tokens = temp_file(&format!("alice {ALICE}\n"));
+    let env = vec![
+        ("NP_TOKEN_FILE", tokens.path().display().to_string()),
+        ("NP_KUBECONFIG", cluster().kubeconfig.display().to_string()),
+        ("NP_SELECTOR", svc.fx.selector.to_string()),
+        ("NP_CLUSTER_ROLE", svc.fx.set.cluster_role.clone()),
+    ];
+    let mut victim = start_provisioner("provisioner-killed", &[], &env, "/readyz").await;
+    let addr = victim.addr.clone();
+    let path = format!("/api/v1/namespace?parent={parent}&ttl=10m");
+    let request =
+        tokio::spawn(async move { support::try_http(&addr, "POST", &path, Some(ALICE), None).await });
+    // SIGKILL as soon as the reservation is in the ledger: the process is then lowering the
+    // remainder, waiting for the quota controller or creating the namespace; wherever the
+    // kill lands, one sweep must leave the ledger equal to the live allocations.
+    let reserved = kube::runtime::wait::await_condition(
+        Api::<HierarchicalResourceQuota>::namespaced(client.clone(), &parent),
+        "budget",
+        |hrq: Option<&HierarchicalResourceQuota>| hrq.is_some_and(|h| ledger(h).len() == 2),
+    );
+    tokio::time::timeout(Duration::from_secs(30), reserved)
+        .await
+        .expect("the reservation in the ledger within 30 s")
+        .unwrap();
+    victim.process.kill();
+    let answered = request.await.unwrap();
+    assert!(
+        answered.as_ref().is_none_or(|a| a.status != 201),
+        "the killed provisioner answered 201: {:?}",
+        answered.map(|a| a.body)
+    );
+
+    // One sweep, after the reservation grace (a create in flight keeps its reservation until then).
+    let later = now() + namespace_provisioner::reaper::quota::REBUILD_GRACE_SECONDS + 1;
+    rebuild_budgets(&client, &svc.fx.selector, 500, later).await;
+    let live: Vec<String> = svc
+        .children(&parent)
+        .await
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    let rebuilt = ledger(&hrq(&client, &parent).await);
+    let names: Vec<String> = rebuilt.iter().map(|c| c.name.clone()).collect();
+    let mut expected = live.clone();
+    expected.sort();
+    assert_eq!(names, expected, "ledger = live children");
+    assert!(live.contains(&kept));
+    let mut allocated = 0;
+    for entry in &rebuilt {
+        // Every live child is bounded by the allocation the ledger holds for it.
+        let quota = quota(&client, &entry.name, ALLOCATION).await.unwrap();
+        assert_eq!(hard(&quota, "count/pods"), entry.allocation["count/pods"].0);
+        allocated += entry.allocation["count/pods"].0.parse::<i64>().unwrap();
+    }
+    let remainder = quota(&client, &parent, REMAINDER).await.unwrap();
+    assert_eq!(hard(&remainder, "count/pods"), (3 - allocated).to_string());
+    eprintln!(
+        "killed mid-create: {} live children after the kill ({})",
+        live.len(),
+        if live.len() == 2 {
+            "the namespace was written"
+        } else {
+            "killed before the namespace"
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_compat_call_takes_a_quota_in_query_form() {
+    let svc = Service::new().await;
+    let client = svc.fx.client.clone();
+    let parent = budgeted(&svc, json!({"count/pods": "3", "requests.cpu": "1"}), None).await;
+    let created = svc
+        .call(
+            "POST",
+            &format!("/api/v1/namespace?parent={parent}&quota=count%2Fpods%3D2%2Ccpu%3D500m"),
+            Some(ALICE),
+            None,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let child = created.headers["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let allocation = quota(&client, &child, ALLOCATION).await.unwrap();
+    assert_eq!(hard(&allocation, "count/pods"), "2");
+    assert_eq!(hard(&allocation, "requests.cpu"), "500m");
+    for (query, status, says) in [
+        ("quota=count%2Fpods", 400, "is not name=quantity"),
+        ("quota=count%2Fpods%3D1%2Ccount%2Fpods%3D1", 400, "given twice"),
+        ("quota=count%2Fpods%3Dlots", 400, "quota"),
+        ("quota=count%2Fsecrets%3D1", 400, "not in the parent's budget"),
+        ("quota=count%2Fpods%3D2", 409, "count/pods asked 2, left 1"),
+    ] {
+        let answer = svc
+            .call(
+                "POST",
+                &format!("/api/v1/namespace?parent={parent}&{query}"),
+                Some(ALICE),
+                None,
+            )
+            .await;
+        assert_problem(&answer, status, says);
+    }
+    assert_eq!(svc.children(&parent).await.len(), 1);
+}
+
+#[tokio::test]
+async fn what_is_left_counts_the_parents_own_usage() {
+    let svc = Service::new().await;
+    let client = svc.fx.client.clone();
+    let parent = budgeted(&svc, json!({"count/configmaps": "5"}), None).await;
+    created_name(
+        &svc.create(json!({"parent": parent, "quota": {"count/configmaps": 1}}))
+            .await,
+    );
+    synced(&client, &parent, REMAINDER).await;
+    // The parent's own workloads fill its remainder (4, its kube-root-ca.crt among them).
+    let (_, refusal) = fill_with_configmaps(&client, &parent).await;
+    assert!(refusal.contains("exceeded quota"), "{refusal}");
+    assert_eq!(configmaps(&client, &parent).await, 4);
+    // What is left counts the parent's own usage: budget 5 − allocated 1 − used 4 = 0.
+    // (Usage growing between that read and the lowered remainder is `overruns`, ParentGrew.)
+    let refused = svc
+        .create(json!({"parent": parent, "quota": {"count/configmaps": 1}}))
+        .await;
+    assert_problem(&refused, 409, "count/configmaps asked 1, left 0");
+    assert_eq!(ledger(&hrq(&client, &parent).await).len(), 1);
+    assert_eq!(svc.children(&parent).await.len(), 1);
+    assert_eq!(
+        hard(
+            &quota(&client, &parent, REMAINDER).await.unwrap(),
+            "count/configmaps"
+        ),
+        "4"
+    );
+}

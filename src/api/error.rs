@@ -25,6 +25,10 @@ pub struct ApiError {
     challenge: Option<&'static str>,
     /// Full cause chain of a server-side failure, for the log only.
     internal: Option<String>,
+    /// The Kubernetes API server's refusal in that chain (HTTP status,
+    /// reason), for the log line's `api_status`/`api_reason` fields. Boxed:
+    /// every `Result` of this type carries its size.
+    api: Option<Box<(u16, String)>>,
     /// Stable error kind for metrics.
     kind: &'static str,
     /// RFC 9457 extension members (e.g. a quota refusal's `shortfalls`); boxed, as most
@@ -55,6 +59,13 @@ pub struct Problem {
 pub struct Failure {
     pub kind: &'static str,
     pub internal: Option<String>,
+    /// The API server's status and reason, when it refused.
+    pub api: Option<(u16, String)>,
+}
+
+/// The API server's refusal somewhere in `error`'s chain, as log fields.
+fn api_fields(error: &(dyn std::error::Error + 'static)) -> Option<Box<(u16, String)>> {
+    crate::telemetry::api_failure(error).map(|f| Box::new((f.status, f.reason)))
 }
 
 impl ApiError {
@@ -65,6 +76,7 @@ impl ApiError {
             retry_after: None,
             challenge: None,
             internal: None,
+            api: None,
             kind,
             extensions: None,
         }
@@ -91,6 +103,35 @@ impl ApiError {
                 "Bearer realm=\"namespace-provisioner\""
             }),
             ..Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        }
+    }
+
+    /// 504: the request took longer than `limit` (`--request-timeout`: the API server
+    /// unreachable or slow). Like a 503, it says when to retry (issue 15).
+    pub fn timed_out(limit: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request took longer than {}; retry",
+                    humantime::format_duration(limit)
+                ),
+            )
+        }
+    }
+
+    /// 429 for a client address that failed authentication too often; retry after `wait`.
+    pub fn auth_throttled(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self {
+            retry_after: Some(secs.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "auth_throttled",
+                "too many failed authentications from this address; wait for Retry-After seconds and check the token",
+            )
         }
     }
 
@@ -162,6 +203,7 @@ impl From<ProvisionError> for ApiError {
                 Self {
                     retry_after,
                     internal: Some(chain(&err)),
+                    api: api_fields(&err),
                     ..Self::new(status, kind, detail)
                 }
             }
@@ -188,6 +230,7 @@ impl From<AuthError> for ApiError {
         Self {
             retry_after,
             internal: Some(chain(&err)),
+            api: api_fields(&err),
             ..Self::new(status, "token_review", detail)
         }
     }
@@ -232,6 +275,7 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(Failure {
             kind: self.kind,
             internal: self.internal,
+            api: self.api.map(|api| *api),
         });
         response
     }

@@ -3,9 +3,11 @@
 //! Authentication is checked here (static tokens against [`crate::rules::auth`],
 //! Kubernetes tokens through [`crate::access`], which may ask the API server).
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderName, header};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
@@ -25,32 +27,69 @@ impl FromRequestParts<AppState> for Caller {
         if state.auth.is_open() {
             return Ok(Caller(Identity::Tenant(state.anonymous_tenant.clone())));
         }
+        // Checked before the token, so a guessing client costs no TokenReview.
+        let throttled = state
+            .auth
+            .throttle
+            .as_ref()
+            .zip(client_address(parts, state.client_ip_header.as_ref()));
+        if let Some((throttle, address)) = throttled
+            && let Err(wait) = throttle.check(address)
+        {
+            state.metrics.count_throttled();
+            return Err(ApiError::auth_throttled(wait));
+        }
+        let failed = |error: ApiError| {
+            if let Some((throttle, address)) = throttled {
+                throttle.fail(address);
+            }
+            error
+        };
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>", false))?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text", true))?;
+        let value = header.to_str().map_err(|_| {
+            failed(ApiError::unauthorized(
+                "the Authorization header is not valid text",
+                true,
+            ))
+        })?;
         // RFC 9110: the scheme is case-insensitive (the original tool's CI sends `bearer`).
         let token = match value.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
             _ => {
-                return Err(ApiError::unauthorized(
+                return Err(failed(ApiError::unauthorized(
                     "the Authorization header must use the Bearer scheme",
                     true,
-                ));
+                )));
             }
         };
         match state.auth.authenticate(token).await {
             Ok(who) => Ok(Caller(who)),
-            Err(AuthError::Rejected) => Err(ApiError::unauthorized(
+            Err(AuthError::Rejected) => Err(failed(ApiError::unauthorized(
                 "the bearer token is not valid (neither a tenant token nor an accepted Kubernetes token)",
                 true,
-            )),
+            ))),
             Err(err) => Err(ApiError::from(err)),
         }
     }
+}
+
+/// The client's address: the last entry of `trusted_header` (the one the
+/// trusted proxy in front appended) when configured, else the connection's peer.
+fn client_address(parts: &Parts, trusted_header: Option<&HeaderName>) -> Option<IpAddr> {
+    let Some(name) = trusted_header else {
+        return parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip());
+    };
+    let value = parts.headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    let last = value.rsplit(',').next()?.trim();
+    last.parse::<IpAddr>()
+        .ok()
+        .or_else(|| last.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
 /// Query parameters, with unknown or malformed ones refused by name.

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::audit::{self, Action, RequestId};
 use super::error::{ApiError, Problem};
 use super::extract::{Caller, JsonBody, NamePath, QueryParams};
-use crate::provision::{CreateRequest, NamespaceInfo, NamespaceView, Provisioned};
+use crate::provision::{CreateRequest, NamespaceInfo, NamespaceView, ProvisionError, Provisioned};
+use crate::rules::auth::Identity;
 use crate::rules::kubeconfig;
 use crate::rules::params::{Expiry, ServerUrl, Ttl, is_dns_label};
 use crate::rules::quota::resources::{ResourceList, Resources};
@@ -30,6 +32,11 @@ pub struct CreateQuery {
     server: Option<String>,
     /// Create a sub-namespace of this parent namespace (see `parent` of the JSON create).
     parent: Option<String>,
+    /// Only with `parent`: the allocation asked from the parent's budget as comma-separated
+    /// `name=quantity` pairs (`kubectl create quota --hard` style), URL-encoded:
+    /// `quota=requests.cpu%3D1500m%2Ccount%2Fpods%3D4`. Same rules as `quota` of the JSON create
+    /// (400 malformed or outside the budget, 409 does not fit).
+    quota: Option<String>,
 }
 
 /// Body of create.
@@ -52,6 +59,9 @@ pub struct CreateRequestBody {
     /// "count/pods": 4}`). Budget resources left out get the budget's `defaultAllocation`, else 0;
     /// absent = the default allocation. A resource outside the budget is a 400; an allocation
     /// that does not fit is a 409 whose `shortfalls` name each resource, what was asked and what is left.
+    /// Kubernetes writes `kube-root-ca.crt` and the `default` ServiceAccount into every child,
+    /// possibly before its quota exists: ask `count/configmaps` and `count/serviceaccounts` with
+    /// room for them (docs/quota.md).
     #[schema(value_type = Option<Object>)]
     quota: Option<BTreeMap<String, serde_json::Value>>,
     /// Kubernetes callers only: also bind your own user (not your groups) to
@@ -167,16 +177,23 @@ fn location(name: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("/api/v1/namespaces/{name}")).unwrap_or(HeaderValue::from_static("/"))
 }
 
+/// The audit line of a create: the new namespace's name, or the failure.
+fn audit_create(who: &Identity, request_id: &RequestId, done: &Result<Provisioned, ProvisionError>) {
+    let name = done.as_ref().ok().map(|d| d.name.as_str());
+    let pool = done.as_ref().ok().and_then(|d| d.pool);
+    audit::record_pooled(Action::Create, who, name, request_id, done.as_ref().err(), pool);
+}
+
 /// Create a namespace (the original tool's call); answers with the kubeconfig.
 #[utoipa::path(post, path = "/api/v1/namespace", params(CreateQuery), tag = "compat",
     responses(
-        (status = 201, description = "Created; body is the kubeconfig", content_type = "application/yaml", body = String,
+        (status = 201, description = "Created; body is the kubeconfig (a YAML document)", content_type = "application/yaml", body = serde_json::Value,
          headers(("Location" = String, description = "the namespace's REST URL"))),
-        (status = 400, description = "Bad ttl, server or parent; too deep; ttl past the parent's max-ttl or expiry", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad ttl, server, parent or quota; too deep; ttl past the parent's max-ttl or expiry; quota without a parent or outside its budget", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A Kubernetes caller lacks the RBAC right to create (named in the detail); the parent is not a parent, or does not allow the caller's tenant", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The parent does not exist", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The parent is being deleted, is misconfigured or has its most children; the quota does not fit (`shortfalls`: resource, asked, left; `overAllocated` when the budget was lowered; `overruns` when the parent's own usage grew)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Tenant at its namespace limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "API server unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -184,19 +201,28 @@ fn location(name: &str) -> HeaderValue {
 pub async fn compat_create(
     State(state): State<AppState>,
     Caller(who): Caller,
+    request_id: RequestId,
     QueryParams(query): QueryParams<CreateQuery>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(query.ttl, query.server)?;
     let parent = parse_parent(query.parent)?;
+    let quota = query
+        .quota
+        .filter(|q| !q.is_empty())
+        .map(|q| Resources::parse_pairs(&q))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("quota: {e}")))?;
     let started = Instant::now();
     let request = CreateRequest {
         ttl,
         server,
         parent,
-        quota: None,
+        quota,
         bind_caller: false,
     };
-    let done = state.provisioner.create_with(&who, request).await?;
+    let done = state.provisioner.create_with(&who, request).await;
+    audit_create(&who, &request_id, &done);
+    let done = done?;
     state.metrics.observe_create(started);
     let yaml = kubeconfig_yaml(&done)?;
     Ok((
@@ -222,9 +248,18 @@ pub async fn compat_create(
 pub async fn compat_delete(
     State(state): State<AppState>,
     Caller(who): Caller,
+    request_id: RequestId,
     NamePath(name): NamePath,
 ) -> Result<StatusCode, ApiError> {
-    state.provisioner.delete(&who, &name).await?;
+    let deleted = state.provisioner.delete(&who, &name).await;
+    audit::record(
+        Action::Delete,
+        &who,
+        Some(&name),
+        &request_id,
+        deleted.as_ref().err(),
+    );
+    deleted?;
     Ok(StatusCode::OK)
 }
 
@@ -246,6 +281,7 @@ pub async fn compat_delete(
 pub async fn create(
     State(state): State<AppState>,
     Caller(who): Caller,
+    request_id: RequestId,
     JsonBody(body): JsonBody<CreateRequestBody>,
 ) -> Result<Response, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
@@ -259,7 +295,9 @@ pub async fn create(
         quota,
         bind_caller: body.bind_caller,
     };
-    let done = state.provisioner.create_with(&who, request).await?;
+    let done = state.provisioner.create_with(&who, request).await;
+    audit_create(&who, &request_id, &done);
+    let done = done?;
     state.metrics.observe_create(started);
     let location = location(&done.name);
     Ok((
@@ -326,12 +364,18 @@ pub async fn get_one(
 pub async fn delete_one(
     State(state): State<AppState>,
     Caller(who): Caller,
+    request_id: RequestId,
     NamePath(name): NamePath,
 ) -> Result<(StatusCode, Json<NamespaceInfo>), ApiError> {
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(state.provisioner.delete(&who, &name).await?),
-    ))
+    let deleted = state.provisioner.delete(&who, &name).await;
+    audit::record(
+        Action::Delete,
+        &who,
+        Some(&name),
+        &request_id,
+        deleted.as_ref().err(),
+    );
+    Ok((StatusCode::ACCEPTED, Json(deleted?)))
 }
 
 /// Extend one of the caller's namespaces: `ttl` from now, within the maximum; fresh kubeconfig.
@@ -348,11 +392,20 @@ pub async fn delete_one(
 pub async fn extend(
     State(state): State<AppState>,
     Caller(who): Caller,
+    request_id: RequestId,
     NamePath(name): NamePath,
     JsonBody(body): JsonBody<LifetimeRequest>,
 ) -> Result<Json<IssuedKubeconfig>, ApiError> {
     let (ttl, server) = parse_inputs(body.ttl, body.server)?;
-    let done = state.provisioner.extend(&who, &name, ttl, server).await?;
+    let done = state.provisioner.extend(&who, &name, ttl, server).await;
+    audit::record(
+        Action::Extend,
+        &who,
+        Some(&name),
+        &request_id,
+        done.as_ref().err(),
+    );
+    let done = done?;
     Ok(Json(issued(&done)?))
 }
 
@@ -405,4 +458,51 @@ pub async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method; see /openapi.json",
     )
+}
+
+/// Hostile JSON bodies (issue 15): never a panic, and a body of well-formed
+/// fields means what its fields mean on their own.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_body_decodes_or_is_refused(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            if let Ok(body) = serde_json::from_slice::<CreateRequestBody>(&bytes) {
+                let _ = parse_inputs(body.ttl, body.server);
+                let _ = parse_parent(body.parent);
+                let _ = parse_quota(body.quota);
+            }
+            if let Ok(body) = serde_json::from_slice::<LifetimeRequest>(&bytes) {
+                let _ = parse_inputs(body.ttl, body.server);
+            }
+        }
+
+        #[test]
+        fn fields_mean_the_same_in_a_body(
+            ttl in proptest::option::of("\\PC{0,12}"),
+            server in proptest::option::of("(https?://)?[a-z.:0-9/]{0,20}"),
+            parent in proptest::option::of("[a-z0-9-]{0,12}"),
+            quota in proptest::option::of(proptest::collection::btree_map("[a-z./]{1,16}", "[0-9.]{0,6}[a-zA-Z]{0,2}", 0..3)),
+        ) {
+            let body = serde_json::json!({"ttl": ttl, "server": server, "parent": parent, "quota": quota});
+            let decoded: CreateRequestBody = serde_json::from_value(body).unwrap();
+            let each = parse_inputs(ttl.clone(), server.clone());
+            let whole = parse_inputs(decoded.ttl, decoded.server);
+            prop_assert_eq!(each.is_ok(), whole.is_ok());
+            if let (Ok(each), Ok(whole)) = (each, whole) {
+                prop_assert_eq!(each, whole);
+            }
+            prop_assert_eq!(parse_parent(parent.clone()).ok(), parse_parent(decoded.parent).ok());
+            let json_quota = quota.map(|q| q.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect());
+            prop_assert_eq!(parse_quota(json_quota).is_ok(), parse_quota(decoded.quota).is_ok());
+            if let Err(e) = parse_inputs(ttl, server) {
+                prop_assert!(!e.detail().is_empty());
+            }
+        }
+    }
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,6 +20,8 @@ use tracing::{error, warn};
 
 use super::AppState;
 use super::error::Failure;
+use crate::reload::Outcome;
+use crate::rules::quota::allocation::Refusal;
 use crate::telemetry::ErrorLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +37,17 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub file: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: String,
 }
@@ -44,6 +59,10 @@ pub struct Metrics {
     live: Family<TenantLabels, Gauge>,
     failures: Family<ErrorLabels, Counter>,
     kube_requests: Family<MethodLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    reloaded_at: Family<FileLabels, Gauge>,
+    auth_throttled: Counter,
+    quota: QuotaMetrics,
 }
 
 impl Default for Metrics {
@@ -80,13 +99,36 @@ impl Default for Metrics {
             "Requests sent to the Kubernetes API, by HTTP method",
             kube_requests.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reload",
+            "Loads of a configuration file (token-file, certificate-authority, role-rules-file, tls-cert-file) by outcome; an error keeps the last good content",
+            reloads.clone(),
+        );
+        let reloaded_at = Family::<FileLabels, Gauge>::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load of each configuration file",
+            reloaded_at.clone(),
+        );
+        let auth_throttled = Counter::default();
+        registry.register(
+            "auth_throttled",
+            "Requests answered 429 because their client address failed authentication too often",
+            auth_throttled.clone(),
+        );
+        let quota = QuotaMetrics::register(&mut registry);
         Self {
+            quota,
             registry,
             requests,
             create_seconds,
             live,
             failures,
             kube_requests,
+            reloads,
+            reloaded_at,
+            auth_throttled,
         }
     }
 }
@@ -99,6 +141,28 @@ impl Metrics {
                 method: method.to_string(),
             })
             .inc();
+    }
+
+    /// Count one load of a configuration file; a success also stamps `now` (Unix seconds).
+    pub fn observe_reload(&self, file: &str, outcome: Outcome, now: i64) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                file: file.to_owned(),
+                outcome: outcome.as_str().to_owned(),
+            })
+            .inc();
+        if outcome == Outcome::Success {
+            self.reloaded_at
+                .get_or_create(&FileLabels {
+                    file: file.to_owned(),
+                })
+                .set(now);
+        }
+    }
+
+    /// Count one request refused for too many failed authentications.
+    pub fn count_throttled(&self) {
+        self.auth_throttled.inc();
     }
 
     pub fn observe_create(&self, started: Instant) {
@@ -147,12 +211,118 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
             .failures
             .get_or_create(&ErrorLabels::new(failure.kind))
             .inc();
+        state.metrics.quota.count_refusal(failure.kind);
         match &failure.internal {
             Some(cause) => {
-                error!(%method, %route, status, kind = failure.kind, error = %cause, "request failed")
+                let (api_status, api_reason) = failure
+                    .api
+                    .as_ref()
+                    .map(|(status, reason)| (*status, reason.as_str()))
+                    .unzip();
+                error!(%method, %route, status, kind = failure.kind, api_status, api_reason, error = %cause, "request failed")
             }
             None => warn!(%method, %route, status, kind = failure.kind, "request refused"),
         }
     }
     response
+}
+
+// ---- Aggregate quota (issue 12) -------------------------------------------------------------
+
+/// Quota refusals by kind, and the conflicts the ledger writes retried.
+struct QuotaMetrics {
+    refusals: Family<ErrorLabels, Counter>,
+}
+
+/// The refusal kind of a create whose ledger stayed contended through every retry.
+const LEDGER_CONTENDED: &str = "ledger_contended";
+
+impl QuotaMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let refusals = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "quota_refusals",
+            "Creates refused by the aggregate quota, by kind (does_not_fit, budget_over_allocated, \
+             parent_grew, arithmetic, ledger_contended)",
+            refusals.clone(),
+        );
+        registry.register_collector(Box::new(ConflictsRetried));
+        registry.register_collector(Box::new(PoolClaims));
+        Self { refusals }
+    }
+
+    fn count_refusal(&self, kind: &'static str) {
+        if Refusal::KINDS.contains(&kind) || kind == LEDGER_CONTENDED {
+            self.refusals.get_or_create(&ErrorLabels::new(kind)).inc();
+        }
+    }
+}
+
+/// `quota_conflicts_retried`, read from the provisioner's process-wide count at scrape time.
+#[derive(Debug)]
+struct ConflictsRetried;
+
+impl Collector for ConflictsRetried {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(crate::provision::quota_conflicts_retried());
+        let metric = encoder.encode_descriptor(
+            "quota_conflicts_retried",
+            "Quota ledger and remainder writes that met a Conflict and were tried again",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
+}
+
+/// Warm-pool claims and misses (issue 16), read from the provisioner's process-wide counts.
+#[derive(Debug)]
+struct PoolClaims;
+
+impl Collector for PoolClaims {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "pool_claims",
+                "Creates answered with a claimed warm-pool member",
+                crate::provision::pool_claims(),
+            ),
+            (
+                "pool_misses",
+                "Creates that tried a warm pool, found no member to claim and created cold",
+                crate::provision::pool_misses(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    #[test]
+    fn quota_refusals_by_kind_and_conflicts_are_encoded() {
+        let metrics = Metrics::default();
+        metrics.quota.count_refusal("does_not_fit");
+        metrics.quota.count_refusal("does_not_fit");
+        metrics.quota.count_refusal(LEDGER_CONTENDED);
+        // Other failures are not quota refusals.
+        metrics.quota.count_refusal("not_found");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, metrics.registry()).unwrap();
+        for want in [
+            r#"namespace_provisioner_quota_refusals_total{kind="does_not_fit"} 2"#,
+            r#"namespace_provisioner_quota_refusals_total{kind="ledger_contended"} 1"#,
+            "# TYPE namespace_provisioner_quota_conflicts_retried counter",
+            "namespace_provisioner_quota_conflicts_retried_total ",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+        assert!(!text.contains("not_found"), "{text}");
+    }
 }

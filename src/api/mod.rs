@@ -3,6 +3,7 @@
 //! into calls of the provisioning pipeline and its errors into problem+json;
 //! no Kubernetes calls of its own.
 
+mod audit;
 mod error;
 mod extract;
 mod handlers;
@@ -10,6 +11,8 @@ mod metrics;
 mod openapi;
 mod readiness;
 pub mod serve;
+pub mod tls;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use tower_http::trace::TraceLayer;
 
+pub use audit::{RequestId, X_REQUEST_ID};
 pub use error::{ApiError, Problem};
 pub use metrics::Metrics;
 pub use openapi::ApiDoc;
@@ -26,6 +30,7 @@ pub use readiness::Readiness;
 
 use crate::access::{Authenticator, TokenReviewer};
 use crate::provision::Provisioner;
+use crate::reload::Live;
 use crate::rules::auth::{DEFAULT_TENANT, Tokens};
 use crate::rules::params::TenantName;
 
@@ -45,6 +50,11 @@ pub struct AppState {
     pub count_live_namespaces: bool,
     /// Closed by the permission preflight while it fails (`/readyz` 503).
     pub readiness: Readiness,
+    /// Serve the web page at `/ui/` (`--no-ui` turns it off).
+    pub ui: bool,
+    /// Header naming the client's address, set by a trusted proxy
+    /// (`--client-ip-header`); else the connection's peer address.
+    pub client_ip_header: Option<axum::http::HeaderName>,
 }
 
 impl AppState {
@@ -64,14 +74,23 @@ impl AppState {
         Ok(Self {
             provisioner,
             auth: Authenticator {
-                tokens: tokens.map(Arc::new),
+                tokens: tokens.map(Live::fixed),
                 reviewer: None,
+                throttle: None,
             },
             anonymous_tenant: DEFAULT_TENANT.parse()?,
             metrics,
             count_live_namespaces: false,
             readiness: Readiness::default(),
+            ui: true,
+            client_ip_header: None,
         })
+    }
+
+    /// Static tokens that follow `--token-file` as it changes.
+    pub fn with_live_tokens(mut self, tokens: Live<Tokens>) -> Self {
+        self.auth.tokens = Some(tokens);
+        self
     }
 
     /// Also accept Kubernetes bearer tokens, checked by `reviewer` (`--auth kubernetes|both`).
@@ -94,6 +113,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                 .patch(handlers::extend),
         )
         .route("/openapi.json", get(openapi::serve))
+        .merge(ui::routes(state.ui))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         // Innermost first: a 504 from the deadline is still counted and logged.
@@ -105,7 +125,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(TraceLayer::new_for_http())
+        // Every line logged while a request is handled (the failure line included) carries
+        // its request id in the span, so the audit line and the failure line correlate.
+        .layer(TraceLayer::new_for_http().make_span_with(audit::request_span))
+        .layer(axum::middleware::from_fn(audit::assign_request_id))
         .with_state(state)
 }
 
@@ -119,15 +142,7 @@ async fn deadline(
     use axum::response::IntoResponse;
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!(
-                "the request took longer than {}; retry",
-                humantime::format_duration(limit)
-            ),
-        )
-        .into_response(),
+        Err(_) => ApiError::timed_out(limit).into_response(),
     }
 }
 

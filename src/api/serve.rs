@@ -4,12 +4,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
+
+use axum::serve::ListenerExt;
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use super::tls::TlsListener;
 use super::{AppState, function_router, internal_router, router};
+use crate::reload::Live;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -42,11 +48,13 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serve the public API and the internal listener until `stop` resolves,
-/// then let in-flight requests finish for at most `shutdown_timeout`.
+/// Serve the public API (over HTTPS with `tls`) and the internal listener
+/// until `stop` resolves, then let in-flight requests finish for at most
+/// `shutdown_timeout`.
 pub async fn serve(
     state: AppState,
     config: ServeConfig,
+    tls: Option<Live<Arc<rustls::ServerConfig>>>,
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let public = bind(config.listen).await?;
@@ -61,11 +69,31 @@ pub async fn serve(
         // An error means the sender is gone: stop as well.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let public_server = axum::serve(public, router(state.clone(), config.request_timeout))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    // The peer address: the key of failed-authentication throttling.
+    let app =
+        router(state.clone(), config.request_timeout).into_make_service_with_connect_info::<SocketAddr>();
+    let public_server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        None => Box::pin(
+            axum::serve(public, app)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ),
+        Some(tls) => {
+            let listener = TlsListener::new(public, tls).map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+            // `tap_io` lends the listener axum's peer-address connect info.
+            Box::pin(
+                axum::serve(listener.tap_io(|_| {}), app)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            )
+        }
+    };
     let internal_server =
         axum::serve(internal, internal_router(state)).with_graceful_shutdown(stopped(stop_rx));
-    let servers = async { tokio::try_join!(public_server.into_future(), internal_server.into_future()) };
+    let servers = async { tokio::try_join!(public_server, internal_server.into_future()) };
     tokio::pin!(servers);
 
     tokio::select! {

@@ -318,6 +318,7 @@ async fn slow_api_server_is_504_problem() {
     let (status, headers, body) = send(app, authed("GET", "/api/v1/namespaces", "")).await;
     assert_problem(status, &headers, &body, StatusCode::GATEWAY_TIMEOUT);
     assert!(body["detail"].as_str().unwrap().contains("300ms"), "{body}");
+    assert_eq!(headers["retry-after"], "5");
 }
 
 #[tokio::test]
@@ -359,4 +360,114 @@ async fn a_failed_preflight_makes_readyz_503_with_the_reason() {
     let (status, headers, body) = send(router, Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["detail"], reason);
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let mut request = authed("POST", "/api/v1/namespace?ttl=-1s", "");
+    request
+        .headers_mut()
+        .insert("x-request-id", "client-id.42".parse().unwrap());
+    let (_, headers, _) = send(app(true), request).await;
+    assert_eq!(headers["x-request-id"], "client-id.42");
+    // Unsafe ids (spaces, quotes: log forging) are replaced by a fresh one.
+    for unsafe_id in ["two words", "\"quoted\"", &"a".repeat(200)] {
+        let mut request = authed("GET", "/api/v1/namespaces", "");
+        request
+            .headers_mut()
+            .insert("x-request-id", unsafe_id.parse().unwrap());
+        let (_, headers, _) = send(app(true), request).await;
+        let made = headers["x-request-id"].to_str().unwrap();
+        assert_ne!(made, unsafe_id);
+        assert_eq!(made.len(), 32, "{made}");
+    }
+    let (_, headers, _) = send(app(true), Request::get("/nowhere").body(Body::empty()).unwrap()).await;
+    assert_eq!(headers["x-request-id"].len(), 32);
+}
+
+fn throttled_state(header: Option<&str>) -> AppState {
+    let mut state = state(true);
+    state.auth.throttle = Some(crate::access::AuthThrottle::new(crate::access::ThrottleConfig {
+        max_failures: 3,
+        window: Duration::from_secs(60),
+        capacity: 100,
+    }));
+    state.client_ip_header = header.map(|h| h.parse().unwrap());
+    state
+}
+
+fn from_peer(peer: &str, token: &str) -> Request<Body> {
+    let mut request = Request::get("/api/v1/namespaces")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    request.extensions_mut().insert(axum::extract::ConnectInfo(
+        peer.parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_authentications_are_throttled_per_address() {
+    let state = throttled_state(None);
+    let app = router(state.clone(), Duration::from_secs(5));
+    let bad = "wrong-token-0123456789";
+    for _ in 0..3 {
+        let (status, _, _) = send(app.clone(), from_peer("192.0.2.1:4000", bad)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // The 4th try from that address, even with the right token, waits.
+    let (status, headers, body) = send(app.clone(), from_peer("192.0.2.1:4001", TOKEN)).await;
+    assert_problem(status, &headers, &body, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers[header::RETRY_AFTER], "60");
+    // Another address is not locked out: its good token reaches the (unreachable) API server.
+    let (status, _, _) = send(app.clone(), from_peer("192.0.2.2:4000", TOKEN)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (_, headers, _) = send(app.clone(), from_peer("192.0.2.1:4000", bad)).await;
+    assert_eq!(headers[header::RETRY_AFTER], "30");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let (status, _, _) = send(app.clone(), from_peer("192.0.2.1:4000", TOKEN)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let metrics = crate::telemetry::openmetrics(state.metrics.registry());
+    let text = String::from_utf8(metrics.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("namespace_provisioner_auth_throttled_total 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trusted_header_names_the_client_and_no_address_means_no_throttle() {
+    let app = router(throttled_state(Some("x-forwarded-for")), Duration::from_secs(5));
+    let bad = |forwarded: &str| {
+        Request::get("/api/v1/namespaces")
+            .header(header::AUTHORIZATION, "Bearer wrong-token-0123456789")
+            .header("x-forwarded-for", forwarded)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for _ in 0..3 {
+        // The client wrote the first entry; the proxy appended the last.
+        send(app.clone(), bad("203.0.113.9, 198.51.100.1")).await;
+    }
+    let (status, _, _) = send(app.clone(), bad("203.0.113.10, 198.51.100.1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _, _) = send(app.clone(), bad("198.51.100.2")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Without the header (and no peer address) nothing is counted.
+    let app = router(throttled_state(None), Duration::from_secs(5));
+    for _ in 0..5 {
+        let (status, _, _) = send(app.clone(), authed("GET", "/api/v1/namespaces", "")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, _, _) = send(
+            app.clone(),
+            Request::get("/api/v1/namespaces")
+                .header(header::AUTHORIZATION, "Bearer wrong-token-0123456789")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
 }

@@ -5,6 +5,7 @@
 //! own flags and its `run`. The only module that knows about clap; reads
 //! files, the environment and signals, never Kubernetes directly.
 
+pub mod aws;
 pub mod provisioner;
 pub mod reaper;
 

@@ -4,7 +4,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
@@ -16,11 +18,19 @@ use crate::k8s::{ClientError, ResolveKindsError};
 use crate::propagate::Propagation;
 use crate::reaper::brake::BrakeConfig;
 use crate::reaper::hierarchy::{self, TreeSweepConfig};
-use crate::reaper::plan::PlanConfig;
+use crate::reaper::notice::{NoticeError, NoticeMetrics, NoticeReport, Notifier};
+use crate::reaper::plan::{MassDeletionGuard, PlanConfig};
+use crate::reaper::pool::{self as warm_pool, PoolConfig, PoolWatch};
+use crate::reaper::report::Notices;
 use crate::reaper::tree_watch::TreeWatch;
-use crate::reaper::watch::{self, LeaseConfig, LeaseConfigError, WatchConfig, WatchError};
-use crate::reaper::{self, ReaperError, SweepConfig};
-use crate::rules::permissions::{self, Identity, PermissionContext};
+use crate::reaper::watch::{
+    self, ClockCheck, LeaseConfig, LeaseConfigError, WatchConfig, WatchError, WatchOptions,
+};
+use crate::reaper::webhook::{WebhookLoadError, WebhookMetrics, WebhookSender, Webhooks};
+use crate::reaper::{self, ReaperError, Safety, SweepConfig};
+use crate::rules::notice::{NoticeLead, NoticeLeadError};
+use crate::rules::params::NamePrefix;
+use crate::rules::permissions::{self, Identity, PermissionContext, PropagatedKind};
 
 /// Format of the reaper's report on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,7 +95,8 @@ impl fmt::Display for DeletionCap {
 /// Exit status: 0 when everything planned was done (a deletion cap being
 /// reached is not a failure: the report says so), 1 when some set failed
 /// (what was done stays done), 2 when the run could not happen (flags,
-/// client, LIST).
+/// client, preflight, LIST), 3 when a safety guard refused the sweep's
+/// deletions (mass deletion, clock skew; repairs were done).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "reaper", version)]
 pub struct ReaperArgs {
@@ -125,10 +136,28 @@ pub struct ReaperArgs {
     #[arg(long, env = "NP_WATCH_DELETION_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
     pub watch_deletion_window: Duration,
 
-    /// Lift the deletion bounds: --max-deletions (sweep) and
-    /// --watch-max-deletions (watch). For an intended mass expiry.
+    /// Lift the deletion bounds: --max-deletions and the mass-deletion guard
+    /// (sweep), --watch-max-deletions (watch). For an intended mass expiry.
     #[arg(long, env = "NP_ALLOW_MASS_DELETION")]
     pub allow_mass_deletion: bool,
+
+    /// The sweep's mass-deletion guard: when more than this fraction of all
+    /// managed namespaces (and more than --mass-deletion-min) are due, the
+    /// sweep deletes none of them (repairs go on), says why and exits 3.
+    /// A number in (0, 1].
+    #[arg(long, env = "NP_MASS_DELETION_FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub mass_deletion_fraction: f64,
+
+    /// The mass-deletion guard ignores sweeps that delete at most this many namespaces.
+    #[arg(long, env = "NP_MASS_DELETION_MIN", default_value_t = 10)]
+    pub mass_deletion_min: u32,
+
+    /// Most the local clock may differ from the API server's (its Date
+    /// header, measured at each sweep and every 30s in watch mode). Beyond
+    /// it nothing is deleted (repairs go on): a clock running ahead would
+    /// delete namespaces before their time. A sweep then exits 3.
+    #[arg(long, env = "NP_MAX_CLOCK_SKEW", default_value = "30s", value_parser = parse_skew_bound)]
+    pub max_clock_skew: Duration,
 
     /// Do not check this identity's permissions (SelfSubjectAccessReview) at
     /// start-up. For identities whose rights are deliberately narrower than
@@ -136,11 +165,112 @@ pub struct ReaperArgs {
     #[arg(long, env = "NP_SKIP_PREFLIGHT")]
     pub skip_preflight: bool,
 
+    /// Give each managed namespace an `ExpiringSoon` Event (in the namespace)
+    /// this long before its expiry, once per expiry (an extend re-arms it;
+    /// none for a namespace whose whole life is shorter). Off when not given.
+    /// E.g. `10m`; whole seconds, 1s to 30days.
+    #[arg(long, env = "NP_NOTIFY_BEFORE", value_parser = humantime::parse_duration)]
+    pub notify_before: Option<Duration>,
+
+    /// Also send notices as signed CloudEvents to webhooks: this
+    /// administrator's YAML file maps tenants (and an optional default) to a
+    /// URL and a secret file for the HMAC-SHA256 signature (see
+    /// docs/notifications.md). Events: `expiring` (with --notify-before),
+    /// `expired`, `deleted`. Read and checked at start; never blocks a sweep
+    /// or a deletion (bounded queue, bounded retries).
+    #[arg(long, env = "NP_NOTIFY_WEBHOOK_CONFIG")]
+    pub notify_webhook_config: Option<PathBuf>,
+    /// Warm pool (issue 16): top-level namespaces kept made and unclaimed, with
+    /// ServiceAccount and RoleBinding in place, for a provisioner run with
+    /// --claim-from-pool. 0 to 100; 0: no top-level pool. Both modes.
+    #[arg(long, env = "NP_POOL_SIZE", default_value_t = 0, value_parser = parse_pool_size)]
+    pub pool_size: u32,
+
+    /// Also keep the pools parents ask for with their
+    /// `controller.observatorium.io/pool-size` annotation (children with the
+    /// parent's copies in place; never under a HierarchicalResourceQuota).
+    #[arg(long, env = "NP_PARENT_POOLS")]
+    pub parent_pools: bool,
+
+    /// A pool member unclaimed this long is deleted (by the expiry rule, under
+    /// its cap and guards) and replaced, so no member's copies are older. 1m to 24h.
+    #[arg(long, env = "NP_POOL_MAX_AGE", default_value = "1h", value_parser = parse_pool_max_age)]
+    pub pool_max_age: Duration,
+
+    /// Name prefix of pool members (`<prefix>-<random>`): the provisioner's --prefix.
+    #[arg(long, env = "NP_POOL_PREFIX", default_value = "np")]
+    pub pool_prefix: NamePrefix,
+
+    /// Watch mode: how often the pools are compared with their sizes and refilled
+    /// besides the refill a change to a member (a claim) wakes. 1s to 10m.
+    #[arg(long, env = "NP_POOL_REFILL_INTERVAL", default_value = "5s", value_parser = parse_refill_interval)]
+    pub pool_refill_interval: Duration,
+
     #[command(flatten)]
     pub lease: LeaseArgs,
 
     #[command(flatten)]
     pub shared: SharedArgs,
+}
+
+/// `--pool-size`: a whole number from 0 to [`crate::rules::pool::MAX_POOL_SIZE`].
+fn parse_pool_size(s: &str) -> Result<u32, String> {
+    crate::rules::pool::parse_pool_size("--pool-size", s).map_err(|e| e.to_string())
+}
+
+/// A duration within `[min, max]`, named `flag` in the message.
+fn duration_within(flag: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{flag} {s:?}: {e}"))?;
+    if d < min || d > max {
+        return Err(format!(
+            "{flag} {s:?} must be from {} to {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// `--pool-max-age`: 1m to 24h (a member's copies are at most this old).
+fn parse_pool_max_age(s: &str) -> Result<Duration, String> {
+    duration_within(
+        "--pool-max-age",
+        s,
+        Duration::from_secs(60),
+        Duration::from_secs(24 * 3600),
+    )
+}
+
+/// `--pool-refill-interval`: 1s to 10m.
+fn parse_refill_interval(s: &str) -> Result<Duration, String> {
+    duration_within(
+        "--pool-refill-interval",
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    )
+}
+
+/// `--mass-deletion-fraction`: a number in (0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction in (0, 1] (e.g. 0.5 for half of all managed namespaces)"
+        )),
+    }
+}
+
+/// `--max-clock-skew`: a duration of at least one second (the server's
+/// clock is read to the second).
+pub(crate) fn parse_skew_bound(s: &str) -> Result<Duration, String> {
+    let bound = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if bound < Duration::from_secs(1) {
+        return Err(format!(
+            "{s:?} is below 1s: the API server's Date header has whole seconds"
+        ));
+    }
+    Ok(bound)
 }
 
 /// Leader election and the internal listener, for --watch.
@@ -186,12 +316,47 @@ pub enum ReaperArgsError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Lease(#[from] LeaseConfigError),
+    #[error(transparent)]
+    NotifyBefore(#[from] NoticeLeadError),
 }
 
 /// Where the pod's ServiceAccount namespace is mounted.
 const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 impl ReaperArgs {
+    /// `--notify-before`, validated; `None` when notices are off.
+    pub fn notice_lead(&self) -> Result<Option<NoticeLead>, ReaperArgsError> {
+        Ok(self.notify_before.map(NoticeLead::new).transpose()?)
+    }
+
+    /// The guards that refuse a whole sweep's deletions.
+    pub fn safety(&self) -> Safety {
+        Safety {
+            mass_deletion: (!self.allow_mass_deletion).then_some(MassDeletionGuard {
+                fraction: self.mass_deletion_fraction,
+                min: self.mass_deletion_min,
+            }),
+            max_clock_skew: Some(self.max_clock_skew),
+        }
+    }
+
+    /// The warm pools to keep (`None`: no `--pool-size` and no `--parent-pools`).
+    pub fn pool_config(&self) -> Result<Option<PoolConfig>, ReaperArgsError> {
+        if self.pool_size == 0 && !self.parent_pools {
+            return Ok(None);
+        }
+        Ok(Some(PoolConfig {
+            set: self.shared.policy.set_config()?,
+            top_level_size: self.pool_size,
+            parent_pools: self.parent_pools,
+            max_age: self.pool_max_age,
+            prefix: self.pool_prefix.clone(),
+            page_size: self.shared.kube.page_size,
+            concurrency: usize::from(self.concurrency),
+            dry_run: self.dry_run,
+        }))
+    }
+
     pub fn mode(&self) -> Result<ReaperMode, ReaperArgsError> {
         let set = self.shared.policy.set_config()?;
         let max_ttl = self.shared.policy.ttl_policy()?.max();
@@ -282,8 +447,9 @@ fn random_suffix() -> String {
 /// What a run came to, for the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ran {
-    /// A sweep; `failed` when some set failed (what was done stays done).
-    Swept { failed: bool },
+    /// A sweep; `failed` when some set failed (what was done stays done);
+    /// `refused` when a safety guard refused its deletions.
+    Swept { failed: bool, refused: bool },
     /// Watch mode stopped on a signal.
     Watched,
 }
@@ -310,6 +476,10 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error(transparent)]
+    Notice(#[from] NoticeError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookLoadError),
     #[error("preflight")]
     Preflight(#[source] PreflightError),
     #[error("preflight: {summary}")]
@@ -320,42 +490,88 @@ pub enum RunError {
 /// on stdout) or watch until SIGTERM/SIGINT.
 pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
     let mode = args.mode()?;
+    let lead = args.notice_lead()?;
+    let webhooks = load_webhooks(args, lead.is_some())?;
     let client = args.shared.kube.client().await?;
+    let propagation_config = args
+        .shared
+        .hierarchy
+        .propagation_config()
+        .map_err(ReaperArgsError::from)?;
+    // Discovery first: the configured kinds are rows of the preflight.
+    let propagation = Propagation::discover(&client, propagation_config).await?;
     if !args.skip_preflight {
-        check_permissions(&client, &mode).await?;
+        check_permissions(&client, &mode, &propagated_kinds(&propagation)).await?;
     }
     match mode {
         ReaperMode::Sweep(config) => {
-            let propagation_config = args
-                .shared
-                .hierarchy
-                .propagation_config()
-                .map_err(ReaperArgsError::from)?;
-            let mut report = reaper::run(&client, &config).await?;
+            let propagation = propagation.excluding_sets(config.plan.set.selector.clone());
+            // The webhook counts go to the report (no /metrics in a sweep).
+            let webhook = webhooks.map(|w| WebhookSender::start(w, WebhookMetrics::default()));
+            let mut report = reaper::run_safely_notifying(
+                &client,
+                &config,
+                &args.safety(),
+                crate::clock::system_clock,
+                webhook.as_ref(),
+            )
+            .await?;
             // Trees after expiry: children of a namespace this sweep deleted go in the same run.
-            let propagation = Propagation::discover(&client, propagation_config)
-                .await?
-                .excluding_sets(config.plan.set.selector.clone());
             let deleted = report.entries.iter().filter(|e| e.action == "delete").count();
+            // A refused run cascades nothing either.
+            let cap = if report.refused() {
+                Some(0)
+            } else {
+                config.plan.max_deletions
+            };
             let trees = TreeSweepConfig {
                 selector: config.plan.set.selector.clone(),
                 page_size: config.page_size,
                 concurrency: config.concurrency,
                 dry_run: config.dry_run,
-                deletions_left: config
-                    .plan
-                    .max_deletions
+                deletions_left: cap
                     .map(|max| usize::try_from(max).unwrap_or(usize::MAX).saturating_sub(deleted)),
             };
-            report.trees =
-                Some(hierarchy::sweep(&client, &propagation, &trees, crate::clock::system_clock()).await?);
+            report.trees = Some(
+                hierarchy::sweep_notifying(
+                    &client,
+                    &propagation,
+                    &trees,
+                    crate::clock::system_clock(),
+                    webhook.as_ref(),
+                )
+                .await?,
+            );
+            let expiring_soon = match lead {
+                Some(lead) => Some(notice_sweep(&client, &config, lead, webhook.clone()).await?),
+                None => None,
+            };
+            let notices_failed = expiring_soon.is_some_and(|n| n.failed > 0);
+            let webhook = match webhook {
+                Some(webhook) => Some(drain_webhooks(&webhook).await),
+                None => None,
+            };
+            if expiring_soon.is_some() || webhook.is_some() {
+                report.notices = Some(Notices {
+                    expiring_soon,
+                    webhook,
+                });
+            }
+            // Pools last: members the expiry rule just deleted are replaced in the same run.
+            if let Some(pool) = args.pool_config()? {
+                let now = crate::clock::system_clock();
+                report.pool = Some(warm_pool::refill(&client, &propagation, &pool, now, None).await?);
+            }
             let text = match args.output {
                 OutputFormat::Text => report.to_text(),
                 OutputFormat::Json => report.to_json().map_err(RunError::Report)? + "\n",
             };
             print!("{text}");
+            // Webhook failures are counted and logged, not a failed run: the
+            // namespaces were handled; a receiver being down is its own alert.
             Ok(Ran::Swept {
-                failed: report.failed(),
+                failed: report.failed() || notices_failed,
+                refused: report.refused(),
             })
         }
         ReaperMode::Watch { config, metrics_addr } => {
@@ -365,31 +581,118 @@ pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
                     addr: metrics_addr,
                     source,
                 })?;
-            let propagation_config = args
-                .shared
-                .hierarchy
-                .propagation_config()
-                .map_err(ReaperArgsError::from)?;
-            let propagation = Propagation::discover(&client, propagation_config)
-                .await?
-                .excluding_sets(config.plan.set.selector.clone());
+            let propagation =
+                std::sync::Arc::new(propagation.excluding_sets(config.plan.set.selector.clone()));
+            let pool = args.pool_config()?.map(|pool| PoolWatch {
+                config: pool,
+                propagation: propagation.clone(),
+                interval: args.pool_refill_interval,
+            });
             let trees = TreeWatch {
-                propagation: std::sync::Arc::new(propagation),
+                propagation,
                 selector: config.plan.set.selector.clone(),
                 page_size: config.page_size,
                 concurrency: usize::from(config.concurrency),
                 instance: config.lease.identity.clone(),
             };
             let signals = shutdown_signal().map_err(RunError::Signals)?;
-            watch::watch_with_trees(client, config, Some(trees), listener, signals).await?;
+            let options = WatchOptions {
+                trees: Some(trees),
+                clock: Some(ClockCheck {
+                    max_skew: args.max_clock_skew,
+                    clock: crate::clock::system_clock,
+                }),
+                notify_before: lead,
+                webhook: webhooks,
+                pool,
+            };
+            watch::watch_with(client, config, options, listener, signals).await?;
             Ok(Ran::Watched)
         }
     }
 }
 
+/// `--notify-webhook-config`, read and checked (secret files included).
+fn load_webhooks(args: &ReaperArgs, notify_before: bool) -> Result<Option<Arc<Webhooks>>, RunError> {
+    let Some(path) = &args.notify_webhook_config else {
+        return Ok(None);
+    };
+    let webhooks = Webhooks::load(path)?;
+    tracing::info!(
+        config = %path.display(),
+        endpoints = webhooks.endpoint_count(),
+        expiring = notify_before,
+        "webhook notices on (`expiring` needs --notify-before)"
+    );
+    Ok(Some(Arc::new(webhooks)))
+}
+
+/// `--once`: wait (bounded) for the queued webhook notices, then count them.
+async fn drain_webhooks(webhook: &WebhookSender) -> crate::reaper::webhook::WebhookTally {
+    let within = webhook.drain_timeout();
+    if !webhook.drain(within).await {
+        tracing::warn!(
+            pending = webhook.tally().pending,
+            drain_timeout = %humantime::format_duration(within),
+            "webhook notices still queued when the run ends (delivery.drainTimeout); they are not sent"
+        );
+    }
+    let tally = webhook.tally();
+    tracing::info!(
+        sent = tally.sent,
+        failed = tally.failed,
+        dropped = tally.dropped,
+        pending = tally.pending,
+        "webhook notices"
+    );
+    tally
+}
+
+/// `--once --notify-before`: the notice pass after the sweep (logged).
+async fn notice_sweep(
+    client: &kube::Client,
+    config: &SweepConfig,
+    lead: NoticeLead,
+    webhook: Option<WebhookSender>,
+) -> Result<NoticeReport, RunError> {
+    let notifier =
+        Notifier::new(client.clone(), &config.instance, lead, NoticeMetrics::default()).with_webhook(webhook);
+    let report = notifier
+        .sweep(
+            &config.plan.set.selector,
+            config.page_size,
+            crate::clock::system_clock(),
+            config.dry_run,
+        )
+        .await?;
+    tracing::info!(
+        sent = report.sent,
+        failed = report.failed,
+        deferred = report.deferred,
+        lead = %humantime::format_duration(std::time::Duration::from_secs(lead.secs().unsigned_abs())),
+        "ExpiringSoon notices"
+    );
+    Ok(report)
+}
+
+/// The kinds of the propagation configuration, as preflight rows need them.
+pub fn propagated_kinds(propagation: &Propagation) -> Vec<PropagatedKind> {
+    propagation
+        .active_kinds()
+        .map(|kind| PropagatedKind {
+            group: kind.resource.group.clone(),
+            plural: kind.resource.plural.clone(),
+        })
+        .collect()
+}
+
 /// Ask the API server about every permission this mode uses, before the
 /// first LIST: name each missing one (with its manifest) and refuse to run.
-async fn check_permissions(client: &kube::Client, mode: &ReaperMode) -> Result<(), RunError> {
+async fn check_permissions(
+    client: &kube::Client,
+    mode: &ReaperMode,
+    propagated: &[PropagatedKind],
+) -> Result<(), RunError> {
     let (identity, set, lease_namespace) = match mode {
         ReaperMode::Sweep(config) => (Identity::Reaper { watch: false }, &config.plan.set, None),
         ReaperMode::Watch { config, .. } => (
@@ -398,7 +701,8 @@ async fn check_permissions(client: &kube::Client, mode: &ReaperMode) -> Result<(
             Some(config.lease.namespace.as_str()),
         ),
     };
-    let wanted = permissions::required(identity, &PermissionContext::from_set(set, lease_namespace));
+    let context = PermissionContext::new(&set.cluster_role, lease_namespace).with_propagated(propagated);
+    let wanted = permissions::required(identity, &context);
     let checked = preflight::preflight(client, &wanted)
         .await
         .map_err(RunError::Preflight)?;
@@ -546,6 +850,42 @@ mod tests {
         assert!(config.brake.allow_mass_deletion);
         assert_eq!(config.brake.max_deletions, 3);
         assert_eq!(config.brake.window, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn safety_guards_default_on_and_allow_mass_deletion_lifts_the_relative_one() {
+        let args = ReaperArgs::try_parse_from(["reaper"]).unwrap();
+        assert_eq!(
+            args.safety(),
+            Safety {
+                mass_deletion: Some(MassDeletionGuard {
+                    fraction: 0.5,
+                    min: 10
+                }),
+                max_clock_skew: Some(Duration::from_secs(30)),
+            }
+        );
+        let args = ReaperArgs::try_parse_from([
+            "reaper",
+            "--allow-mass-deletion",
+            "--mass-deletion-fraction",
+            "1",
+            "--max-clock-skew",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(args.safety().mass_deletion, None);
+        assert_eq!(args.safety().max_clock_skew, Some(Duration::from_secs(120)));
+        for bad in [
+            vec!["reaper", "--mass-deletion-fraction", "0"],
+            vec!["reaper", "--mass-deletion-fraction", "1.5"],
+            vec!["reaper", "--mass-deletion-fraction", "half"],
+            vec!["reaper", "--mass-deletion-min", "-1"],
+            vec!["reaper", "--max-clock-skew", "500ms"],
+            vec!["reaper", "--max-clock-skew", "soon"],
+        ] {
+            assert!(ReaperArgs::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,9 +1,15 @@
 //! Building the client (from flags or inferred like kubectl) and the
 //! readiness probe. Does Kubernetes I/O.
 
+use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
+use http::HeaderValue;
 use kube::Client;
+use tokio::sync::{Notify, watch};
 
 use super::KubeError;
 
@@ -47,17 +53,107 @@ pub fn counted_client(
     config: kube::Config,
     on_request: impl Fn(&http::Method) + Clone + Send + Sync + 'static,
 ) -> Result<Client, ClientError> {
+    counted_client_with(config, on_request, None)
+}
+
+/// [`counted_client`] that authenticates with `bearer` (its current token on
+/// every request; a 401 tells its refresher) instead of the configuration's
+/// own credentials, when given.
+pub fn counted_client_with(
+    config: kube::Config,
+    on_request: impl Fn(&http::Method) + Clone + Send + Sync + 'static,
+    bearer: Option<LiveBearer>,
+) -> Result<Client, ClientError> {
     let counting = tower::util::MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
         on_request(request.method());
         request
     });
-    Ok(kube::client::ClientBuilder::try_from(config)
+    let builder = kube::client::ClientBuilder::try_from(config)
         .map_err(ClientError::Build)?
-        .with_layer(&counting)
-        .build())
+        .with_layer(&counting);
+    Ok(match bearer {
+        Some(bearer) => builder.with_layer(&bearer).build(),
+        None => builder.build(),
+    })
+}
+
+/// A bearer token kept current by someone else (the EKS token's refresher,
+/// `crate::aws::eks`): read on every request, and told of every 401 so it
+/// can replace a token the API server no longer accepts. As a tower layer it
+/// sets `Authorization` on each request of the client it wraps.
+#[derive(Clone)]
+pub struct LiveBearer {
+    current: watch::Receiver<HeaderValue>,
+    unauthorized: Arc<Notify>,
+}
+
+impl fmt::Debug for LiveBearer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LiveBearer(..)")
+    }
+}
+
+impl LiveBearer {
+    /// The reading side of `current` (an `Authorization` value, marked
+    /// sensitive) and the notice a 401 wakes.
+    pub fn new(current: watch::Receiver<HeaderValue>, unauthorized: Arc<Notify>) -> Self {
+        Self {
+            current,
+            unauthorized,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for LiveBearer {
+    type Service = BearerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerService {
+            inner,
+            bearer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`LiveBearer`].
+pub struct BearerService<S> {
+    inner: S,
+    bearer: LiveBearer,
+}
+
+impl<S, B> tower::Service<http::Request<kube::client::Body>> for BearerService<S>
+where
+    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<http::Response<B>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<kube::client::Body>) -> Self::Future {
+        let token = self.bearer.current.borrow().clone();
+        request.headers_mut().insert(http::header::AUTHORIZATION, token);
+        let unauthorized = self.bearer.unauthorized.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            if response.status() == http::StatusCode::UNAUTHORIZED {
+                unauthorized.notify_one();
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// Readiness: the API server answers (its version endpoint).
 pub async fn ping(client: &Client) -> Result<(), KubeError> {
-    client.apiserver_version().await.map(drop).map_err(KubeError)
+    client
+        .apiserver_version()
+        .await
+        .map(drop)
+        .map_err(KubeError::from)
 }

@@ -255,8 +255,11 @@ pub fn watch_dynamic(
     Item = Result<kube::runtime::watcher::Event<DynamicObject>, kube::runtime::watcher::Error>,
 > + Send
 + 'static {
+    use kube::runtime::WatchStreamExt;
     let api = Api::<DynamicObject>::all_with(client.clone(), resource);
-    kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
+    // Backing off (client-go's schedule): without it a watch whose API server is unreachable
+    // re-connects in a tight loop (thousands a second; issue 15).
+    kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).default_backoff()
 }
 
 /// Watch events of every Namespace (re-listing after a break).
@@ -269,6 +272,8 @@ pub fn watch_namespaces(
     >,
 > + Send
 + 'static {
+    use kube::runtime::WatchStreamExt;
     let api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
-    kube::runtime::watcher(api, kube::runtime::watcher::Config::default())
+    // Backing off, as `watch_dynamic`.
+    kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).default_backoff()
 }

@@ -102,3 +102,22 @@ pub async fn list_namespaces(
 ) -> Result<Vec<Namespace>, KubeError> {
     list_all(&Api::<Namespace>::all(client.clone()), selector, page_size).await
 }
+
+/// One page of the Namespaces carrying `selector`: at most `limit`, from
+/// `continue_token`; the items and the token of the next page (`None` after
+/// the last). For a count that only needs to know "at least N", so its cost
+/// does not grow with how many there are.
+pub async fn list_namespaces_page(
+    client: &Client,
+    selector: &str,
+    limit: u32,
+    continue_token: Option<&str>,
+) -> Result<(Vec<Namespace>, Option<String>), KubeError> {
+    let mut params = ListParams::default().labels(selector).limit(limit);
+    if let Some(token) = continue_token {
+        params = params.continue_token(token);
+    }
+    let page = Api::<Namespace>::all(client.clone()).list(&params).await?;
+    let next = page.metadata.continue_.filter(|token| !token.is_empty());
+    Ok((page.items, next))
+}

@@ -17,25 +17,28 @@ mod client;
 mod dynamic;
 mod events;
 mod list;
+mod pool;
 pub mod preflight;
 mod quota;
 mod render;
 mod review;
+pub mod skew;
 mod token;
 mod watch;
 mod write;
 
 pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
-pub use client::{ClientError, client_config, counted_client, ping};
+pub use client::{ClientError, LiveBearer, client_config, counted_client, counted_client_with, ping};
 pub use dynamic::{
     ResolveKindsError, ResolvedKind, apply_dynamic, create_dynamic, delete_dynamic, list_dynamic,
     patch_namespace_labels, replace_dynamic, resolve_kinds, watch_dynamic, watch_namespaces,
 };
-pub use events::EventRecorder;
-pub use list::{list_all, list_all_map, list_kind, list_namespaces};
+pub use events::{EventRecorder, annotate_namespace};
+pub use list::{list_all, list_all_map, list_kind, list_namespaces, list_namespaces_page};
+pub use pool::{patch_namespace_if_unchanged, watch_namespaces_selected};
 pub use quota::{
-    create_quota, get_quota, list_all_budgets, list_budgets, list_quotas_named, replace_budget_status,
-    replace_quota,
+    create_quota, get_budget, get_quota, list_all_budgets, list_budgets, list_quotas_named,
+    replace_budget_status, replace_quota, replace_quota_status,
 };
 pub use render::ApiFailure;
 pub use review::{review_access, review_token};
@@ -53,17 +56,31 @@ pub use write::{
 /// status, reason and a hint; see `render`) and ends the error chain there,
 /// so `kube::Error`'s `Debug` dump of the `Status` never reaches a log.
 #[derive(Debug)]
-pub struct KubeError(kube::Error);
+pub struct KubeError {
+    error: kube::Error,
+    /// The object the request was about, when the caller knows it: fills
+    /// the JSON fields the API server's answer leaves out (a 403 names no
+    /// object; most Status details carry no namespace).
+    /// Boxed: a `KubeError` sits in many error enums; keep it small.
+    target: Option<Box<Target>>,
+}
+
+/// The object a failed request was about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    namespace: Option<String>,
+    name: String,
+}
 
 impl From<kube::Error> for KubeError {
     fn from(error: kube::Error) -> Self {
-        Self(error)
+        Self { error, target: None }
     }
 }
 
 impl std::fmt::Display for KubeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&render::line(&self.0))
+        f.write_str(&render::line(&self.error))
     }
 }
 
@@ -77,9 +94,19 @@ pub fn render_kube_error(error: &kube::Error) -> String {
 }
 
 impl KubeError {
+    /// Name the object the failed request was about (`namespace` is `None`
+    /// for cluster-scoped objects), for the JSON fields of the log line.
+    pub fn with_target(mut self, namespace: Option<&str>, name: &str) -> Self {
+        self.target = Some(Box::new(Target {
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        }));
+        self
+    }
+
     /// The API server is not answering (503 territory) rather than refusing.
     pub fn is_unavailable(&self) -> bool {
-        match &self.0 {
+        match &self.error {
             kube::Error::Api(status) => matches!(status.code, 429 | 500 | 502 | 503 | 504),
             kube::Error::HyperError(_) | kube::Error::Service(_) => true,
             _ => false,
@@ -89,6 +116,11 @@ impl KubeError {
     /// A precondition or concurrent write conflicted (HTTP 409).
     pub fn is_conflict(&self) -> bool {
         self.status_code() == Some(409)
+    }
+
+    /// RBAC refused the request (HTTP 403).
+    pub fn is_forbidden(&self) -> bool {
+        self.status_code() == Some(403)
     }
 
     /// The object is not there (HTTP 404).
@@ -102,17 +134,23 @@ impl KubeError {
         self.is_not_found() || self.is_conflict()
     }
 
-    /// The refusal as fields (status, reason, kind, name, namespace) for JSON logs.
+    /// The refusal as fields (status, reason, kind, name, namespace) for
+    /// JSON logs; the request's target fills what the answer leaves out.
     pub fn failure(&self) -> Option<ApiFailure> {
-        match &self.0 {
-            kube::Error::Api(status) => Some(ApiFailure::from_status(status)),
-            _ => None,
+        let kube::Error::Api(status) = &self.error else {
+            return None;
+        };
+        let mut failure = ApiFailure::from_status(status);
+        if let Some(target) = &self.target {
+            failure.name = failure.name.or_else(|| Some(target.name.clone()));
+            failure.namespace = failure.namespace.or_else(|| target.namespace.clone());
         }
+        Some(failure)
     }
 
     /// The HTTP status of an API refusal, if it was one.
     pub fn status_code(&self) -> Option<u16> {
-        match &self.0 {
+        match &self.error {
             kube::Error::Api(status) => Some(status.code),
             _ => None,
         }
@@ -124,10 +162,22 @@ mod tests {
     use super::*;
 
     fn status(code: u16) -> KubeError {
-        KubeError(kube::Error::Api(Box::new(kube::core::Status {
+        KubeError::from(kube::Error::Api(Box::new(kube::core::Status {
             code,
             ..kube::core::Status::default()
         })))
+    }
+
+    #[test]
+    fn the_target_fills_what_the_answer_leaves_out() {
+        let failure = status(403)
+            .with_target(Some("np-abc"), "namespace-provisioner")
+            .failure()
+            .unwrap();
+        assert_eq!(failure.status, 403);
+        assert_eq!(failure.namespace.as_deref(), Some("np-abc"));
+        assert_eq!(failure.name.as_deref(), Some("namespace-provisioner"));
+        assert_eq!(status(403).failure().unwrap().namespace, None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Client;
 use kube::api::{Api, PostParams};
 
@@ -99,7 +100,7 @@ pub async fn preflight(client: &Client, permissions: &[Permission]) -> Result<Pr
                     .await
                     .map_err(|e| PreflightError {
                         permission: permission.to_string(),
-                        source: KubeError(e),
+                        source: KubeError::from(e),
                     })?;
                 Ok::<_, PreflightError>(answer.status.is_some_and(|s| s.allowed))
             }
@@ -115,6 +116,14 @@ pub async fn preflight(client: &Client, permissions: &[Permission]) -> Result<Pr
             .map(|(permission, _)| Missing(permission.clone()))
             .collect(),
     })
+}
+
+/// Whether the ClusterRole `name` exists. A RoleBinding to a missing
+/// ClusterRole is accepted from an identity that may `bind` any ClusterRole
+/// (the API server then never looks the role up), so the provisioner asks.
+pub async fn cluster_role_exists(client: &Client, name: &str) -> Result<bool, KubeError> {
+    let role = Api::<ClusterRole>::all(client.clone()).get_opt(name).await?;
+    Ok(role.is_some())
 }
 
 #[cfg(test)]

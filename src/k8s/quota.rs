@@ -1,6 +1,6 @@
 //! The aggregate quota's I/O (issue 12): HierarchicalResourceQuotas (list, status replace
 //! with a `resourceVersion` precondition) and the native ResourceQuotas that enforce them
-//! (get, create, replace with their own `resourceVersion`, list by name). Does Kubernetes
+//! (get, create, replace and replace status with their own `resourceVersion`, list by name). Does Kubernetes
 //! I/O; every decision is in [`crate::rules::quota`].
 
 use k8s_openapi::api::core::v1::ResourceQuota;
@@ -20,6 +20,20 @@ pub async fn list_budgets(
             .list(&ListParams::default())
             .await?
             .items,
+    )
+}
+
+/// One budget by namespace and name, `None` if it is gone (a ledger write's re-read after a
+/// conflict: one GET, so the window between read and write stays short).
+pub async fn get_budget(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<HierarchicalResourceQuota>, KubeError> {
+    Ok(
+        Api::<HierarchicalResourceQuota>::namespaced(client.clone(), namespace)
+            .get_opt(name)
+            .await?,
     )
 }
 
@@ -82,6 +96,19 @@ pub async fn replace_quota(
 ) -> Result<ResourceQuota, KubeError> {
     Ok(Api::<ResourceQuota>::namespaced(client.clone(), namespace)
         .replace(&quota.name_any(), &post_params(), quota)
+        .await?)
+}
+
+/// Replace a ResourceQuota's status (the `status` subresource); `quota` carries the
+/// `resourceVersion` it was read at, so any write since (an admitted object raising
+/// `status.used`, the quota controller) makes this a conflict and nothing is written.
+pub async fn replace_quota_status(
+    client: &Client,
+    namespace: &str,
+    quota: &ResourceQuota,
+) -> Result<ResourceQuota, KubeError> {
+    Ok(Api::<ResourceQuota>::namespaced(client.clone(), namespace)
+        .replace_status(&quota.name_any(), &post_params(), quota)
         .await?)
 }
 

@@ -28,7 +28,8 @@ pub fn managed_controller(client: &Client, selector: &str) -> Controller<Namespa
 }
 
 /// A manager of the Lease `name` in `namespace` for `identity`, held for
-/// `duration_secs` and renewed `grace_secs` before it runs out.
+/// `duration_secs` and renewed `grace_secs` before it runs out. Its renewals
+/// go through [`GuardRenewals`].
 pub async fn build_lease_manager(
     client: &Client,
     name: &str,
@@ -37,11 +38,124 @@ pub async fn build_lease_manager(
     duration_secs: u64,
     grace_secs: u64,
 ) -> Result<LeaseManager, LeaseManagerError> {
-    LeaseManagerBuilder::new(client.clone(), name)
+    let guarded = Client::new(
+        GuardRenewals {
+            client: client.clone(),
+            identity: identity.into(),
+        },
+        client.default_namespace(),
+    );
+    LeaseManagerBuilder::new(guarded, name)
         .with_namespace(namespace)
         .with_identity(identity)
         .with_duration(duration_secs)
         .with_grace(grace_secs)
         .build()
         .await
+}
+
+/// kube-lease-manager renews a Lease it holds with a strategic-merge PATCH of
+/// `spec.renewTime` alone: no resourceVersion, no holder. Held up in the network
+/// or in an API server stuck on etcd, such a renewal lands after another replica
+/// took the Lease over, backdates its `renewTime`, and the Lease looks expired
+/// (issue 15: a partitioned leader took leadership back on healing). This
+/// service sends every such renewal as a JSON Patch that first tests that
+/// `holderIdentity` is still this replica: a late one fails (422) instead, and
+/// the replica learns it no longer leads. Other requests pass unchanged.
+#[derive(Clone)]
+struct GuardRenewals {
+    client: Client,
+    identity: std::sync::Arc<str>,
+}
+
+impl tower::Service<http::Request<kube::client::Body>> for GuardRenewals {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, kube::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), kube::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let (client, identity) = (self.client.clone(), self.identity.clone());
+        Box::pin(async move {
+            let strategic = request.method() == http::Method::PATCH
+                && request
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|t| t == STRATEGIC_MERGE);
+            if !strategic {
+                return client.send(request).await;
+            }
+            let (mut parts, body) = request.into_parts();
+            let body = body.collect_bytes().await?;
+            let body = match guarded_renewal(&body, &identity) {
+                Some(patch) => {
+                    parts.headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(JSON_PATCH),
+                    );
+                    patch
+                }
+                None => body.to_vec(),
+            };
+            client
+                .send(http::Request::from_parts(parts, kube::client::Body::from(body)))
+                .await
+        })
+    }
+}
+
+const STRATEGIC_MERGE: &str = "application/strategic-merge-patch+json";
+const JSON_PATCH: &str = "application/json-patch+json";
+
+/// For a renewal (a strategic-merge patch whose `spec` sets `renewTime` and no
+/// `holderIdentity`): the JSON Patch doing the same only while `identity`
+/// holds the Lease. `None` for anything else (taking, releasing a Lease).
+fn guarded_renewal(body: &[u8], identity: &str) -> Option<Vec<u8>> {
+    let patch: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let spec = patch.get("spec")?.as_object()?;
+    if spec.contains_key("holderIdentity") || !spec.contains_key("renewTime") {
+        return None;
+    }
+    let mut ops = vec![serde_json::json!({"op": "test", "path": "/spec/holderIdentity", "value": identity})];
+    // `add` on an existing member replaces it (RFC 6902).
+    ops.extend(spec.iter().map(
+        |(key, value)| serde_json::json!({"op": "add", "path": format!("/spec/{key}"), "value": value}),
+    ));
+    serde_json::to_vec(&ops).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_a_renewal_is_guarded_by_its_holder() {
+        let renewal = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "spec": {"renewTime": "2026-12-01T00:00:00.000000Z", "leaseDurationSeconds": 3}});
+        let guarded: serde_json::Value =
+            serde_json::from_slice(&guarded_renewal(renewal.to_string().as_bytes(), "me").unwrap()).unwrap();
+        assert_eq!(
+            guarded,
+            json!([
+                {"op": "test", "path": "/spec/holderIdentity", "value": "me"},
+                {"op": "add", "path": "/spec/leaseDurationSeconds", "value": 3},
+                {"op": "add", "path": "/spec/renewTime", "value": "2026-12-01T00:00:00.000000Z"},
+            ])
+        );
+        let take = json!({"spec": {"renewTime": "t", "holderIdentity": "me", "acquireTime": "t"}});
+        let release = json!({"spec": {"renewTime": null, "holderIdentity": null}});
+        let transitions = json!({"spec": {"leaseTransitions": 2}});
+        for other in [take, release, transitions] {
+            assert_eq!(
+                guarded_renewal(other.to_string().as_bytes(), "me"),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(guarded_renewal(b"not json", "me"), None);
+    }
 }

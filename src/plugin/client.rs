@@ -20,8 +20,12 @@ use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use tower::util::BoxCloneService;
+use tower::{BoxError, ServiceExt};
+
 use super::config::Settings;
 use super::error::{PluginError, Problem};
+use super::kube_auth::KubeCredentials;
 use super::{CreateRequest, Credentials, ExtendRequest, Namespace, NamespaceList};
 
 /// Largest answer read (a kubeconfig is a few KiB; a list of thousands fits).
@@ -31,8 +35,28 @@ pub struct Client {
     http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Url,
     token: Option<SecretString>,
+    /// The kubeconfig context's credentials (kube's Authorization layer
+    /// over the same HTTP client), used instead of `token`.
+    kube: Option<(String, Exchange)>,
+    /// Why the kubeconfig's current context was not used (for the 401 hint).
+    kube_skipped: Option<String>,
     timeout: Duration,
 }
+
+/// One request to (status, bounded body), behind kube's Authorization layer.
+type Exchange = BoxCloneService<Request<Full<Bytes>>, http::Response<Bytes>, BoxError>;
+
+/// A failure below the Authorization layer: reaching the provisioner or reading its answer.
+#[derive(Debug)]
+struct Transport(PluginError);
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Transport {}
 
 /// A 2xx answer.
 struct Answer {
@@ -51,12 +75,64 @@ impl Client {
             http: HyperClient::builder(TokioExecutor::new()).build(connector),
             base: settings.server_url,
             token: settings.token,
+            kube: None,
+            kube_skipped: None,
             timeout,
         })
     }
 
+    /// Say in a 401's hint why the kubeconfig's credentials were not sent.
+    pub fn with_kube_skipped(mut self, why: String) -> Self {
+        self.kube_skipped = Some(why);
+        self
+    }
+
+    /// Authenticate with a kubeconfig context's bearer token (token, token
+    /// file or exec plugin, refreshed by kube) instead of a provisioner token.
+    pub fn with_kube_credentials(mut self, credentials: &KubeCredentials) -> Self {
+        let http = self.http.clone();
+        let what = "a request";
+        let inner = tower::service_fn(move |request: Request<Full<Bytes>>| {
+            let http = http.clone();
+            async move {
+                let origin = request
+                    .uri()
+                    .authority()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let response = http.request(request).await.map_err(|e| {
+                    Transport(PluginError::Connect {
+                        url: origin,
+                        reason: connect_reason(&e),
+                    })
+                })?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, MAX_ANSWER_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        Transport(PluginError::Decode {
+                            what: what.to_owned(),
+                            reason: format!("reading the answer: {e}"),
+                        })
+                    })?
+                    .to_bytes();
+                Ok::<_, Transport>(http::Response::from_parts(parts, body))
+            }
+        });
+        let exchange = tower::ServiceBuilder::new()
+            .map_err(|e: Transport| BoxError::from(e))
+            .service(inner);
+        self.kube = Some((
+            credentials.context.clone(),
+            BoxCloneService::new(credentials.layer(exchange)),
+        ));
+        self.token = None;
+        self
+    }
+
     pub fn has_token(&self) -> bool {
-        self.token.is_some()
+        self.token.is_some() || self.kube.is_some()
     }
 
     /// `base` + `/api/v1/namespaces[/name]`, the name percent-encoded so it
@@ -107,6 +183,19 @@ impl Client {
             .map_err(|e| PluginError::Usage(format!("cannot build a request to {url}: {e}")))?;
         let origin = self.base.origin().ascii_serialization();
         let exchange = async {
+            if let Some((context, service)) = &self.kube {
+                return match service.clone().oneshot(request).await {
+                    Ok(response) => Ok((response.status(), response.into_body())),
+                    Err(e) => Err(match e.downcast::<Transport>() {
+                        Ok(transport) => transport.0,
+                        // Not below the layer: kube's credentials (an exec plugin refresh).
+                        Err(e) => PluginError::KubeAuth {
+                            context: context.clone(),
+                            reason: e.to_string(),
+                        },
+                    }),
+                };
+            }
             let response = self
                 .http
                 .request(request)
@@ -137,8 +226,20 @@ impl Client {
             return Ok(Answer { body });
         }
         let problem = Problem::from_answer(status.as_u16(), &body);
-        let hint = if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
-            "; no token configured: set NP_TOKEN, --token-file, or token-file in the config file".to_owned()
+        let hint = if let (StatusCode::UNAUTHORIZED, Some((context, _))) = (status, &self.kube) {
+            format!(
+                "; sent the credentials of kubeconfig context {context:?}: is the provisioner run with \
+                 --auth kubernetes (or both)?"
+            )
+        } else if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
+            let skipped = self
+                .kube_skipped
+                .as_ref()
+                .map_or_else(String::new, |why| format!(" (not sent: {why})"));
+            format!(
+                "; no token configured: set NP_TOKEN, --token-file, or token-file in the config file, \
+                 or use a kubeconfig context with --context{skipped}"
+            )
         } else {
             String::new()
         };

@@ -136,16 +136,7 @@ pub async fn run(
             write_kubeconfig,
             wait,
         } => {
-            let asked_hierarchy = request.parent.is_some() || request.quota.is_some();
-            let creds = client.create(&request).await.map_err(|e| match e {
-                PluginError::Api { problem, .. } if problem.status == 400 && asked_hierarchy => {
-                    PluginError::Api {
-                        problem,
-                        hint: "; --parent and --quota need a provisioner with hierarchy support".into(),
-                    }
-                }
-                other => other,
-            })?;
+            let creds = client.create(&request).await?;
             if let Some(path) = &write_kubeconfig {
                 write_private(path, &creds.kubeconfig)?;
             }

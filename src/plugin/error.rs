@@ -123,6 +123,17 @@ pub enum PluginError {
     Output(#[from] std::io::Error),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("cannot get the credentials of kubeconfig context {context:?}: {reason}")]
+    KubeAuth { context: String, reason: String },
+    #[error(
+        "kubeconfig context {context:?} (user {user:?}) {why}; use a context whose user has a token or an exec \
+         plugin (--context), or a provisioner token (NP_TOKEN / --token-file)"
+    )]
+    NoBearer {
+        context: String,
+        user: String,
+        why: &'static str,
+    },
 }
 
 impl PluginError {
@@ -136,6 +147,8 @@ impl PluginError {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
             Self::Usage(_) | Self::Config { .. } => ExitStatus::Usage,
+            // The caller's kubeconfig or exec plugin: their setup; nothing was sent.
+            Self::KubeAuth { .. } | Self::NoBearer { .. } => ExitStatus::Usage,
             // A token or CA file named by the user that cannot be read is their setup, not the server.
             Self::ReadFile { .. } => ExitStatus::Usage,
             Self::Api { problem, .. } if problem.status == 404 => ExitStatus::NotFound,

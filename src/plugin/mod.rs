@@ -8,6 +8,8 @@
 //! - [`output`]: tables, human durations, JSON/YAML; pure.
 //! - [`commands`]: one function per subcommand, including `--wait` polling.
 //! - [`error`]: one error type, its one-line rendering and the exit codes.
+//! - [`kube_auth`]: the bearer credentials of a kubeconfig context (kube-rs
+//!   reads it and runs exec plugins), for Kubernetes-identity auth.
 //!
 //! The wire types here are the client's view of the API: they ignore fields
 //! they do not know (a newer server stays usable) and keep them for `-o json`.
@@ -16,6 +18,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod kube_auth;
 pub mod output;
 
 use std::collections::BTreeMap;
@@ -30,7 +33,7 @@ pub use error::{ExitStatus, PluginError};
 pub struct Namespace {
     pub name: String,
     pub tenant: String,
-    /// Sent by servers with hierarchy support; absent today.
+    /// Sent for a child namespace by `get` (the list leaves it out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,8 +65,9 @@ pub struct Credentials {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
-/// Body of create. `parent` and `quota` are only understood by a server
-/// with hierarchy support; today's server answers 400 naming the field.
+/// Body of create. `parent` makes a sub-namespace, `quota` asks for an
+/// allocation from the parent's budget (the server's refusals -- not a parent,
+/// tenant not allowed, does not fit -- come back as problem+json).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CreateRequest {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -159,8 +159,8 @@ impl Provisioner {
         Ok(chain)
     }
 
-    /// Children of `parent` that are not being deleted (managed or not: `max-children` bounds
-    /// the tree, not one tenant). Best effort across replicas, like the tenant limit.
+    /// Children of `parent` that are not being deleted and not unclaimed pool members (managed
+    /// or not: `max-children` bounds the tree, not one tenant). Best effort across replicas, like the tenant limit.
     async fn live_children(&self, parent: &str) -> Result<usize, ProvisionError> {
         let selector = format!("{PARENT_LABEL}={parent}");
         let children = k8s::list_namespaces(&self.client, &selector, self.config.page_size)
@@ -169,9 +169,12 @@ impl Provisioner {
                 parent: parent.to_owned(),
                 source,
             })?;
+        // Unclaimed warm-pool members (issue 16) are not children yet: a pool must not use up
+        // the room `max-children` leaves for creates.
         Ok(children
             .iter()
             .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .filter(|ns| !crate::rules::pool::is_member(ns.labels()))
             .count())
     }
 

@@ -4,9 +4,12 @@
 //! quota, and confirm or release. The steps and why their order is safe are in the module docs
 //! of [`crate::rules::quota`]; every decision is made there, every call goes through [`crate::k8s`].
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, PoisonError};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ResourceQuota;
+use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaStatus};
 use kube::ResourceExt;
 use tracing::warn;
 
@@ -44,6 +47,8 @@ pub(super) struct Reservation {
     pub child: String,
     pub allocation: Resources,
     pub reserved_at: i64,
+    /// As read before the reservation was written (the confirm reuses them).
+    surroundings: Surroundings,
 }
 
 impl Reservation {
@@ -65,30 +70,37 @@ impl Provisioner {
         ask: Option<&Resources>,
         now: i64,
     ) -> Result<Option<Reservation>, ProvisionError> {
+        let Some(mut hrq) = self.budget_of(parent, ask.is_some()).await? else {
+            return Ok(None);
+        };
+        let surroundings = self.surroundings(parent, &hrq.name_any()).await?;
         for attempt in 0..LEDGER_ATTEMPTS {
-            let Some(mut hrq) = self.budget_of(parent, ask.is_some()).await? else {
-                return Ok(None);
-            };
+            if attempt > 0 {
+                backoff(attempt - 1).await;
+            }
+            // One ledger writer per parent in this process: its creates queue here instead of
+            // conflicting with each other (other replicas still meet the precondition).
+            let (turn, waited) = ledger_turn(parent).await;
+            if attempt > 0 || waited {
+                let Some(fresh) = self.reread_budget(parent, &hrq.name_any(), ask.is_some()).await? else {
+                    return Ok(None);
+                };
+                hrq = fresh;
+            }
             let budget_name = hrq.name_any();
             let unreadable = |source| ProvisionError::BudgetUnreadable {
                 parent: parent.to_owned(),
                 budget: budget_name.clone(),
                 source,
             };
-            let budget = self.effective_budget(parent, &hrq).await?;
+            let budget = surroundings.budget(&hrq).map_err(unreadable)?;
             let default = hrq.spec.default_allocation().map_err(unreadable)?;
             let allocation =
                 resolve_allocation(&budget, &default, ask).map_err(|source| ProvisionError::Allocation {
                     parent: parent.to_owned(),
                     source,
                 })?;
-            let parent_used = self
-                .read_quota(parent, REMAINDER_QUOTA)
-                .await?
-                .map(|q| used_of(&q))
-                .transpose()
-                .map_err(unreadable)?
-                .unwrap_or_default();
+            let parent_used = surroundings.parent_used.clone();
             let ledger = ledger_from_status(hrq.status.as_ref()).map_err(unreadable)?;
             let next = ledger::reserve(&ledger, &budget, &parent_used, child, allocation.clone(), now)
                 .map_err(|e| match e {
@@ -102,12 +114,11 @@ impl Provisioner {
                 })?;
             hrq.status =
                 Some(status_with(&budget, &next, hrq.status.as_ref(), parent_used).map_err(unreadable)?);
-            match k8s::replace_budget_status(&self.client, &hrq).await {
+            let written = k8s::replace_budget_status(&self.client, &hrq).await;
+            drop(turn);
+            match written {
                 Ok(_) => {}
-                Err(e) if e.is_conflict() => {
-                    backoff(attempt).await;
-                    continue;
-                }
+                Err(e) if e.is_conflict() => continue,
                 Err(source) => {
                     return Err(ProvisionError::WriteLedger {
                         parent: parent.to_owned(),
@@ -121,10 +132,13 @@ impl Provisioner {
                 child: child.to_owned(),
                 allocation,
                 reserved_at: now,
+                surroundings: surroundings.clone(),
             };
             let checked = async {
-                self.write_remainder(&reservation, &budget, &next).await?;
-                self.check_parent_usage(parent).await
+                let written = self
+                    .write_remainder(&reservation, &budget, &next, surroundings.remainder.clone())
+                    .await?;
+                self.check_parent_usage(parent, written).await
             };
             if let Err(err) = checked.await {
                 self.release(&reservation, None).await;
@@ -134,6 +148,51 @@ impl Provisioner {
         }
         Err(ProvisionError::LedgerContended {
             parent: parent.to_owned(),
+        })
+    }
+
+    /// The budget again after a conflict: one GET by name (the window until the next write
+    /// stays short); when it is gone, whatever [`Self::budget_of`] finds now.
+    async fn reread_budget(
+        &self,
+        parent: &str,
+        name: &str,
+        asked: bool,
+    ) -> Result<Option<HierarchicalResourceQuota>, ProvisionError> {
+        match k8s::get_budget(&self.client, parent, name).await {
+            Ok(Some(hrq)) => Ok(Some(hrq)),
+            Ok(None) => self.budget_of(parent, asked).await,
+            Err(source) => Err(ProvisionError::ReadBudget {
+                parent: parent.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// What a ledger write needs besides the budget, read once per write rather than per
+    /// attempt: the parent's own allocation (nested trees) and its usage. A usage grown since
+    /// is caught by step 6, which reads it again after the remainder is lowered.
+    async fn surroundings(&self, parent: &str, budget: &str) -> Result<Surroundings, ProvisionError> {
+        let unreadable = |source| ProvisionError::BudgetUnreadable {
+            parent: parent.to_owned(),
+            budget: budget.to_owned(),
+            source,
+        };
+        let (allocation, remainder) = futures::try_join!(
+            self.read_quota(parent, ALLOCATION_QUOTA),
+            self.read_quota(parent, REMAINDER_QUOTA)
+        )?;
+        let inherited = allocation.as_ref().map(hard_of).transpose().map_err(unreadable)?;
+        let parent_used = remainder
+            .as_ref()
+            .map(used_of)
+            .transpose()
+            .map_err(unreadable)?
+            .unwrap_or_default();
+        Ok(Surroundings {
+            inherited,
+            parent_used,
+            remainder,
         })
     }
 
@@ -168,28 +227,6 @@ impl Provisioner {
         }
     }
 
-    /// `spec.hard`, clamped by the parent's own allocation when it is itself a child in a
-    /// quota tree (grandchildren allocate from their parent's allocation).
-    async fn effective_budget(
-        &self,
-        parent: &str,
-        hrq: &HierarchicalResourceQuota,
-    ) -> Result<Resources, ProvisionError> {
-        let unreadable = |source| ProvisionError::BudgetUnreadable {
-            parent: parent.to_owned(),
-            budget: hrq.name_any(),
-            source,
-        };
-        let hard = hrq.spec.budget().map_err(unreadable)?;
-        let inherited = self
-            .read_quota(parent, ALLOCATION_QUOTA)
-            .await?
-            .map(|q| hard_of(&q))
-            .transpose()
-            .map_err(unreadable)?;
-        Ok(effective_budget(&hard, inherited.as_ref()))
-    }
-
     pub(super) async fn read_quota(
         &self,
         namespace: &str,
@@ -205,13 +242,16 @@ impl Provisioner {
     }
 
     /// Step 5: the parent's remainder quota from `ledger`, unless a newer ledger already wrote
-    /// it (a slow writer must never raise it back).
+    /// it (a slow writer must never raise it back). `known`: the quota as last read (the first
+    /// attempt writes over it instead of reading it again; a stale one is a conflict, re-read).
+    /// Returns the quota as written, `None` when a newer ledger had written it.
     async fn write_remainder(
         &self,
         reservation: &Reservation,
         budget: &Resources,
         ledger: &Ledger,
-    ) -> Result<(), ProvisionError> {
+        mut known: Option<ResourceQuota>,
+    ) -> Result<Option<ResourceQuota>, ProvisionError> {
         let parent = reservation.parent.as_str();
         let remainder = ledger
             .remainder(budget)
@@ -233,10 +273,13 @@ impl Provisioner {
             source,
         };
         for attempt in 0..LEDGER_ATTEMPTS {
-            let live = self.read_quota(parent, REMAINDER_QUOTA).await?;
+            let live = match known.take() {
+                Some(known) => Some(known),
+                None => self.read_quota(parent, REMAINDER_QUOTA).await?,
+            };
             let written = match &live {
                 Some(live) if !ledger::remainder_is_newer(ledger_revision_of(live), ledger.revision) => {
-                    return Ok(());
+                    return Ok(None);
                 }
                 Some(live) => {
                     desired.metadata.resource_version = live.resource_version();
@@ -245,7 +288,7 @@ impl Provisioner {
                 None => k8s::create_quota(&self.client, parent, &desired).await,
             };
             match written {
-                Ok(_) => return Ok(()),
+                Ok(written) => return Ok(Some(written)),
                 Err(e) if e.is_conflict() => backoff(attempt).await,
                 Err(source) => return Err(write_error(source)),
             }
@@ -255,15 +298,37 @@ impl Provisioner {
         })
     }
 
-    /// Step 6: once the quota controller has applied the lowered remainder (admission checks
-    /// `status.hard`), everything the parent runs is in `status.used`; it must fit.
-    async fn check_parent_usage(&self, parent: &str) -> Result<(), ProvisionError> {
+    /// Step 6: once the lowered remainder is applied (admission checks `status.hard`),
+    /// everything the parent runs is in `status.used`; it must fit.
+    ///
+    /// Applied by the quota controller, or by us: when the quota's `status.used` already counts
+    /// every budget resource, we write `status.hard` = `spec.hard` ourselves with the read
+    /// `resourceVersion` as precondition. Admission raises `status.used` with the same kind of
+    /// precondition, so a success means nothing was admitted since the read (the `used` we
+    /// check is complete) and every admission after it evaluates the lowered hard (one that
+    /// read the older quota fails its own status write and re-evaluates). A conflict re-reads;
+    /// without the right (`resourcequotas/status` update: 403) the controller's sync is awaited.
+    /// `written`: the quota as our write answered it (saves the first read).
+    async fn check_parent_usage(
+        &self,
+        parent: &str,
+        mut written: Option<ResourceQuota>,
+    ) -> Result<(), ProvisionError> {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(20);
         loop {
-            if let Some(quota) = self.read_quota(parent, REMAINDER_QUOTA).await?
-                && let Some((hard, used)) = synced(&quota)
-            {
+            let quota = match written.take() {
+                Some(quota) => Some(quota),
+                None => self.read_quota(parent, REMAINDER_QUOTA).await?,
+            };
+            let applied = match quota {
+                Some(quota) => match synced(&quota) {
+                    Some(applied) => Applied::Yes(applied),
+                    None => self.apply_remainder(parent, &quota).await?,
+                },
+                None => Applied::Wait,
+            };
+            if let Applied::Yes((hard, used)) = applied {
                 return check_parent_within(&hard, &used).map_err(|refusal| ProvisionError::QuotaRefused {
                     parent: parent.to_owned(),
                     refusal,
@@ -274,8 +339,37 @@ impl Provisioner {
                     namespace: parent.to_owned(),
                 });
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            // After a conflict someone wrote the quota since the read (admission, the
+            // controller): read again at once; otherwise wait for the controller.
+            if let Applied::Wait = applied {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    /// Write `status.hard` = `spec.hard` of the parent's remainder quota (see
+    /// [`Self::check_parent_usage`]).
+    async fn apply_remainder(&self, parent: &str, quota: &ResourceQuota) -> Result<Applied, ProvisionError> {
+        if STATUS_WRITE_FORBIDDEN.load(Ordering::Relaxed) {
+            return Ok(Applied::Wait);
+        }
+        let Some(applying) = with_status_hard(quota) else {
+            return Ok(Applied::Wait);
+        };
+        match k8s::replace_quota_status(&self.client, parent, &applying).await {
+            Ok(written) => Ok(synced(&written).map_or(Applied::Wait, Applied::Yes)),
+            Err(e) if e.is_conflict() => Ok(Applied::Reread),
+            Err(e) if e.status_code() == Some(403) => {
+                STATUS_WRITE_FORBIDDEN.store(true, Ordering::Relaxed);
+                warn!(namespace = %parent, "no right to update resourcequotas/status: each create waits for the quota controller (grant it to the provisioner to skip the wait)");
+                Ok(Applied::Wait)
+            }
+            Err(source) => Err(ProvisionError::WriteQuota {
+                namespace: parent.to_owned(),
+                name: REMAINDER_QUOTA.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -302,11 +396,67 @@ impl Provisioner {
     }
 
     /// Record the child's uid in the ledger. Best effort: the reaper's rebuild does it too.
+    /// Allocations do not change, so neither does the remainder: one GET and one status write
+    /// (the parent's usage and own allocation as read for the reservation: display only).
     pub(super) async fn confirm(&self, reservation: &Reservation, uid: &str) {
-        self.update_ledger(reservation, |ledger| {
-            ledger::confirm(ledger, &reservation.child, uid)
+        if let Err(err) = self.try_confirm(reservation, uid).await {
+            warn!(parent = %reservation.parent, child = %reservation.child, error = %crate::telemetry::chain(&err),
+                "recording the child's uid in the quota ledger failed; the reaper's rebuild does it");
+        }
+    }
+
+    async fn try_confirm(&self, reservation: &Reservation, uid: &str) -> Result<(), ProvisionError> {
+        let parent = reservation.parent.as_str();
+        for attempt in 0..LEDGER_ATTEMPTS {
+            if attempt > 0 {
+                backoff(attempt - 1).await;
+            }
+            let (turn, _) = ledger_turn(parent).await;
+            let Some(mut hrq) = k8s::get_budget(&self.client, parent, &reservation.budget)
+                .await
+                .map_err(|source| ProvisionError::ReadBudget {
+                    parent: parent.to_owned(),
+                    source,
+                })?
+            else {
+                return Ok(());
+            };
+            let unreadable = |source| ProvisionError::BudgetUnreadable {
+                parent: parent.to_owned(),
+                budget: reservation.budget.clone(),
+                source,
+            };
+            let ledger = ledger_from_status(hrq.status.as_ref()).map_err(unreadable)?;
+            let Some(next) = ledger::confirm(&ledger, &reservation.child, uid) else {
+                return Ok(());
+            };
+            let surroundings = &reservation.surroundings;
+            let budget = surroundings.budget(&hrq).map_err(unreadable)?;
+            hrq.status = Some(
+                status_with(
+                    &budget,
+                    &next,
+                    hrq.status.as_ref(),
+                    surroundings.parent_used.clone(),
+                )
+                .map_err(unreadable)?,
+            );
+            let written = k8s::replace_budget_status(&self.client, &hrq).await;
+            drop(turn);
+            match written {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() => {}
+                Err(source) => {
+                    return Err(ProvisionError::WriteLedger {
+                        parent: parent.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(ProvisionError::LedgerContended {
+            parent: parent.to_owned(),
         })
-        .await;
     }
 
     /// Return a reservation (a create that failed or was refused). Safe right after the child
@@ -333,10 +483,21 @@ impl Provisioner {
         transition: impl Fn(&Ledger) -> Option<Ledger>,
     ) -> Result<(), ProvisionError> {
         let parent = reservation.parent.as_str();
+        let Some(mut hrq) = self.budget_of(parent, false).await? else {
+            return Ok(());
+        };
+        let surroundings = self.surroundings(parent, &hrq.name_any()).await?;
         for attempt in 0..LEDGER_ATTEMPTS {
-            let Some(mut hrq) = self.budget_of(parent, false).await? else {
-                return Ok(());
-            };
+            if attempt > 0 {
+                backoff(attempt - 1).await;
+            }
+            let (turn, waited) = ledger_turn(parent).await;
+            if attempt > 0 || waited {
+                let Some(fresh) = self.reread_budget(parent, &hrq.name_any(), false).await? else {
+                    return Ok(());
+                };
+                hrq = fresh;
+            }
             let unreadable = |source| ProvisionError::BudgetUnreadable {
                 parent: parent.to_owned(),
                 budget: hrq.name_any(),
@@ -346,19 +507,26 @@ impl Provisioner {
             let Some(next) = transition(&ledger) else {
                 return Ok(());
             };
-            let budget = self.effective_budget(parent, &hrq).await?;
-            let parent_used = self
-                .read_quota(parent, REMAINDER_QUOTA)
-                .await?
-                .map(|q| used_of(&q))
-                .transpose()
-                .map_err(unreadable)?
-                .unwrap_or_default();
-            hrq.status =
-                Some(status_with(&budget, &next, hrq.status.as_ref(), parent_used).map_err(unreadable)?);
-            match k8s::replace_budget_status(&self.client, &hrq).await {
-                Ok(_) => return self.write_remainder(reservation, &budget, &next).await,
-                Err(e) if e.is_conflict() => backoff(attempt).await,
+            let budget = surroundings.budget(&hrq).map_err(unreadable)?;
+            hrq.status = Some(
+                status_with(
+                    &budget,
+                    &next,
+                    hrq.status.as_ref(),
+                    surroundings.parent_used.clone(),
+                )
+                .map_err(unreadable)?,
+            );
+            let written = k8s::replace_budget_status(&self.client, &hrq).await;
+            drop(turn);
+            match written {
+                Ok(_) => {
+                    return self
+                        .write_remainder(reservation, &budget, &next, None)
+                        .await
+                        .map(drop);
+                }
+                Err(e) if e.is_conflict() => {}
                 Err(source) => {
                     return Err(ProvisionError::WriteLedger {
                         parent: parent.to_owned(),
@@ -370,6 +538,24 @@ impl Provisioner {
         Err(ProvisionError::LedgerContended {
             parent: parent.to_owned(),
         })
+    }
+}
+
+/// The parent's own allocation and usage, as read before a ledger write.
+#[derive(Debug, Clone)]
+struct Surroundings {
+    /// The parent's allocation quota when it is itself a child in a quota tree.
+    inherited: Option<Resources>,
+    parent_used: Resources,
+    /// The parent's remainder quota as read (its `status.used` is `parent_used`).
+    remainder: Option<ResourceQuota>,
+}
+
+impl Surroundings {
+    /// `spec.hard`, clamped by the parent's own allocation (grandchildren allocate from their
+    /// parent's allocation).
+    fn budget(&self, hrq: &HierarchicalResourceQuota) -> Result<Resources, ResourcesError> {
+        Ok(effective_budget(&hrq.spec.budget()?, self.inherited.as_ref()))
     }
 }
 
@@ -404,9 +590,96 @@ fn synced(quota: &ResourceQuota) -> Option<(Resources, Resources)> {
     Some((applied, used_of(quota).ok()?))
 }
 
+/// Ledger and remainder writes that met a `409 Conflict` (another writer landed first) and
+/// were tried again, since the process started. The API's metrics export it.
+static CONFLICTS_RETRIED: AtomicU64 = AtomicU64::new(0);
+
+/// See [`CONFLICTS_RETRIED`].
+pub fn conflicts_retried() -> u64 {
+    CONFLICTS_RETRIED.load(Ordering::Relaxed)
+}
+
+/// Per parent, the lock its ledger writers in this process take in turn.
+type LedgerLocks = std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+static LEDGER_LOCKS: LazyLock<LedgerLocks> = LazyLock::new(Default::default);
+
+/// A turn at writing `parent`'s ledger, and whether another writer held it first (then the
+/// budget read before must be read again).
+async fn ledger_turn(parent: &str) -> (LedgerTurn, bool) {
+    let lock = LEDGER_LOCKS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(parent.to_owned())
+        .or_default()
+        .clone();
+    let (guard, waited) = match lock.clone().try_lock_owned() {
+        Ok(guard) => (guard, false),
+        Err(_) => (lock.clone().lock_owned().await, true),
+    };
+    let turn = LedgerTurn {
+        parent: parent.to_owned(),
+        lock,
+        guard: Some(guard),
+    };
+    (turn, waited)
+}
+
+/// Held while writing one parent's ledger; forgets the parent's lock when nobody else holds it.
+struct LedgerTurn {
+    parent: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for LedgerTurn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = LEDGER_LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's clone and ours: no writer waits for this parent.
+        if Arc::strong_count(&self.lock) == 2 {
+            locks.remove(&self.parent);
+        }
+    }
+}
+
+/// Whether the parent's lowered remainder is enforced yet (step 6).
+enum Applied {
+    /// `(status.hard, status.used)`, applied.
+    Yes((Resources, Resources)),
+    /// Our status write met a newer quota: read it again.
+    Reread,
+    /// Not yet: the quota controller applies it.
+    Wait,
+}
+
+/// Set at the first 403 on a quota status write: this identity may not, so every later create
+/// waits for the quota controller instead of asking again.
+static STATUS_WRITE_FORBIDDEN: AtomicBool = AtomicBool::new(false);
+
+/// `quota` with `status.hard` = `spec.hard`, when its `status.used` (as the quota controller
+/// and admission keep it) already counts every resource of `spec.hard`: then the usage to check
+/// is known. `None` for a quota never synced or with a resource not yet counted.
+fn with_status_hard(quota: &ResourceQuota) -> Option<ResourceQuota> {
+    let spec = quota.spec.as_ref()?.hard.clone()?;
+    let status = quota.status.as_ref()?;
+    let used = Resources::parse(status.used.as_ref()?).ok()?;
+    Resources::parse(&spec)
+        .ok()?
+        .names()
+        .all(|name| used.contains(name))
+        .then_some(())?;
+    let mut applying = quota.clone();
+    applying.status = Some(ResourceQuotaStatus {
+        hard: Some(spec),
+        used: status.used.clone(),
+    });
+    Some(applying)
+}
+
 /// A short, jittered pause after a conflict, so racing writers spread out.
 async fn backoff(attempt: u32) {
     use rand::Rng;
+    CONFLICTS_RETRIED.fetch_add(1, Ordering::Relaxed);
     let ceiling = 10u64.saturating_mul(1 << attempt.min(5));
     let millis = rand::rng().random_range(1..=ceiling);
     tokio::time::sleep(Duration::from_millis(millis)).await;
@@ -415,7 +688,7 @@ async fn backoff(attempt: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ResourceQuotaSpec, ResourceQuotaStatus};
+    use k8s_openapi::api::core::v1::ResourceQuotaSpec;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn list(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, Quantity> {
@@ -460,5 +733,47 @@ mod tests {
             used_of(&quota(&[], Some((&[], &[("cpu", "1500m")])))).unwrap()
         );
         assert_eq!(used.get("requests.cpu").to_string(), "1");
+    }
+
+    #[test]
+    fn the_lowered_hard_is_applied_only_over_a_complete_usage() {
+        // Never synced: wait for the controller's first count.
+        assert!(with_status_hard(&quota(&[("count/pods", "3")], None)).is_none());
+        // A budget resource the controller has not counted yet: wait.
+        let uncounted = quota(
+            &[("count/pods", "3"), ("requests.cpu", "1")],
+            Some((&[("count/pods", "5")], &[("count/pods", "1")])),
+        );
+        assert!(with_status_hard(&uncounted).is_none());
+        // Counted (`cpu` is `requests.cpu`): status.hard = spec.hard, used kept as read.
+        let counted = quota(
+            &[("count/pods", "3"), ("requests.cpu", "1")],
+            Some((
+                &[("count/pods", "5"), ("cpu", "2")],
+                &[("count/pods", "1"), ("cpu", "250m")],
+            )),
+        );
+        let applying = with_status_hard(&counted).unwrap();
+        let (hard, used) = synced(&applying).unwrap();
+        assert_eq!(hard.get("count/pods").to_string(), "3");
+        assert_eq!(used.get("requests.cpu").to_string(), "250m");
+        assert_eq!(applying.spec, counted.spec);
+    }
+
+    #[tokio::test]
+    async fn ledger_writers_of_one_parent_take_turns_and_the_lock_is_forgotten() {
+        let (first, waited) = ledger_turn("turns-a").await;
+        assert!(!waited);
+        // Another parent is not held up.
+        let (other, waited) = ledger_turn("turns-b").await;
+        assert!(!waited);
+        drop(other);
+        let second = tokio::spawn(async { ledger_turn("turns-a").await.1 });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        drop(first);
+        assert!(second.await.unwrap(), "the second writer waited");
+        let locks = LEDGER_LOCKS.lock().unwrap();
+        assert!(!locks.contains_key("turns-a") && !locks.contains_key("turns-b"));
     }
 }

@@ -11,9 +11,51 @@ use tracing::{info, warn};
 
 use super::diff::Write;
 use super::plan::{Action, Plan, SetPlan};
+use super::webhook::WebhookSender;
 use crate::k8s::{self, EventRecorder, KubeError};
 use crate::rules::params::Expiry;
+use crate::rules::webhook::{EventKind, NamespaceEvent};
 use crate::telemetry::chain;
+
+/// One structured line per state change (issue 15 item 7), with the same
+/// field names as the provisioner's: `audit`, `action`, `namespace`,
+/// `tenant`, `outcome`, `reason`. Never a token (the reaper holds none).
+fn audit(set: &SetPlan, action: &str, outcome: &str, reason: &str) {
+    info!(
+        audit = true,
+        action,
+        namespace = %set.namespace,
+        tenant = set.tenant.as_deref(),
+        outcome,
+        reason,
+        "audit: {action} {}: {outcome}",
+        set.namespace
+    );
+}
+
+/// Why a set is written, for the audit line: the drift of each write.
+fn write_reasons(set: &SetPlan, writes: &[Write]) -> String {
+    let drift: Vec<String> = writes
+        .iter()
+        .map(|w| {
+            let reasons: Vec<&str> = w.reasons.iter().map(|r| r.as_str()).collect();
+            format!(
+                "{}/{} {}",
+                w.object.kind().as_str(),
+                w.object.name(),
+                reasons.join(",")
+            )
+        })
+        .collect();
+    match &set.action {
+        Action::SetExpiry { previous, .. } => format!(
+            "no valid expiry label (was {:?}); {}",
+            previous.as_deref().unwrap_or(""),
+            drift.join("; ")
+        ),
+        _ => drift.join("; "),
+    }
+}
 
 /// `reportingController` of the Events we emit.
 pub const REPORTING_CONTROLLER: &str = "namespace-provisioner-reaper";
@@ -88,18 +130,73 @@ impl Outcome {
     }
 }
 
+/// The audit line's `outcome`.
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Nothing => "nothing",
+        Outcome::Deleted { .. } | Outcome::Written { .. } => "done",
+        Outcome::Gone => "gone",
+        Outcome::Changed => "changed",
+        Outcome::Failed { .. } => "failed",
+    }
+}
+
 /// Carries out plans with one client and one Event recorder.
 #[derive(Clone)]
 pub struct Executor {
     client: Client,
     recorder: EventRecorder,
+    /// `--notify-webhook-config`: `expired` and `deleted` notices.
+    webhook: Option<WebhookSender>,
+    /// Namespace -> its parent (the parent label), for those notices.
+    parents: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl Executor {
     /// `instance` names this process in the Events it emits (`reportingInstance`).
     pub fn new(client: Client, instance: &str) -> Self {
         let recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, instance);
-        Self { client, recorder }
+        Self {
+            client,
+            recorder,
+            webhook: None,
+            parents: std::sync::Arc::default(),
+        }
+    }
+
+    /// The parents of the namespaces a plan may delete (named in the notices).
+    pub fn with_parents(mut self, parents: std::collections::BTreeMap<String, String>) -> Self {
+        self.parents = std::sync::Arc::new(parents);
+        self
+    }
+
+    /// Also tell the tenant's webhook about each deletion.
+    pub fn with_webhook(mut self, webhook: Option<WebhookSender>) -> Self {
+        self.webhook = webhook;
+        self
+    }
+
+    /// `expired` then `deleted` to the tenant's webhook, if any (queued, never waited on).
+    fn announce_reaped(&self, set: &SetPlan, parent: Option<&str>, uid: &str, expiry: Expiry) {
+        let Some(webhook) = &self.webhook else {
+            return;
+        };
+        // An unclaimed warm-pool member (no tenant yet) concerns nobody.
+        if set.tenant.is_none() {
+            return;
+        }
+        let now = crate::clock::system_clock();
+        for kind in [EventKind::Expired, EventKind::Deleted] {
+            let event = NamespaceEvent {
+                kind,
+                namespace: set.namespace.clone(),
+                uid: uid.to_owned(),
+                tenant: set.tenant.clone(),
+                parent: parent.map(str::to_owned),
+                expiry,
+            };
+            webhook.notify(&event, now);
+        }
     }
 
     /// Every set of `plan`, at most `concurrency` at a time; outcomes in plan order.
@@ -110,15 +207,29 @@ impl Executor {
             .await
     }
 
-    /// One set.
+    /// One set (its parent, for the notices, from [`Self::with_parents`]).
     pub async fn execute_set(&self, set: &SetPlan) -> Outcome {
+        let parent = self.parents.get(&set.namespace).map(String::as_str);
+        self.execute_set_under(set, parent).await
+    }
+
+    /// One set whose namespace's parent is `parent` (for the notices).
+    pub async fn execute_set_under(&self, set: &SetPlan, parent: Option<&str>) -> Outcome {
         let namespace = set.namespace.as_str();
         match &set.action {
             Action::Delete {
                 expiry,
                 uid,
                 resource_version,
-            } => self.delete(namespace, *expiry, uid, resource_version).await,
+            } => {
+                let outcome = self.delete(namespace, *expiry, uid, resource_version).await;
+                if let Outcome::Deleted { .. } = outcome {
+                    self.announce_reaped(set, parent, uid, *expiry);
+                }
+                let reason = format!("expired at {}", expiry.rfc3339());
+                audit(set, "reap", outcome_name(&outcome), &reason);
+                outcome
+            }
             Action::Repair { writes, .. } | Action::SetExpiry { writes, .. } => {
                 let outcome = self.write_all(namespace, writes).await;
                 match &outcome {
@@ -132,10 +243,23 @@ impl Executor {
                     }
                     Outcome::Failed { errors, .. } => {
                         for error in errors {
-                            warn!(namespace, action = set.action.name(), error = %chain(error), "write failed");
+                            crate::log_error!(
+                                warn,
+                                error,
+                                set = namespace,
+                                action = set.action.name(),
+                                "write failed"
+                            );
                         }
                     }
                     _ => {}
+                }
+                if !writes.is_empty() {
+                    let action = match set.action {
+                        Action::SetExpiry { .. } => "set_expiry",
+                        _ => "repair",
+                    };
+                    audit(set, action, outcome_name(&outcome), &write_reasons(set, writes));
                 }
                 outcome
             }
@@ -150,7 +274,10 @@ impl Executor {
                 }
                 Outcome::Nothing
             }
-            Action::InSync { .. } | Action::DeleteCapped { .. } | Action::SkipTerminating => Outcome::Nothing,
+            Action::InSync { .. }
+            | Action::DeleteCapped { .. }
+            | Action::DeleteRefused { .. }
+            | Action::SkipTerminating => Outcome::Nothing,
         }
     }
 
@@ -183,9 +310,9 @@ impl Executor {
             Err(source) => {
                 let error = ExecuteError::DeleteNamespace {
                     namespace: namespace.to_owned(),
-                    source,
+                    source: source.with_target(Some(namespace), namespace),
                 };
-                warn!(namespace, error = %chain(&error), "delete failed");
+                crate::log_error!(warn, &error, set = namespace, "delete failed");
                 Outcome::Failed {
                     writes: 0,
                     errors: vec![error],
@@ -244,8 +371,8 @@ impl Executor {
                     return Err(ExecuteError::DeleteForRecreate {
                         kind: kind.as_str(),
                         namespace: namespace.to_owned(),
+                        source: source.with_target(Some(namespace), &name),
                         name,
-                        source,
                     });
                 }
             }
@@ -255,8 +382,8 @@ impl Executor {
             .map_err(|source| ExecuteError::Apply {
                 kind: kind.as_str(),
                 namespace: namespace.to_owned(),
+                source: source.with_target(Some(namespace), &name),
                 name,
-                source,
             })
     }
 }

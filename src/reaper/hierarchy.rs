@@ -17,14 +17,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ReaperError;
+use super::webhook::WebhookSender;
 use crate::k8s::{self, KubeError};
-use crate::propagate::{Destination, Propagation, SyncReport, sync_kind};
+use crate::propagate::{Destination, Finding, Propagation, Relist, SyncReport, sync_kind};
 use crate::rules::hierarchy::keys;
 use crate::rules::hierarchy::tree::{
     Cascade, CascadeReason, Forest, ObservedNamespace, ParentState, TreeProblem, cascade,
 };
-use crate::rules::labels::{expiry_of, is_managed};
-use crate::rules::params::Selector;
+use crate::rules::labels::{self, expiry_of, is_managed};
+use crate::rules::params::{Expiry, Selector};
+use crate::rules::webhook::{EventKind, NamespaceEvent};
 
 /// What the tree part of a sweep needs besides a client and the resolved propagation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +79,38 @@ impl TreeNamespace {
 
     fn name(&self) -> &str {
         &self.observed.name
+    }
+}
+
+/// A managed child a cascade deletes, and what its `deleted` notice says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CascadeTarget {
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub reason: CascadeReason,
+    pub tenant: Option<String>,
+    pub parent: Option<String>,
+    /// Expiry label (Unix seconds).
+    pub expiry: Option<i64>,
+}
+
+impl CascadeTarget {
+    /// `deleted` to the tenant's webhook, if any (queued, never waited on): a child its
+    /// parent took along is as gone as an expired one.
+    pub fn announce(&self, webhook: Option<&WebhookSender>) {
+        let (Some(webhook), Some(expiry)) = (webhook, self.expiry) else {
+            return;
+        };
+        let event = NamespaceEvent {
+            kind: EventKind::Deleted,
+            namespace: self.name.clone(),
+            uid: self.uid.clone(),
+            tenant: self.tenant.clone(),
+            parent: self.parent.clone(),
+            expiry: Expiry::from_unix(expiry),
+        };
+        webhook.notify(&event, crate::clock::system_clock());
     }
 }
 
@@ -194,8 +228,8 @@ impl TreeReport {
 pub struct TreePlan {
     /// Label patches: namespace -> key -> value to set (`Some`) or remove (`None`).
     pub label_patches: BTreeMap<String, BTreeMap<String, Option<String>>>,
-    /// Managed children to reap, oldest first: (name, uid, resourceVersion, reason).
-    pub reap: Vec<(String, String, String, CascadeReason)>,
+    /// Managed children to reap, oldest first.
+    pub reap: Vec<CascadeTarget>,
     pub detach: Vec<String>,
     /// Namespaces to synchronize: name -> (ancestors top-most first, labels after the patch).
     pub sync: BTreeMap<String, (Vec<String>, BTreeMap<String, String>)>,
@@ -285,13 +319,14 @@ pub fn plan_namespaces(namespaces: &[TreeNamespace], now: i64) -> TreePlan {
     reap.sort_by_key(|(ns, _)| (ns.expiry.unwrap_or(i64::MAX), ns.created, ns.name().to_string()));
     plan.reap = reap
         .into_iter()
-        .map(|(ns, reason)| {
-            (
-                ns.name().to_string(),
-                ns.observed.uid.clone(),
-                ns.resource_version.clone(),
-                reason,
-            )
+        .map(|(ns, reason)| CascadeTarget {
+            name: ns.name().to_string(),
+            uid: ns.observed.uid.clone(),
+            resource_version: ns.resource_version.clone(),
+            reason,
+            tenant: labels::tenant_of(&ns.observed.labels).map(|t| t.to_string()),
+            parent: ns.observed.parent_label().map(str::to_owned),
+            expiry: ns.expiry,
         })
         .collect();
     plan
@@ -347,6 +382,17 @@ pub async fn sweep(
     config: &TreeSweepConfig,
     now: i64,
 ) -> Result<TreeReport, ReaperError> {
+    sweep_notifying(client, propagation, config, now, None).await
+}
+
+/// [`sweep`], telling `webhook` of each child a cascade deleted.
+pub async fn sweep_notifying(
+    client: &Client,
+    propagation: &Propagation,
+    config: &TreeSweepConfig,
+    now: i64,
+    webhook: Option<&WebhookSender>,
+) -> Result<TreeReport, ReaperError> {
     let started = Instant::now();
     let namespaces: Vec<TreeNamespace> = k8s::list_namespaces(client, "", config.page_size)
         .await
@@ -383,16 +429,28 @@ pub async fn sweep(
             }
         }
     }
-    report.cascades = reap(client, &plan, config).await;
+    report.cascades = reap(client, &plan, config, webhook).await;
     report.propagation = sync_all(client, propagation, &plan, &objects, config).await;
     report.execute_ms = millis(listed.elapsed());
     Ok(report)
 }
 
-async fn reap(client: &Client, plan: &TreePlan, config: &TreeSweepConfig) -> Vec<CascadeEntry> {
+async fn reap(
+    client: &Client,
+    plan: &TreePlan,
+    config: &TreeSweepConfig,
+    webhook: Option<&WebhookSender>,
+) -> Vec<CascadeEntry> {
     let mut left = config.deletions_left;
     let mut entries = Vec::new();
-    for (name, uid, resource_version, reason) in &plan.reap {
+    for target in &plan.reap {
+        let CascadeTarget {
+            name,
+            uid,
+            resource_version,
+            reason,
+            ..
+        } = target;
         let mut entry = CascadeEntry {
             namespace: name.clone(),
             reason: reason_name(*reason),
@@ -403,7 +461,10 @@ async fn reap(client: &Client, plan: &TreePlan, config: &TreeSweepConfig) -> Vec
             entry.outcome = "capped";
         } else if !config.dry_run {
             entry.outcome = match k8s::delete_namespace_unchanged(client, name, uid, resource_version).await {
-                Ok(()) => "deleted",
+                Ok(()) => {
+                    target.announce(webhook);
+                    "deleted"
+                }
                 Err(error) if error.is_gone() => "gone",
                 Err(error) => {
                     entry.error = Some(crate::telemetry::chain(&error));
@@ -442,18 +503,38 @@ pub(super) async fn sync_all(
                     .collect();
                 let existing = by_namespace.get(name).map_or(&[][..], Vec::as_slice);
                 let destination = Destination { name, labels };
-                report.merge(
-                    sync_kind(
-                        client,
-                        propagation,
-                        kind,
-                        destination,
-                        &sources,
-                        existing,
-                        config.dry_run,
-                    )
-                    .await,
-                );
+                let first = sync_kind(
+                    client,
+                    propagation,
+                    kind,
+                    destination,
+                    &sources,
+                    existing,
+                    config.dry_run,
+                )
+                .await;
+                // Another writer (the provisioner's create, a watching replica) copied
+                // into this namespace since the LIST: plan it again from a fresh one.
+                let again = Relist {
+                    client,
+                    propagation,
+                    kind,
+                    destination,
+                    ancestors,
+                    page_size: config.page_size,
+                };
+                report.merge(match again.after_races(first).await {
+                    Ok(settled) => settled,
+                    Err(e) => SyncReport {
+                        failures: vec![Finding {
+                            kind: kind.label(),
+                            namespace: name.clone(),
+                            name: String::new(),
+                            detail: crate::telemetry::chain(&e),
+                        }],
+                        ..SyncReport::default()
+                    },
+                });
             }
             report
         });
@@ -561,7 +642,8 @@ mod tests {
             ],
             100,
         );
-        let reaped: BTreeMap<&str, CascadeReason> = plan.reap.iter().map(|r| (r.0.as_str(), r.3)).collect();
+        let reaped: BTreeMap<&str, CascadeReason> =
+            plan.reap.iter().map(|r| (r.name.as_str(), r.reason)).collect();
         assert_eq!(reaped["r"], CascadeReason::ParentRecreated);
         assert_eq!(reaped["orphan"], CascadeReason::ParentGone);
         assert_eq!(reaped["child-of-old"], CascadeReason::ParentTerminating);

@@ -7,6 +7,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,6 +33,8 @@ pub struct Metrics {
     pub delete_delay: Histogram,
     /// Raised by the watch-mode deletion brake.
     pub brake: BrakeMetrics,
+    /// The clock compared with the API server's (issue 15).
+    pub clock: ClockMetrics,
     /// Namespace trees (issue 11).
     pub copy_writes: Counter,
     pub conflicts: Counter,
@@ -39,6 +44,14 @@ pub struct Metrics {
     pub cascades: Counter,
     pub tree_pass_errors: Counter,
     pub propagation_lag: Histogram,
+    /// ExpiringSoon notices and live namespaces' expiries (issue 14).
+    pub notices: super::notice::NoticeMetrics,
+    /// Aggregate quota (issue 12).
+    pub quota: QuotaMetrics,
+    /// Notice webhooks (issue 14).
+    pub webhook: super::webhook::WebhookMetrics,
+    /// Warm pools (issue 16).
+    pub pool: super::pool::PoolMetrics,
 }
 
 impl Default for Metrics {
@@ -87,6 +100,8 @@ impl Default for Metrics {
         );
         let brake = BrakeMetrics::default();
         brake.register(&mut registry);
+        let clock = ClockMetrics::default();
+        clock.register(&mut registry);
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let counter = Counter::default();
             registry.register(name, help, counter.clone());
@@ -134,7 +149,18 @@ impl Default for Metrics {
             "Time from a tree or propagated-kind event to the end of the pass that handled it",
             propagation_lag.clone(),
         );
+        let notices = super::notice::NoticeMetrics::default();
+        notices.register(&mut registry);
+        let quota = QuotaMetrics::register(&mut registry);
+        let webhook = super::webhook::WebhookMetrics::default();
+        webhook.register(&mut registry);
+        let pool = super::pool::PoolMetrics::default();
+        pool.register(&mut registry);
         Self {
+            webhook,
+            pool,
+            notices,
+            quota,
             copy_writes,
             conflicts,
             forged,
@@ -153,7 +179,39 @@ impl Default for Metrics {
             leader,
             delete_delay,
             brake,
+            clock,
         }
+    }
+}
+
+/// Clock skew against the API server, and the deletions it refused.
+#[derive(Debug, Clone, Default)]
+pub struct ClockMetrics {
+    /// Local minus server, whole seconds (positive: the local clock runs ahead).
+    pub skew_seconds: Gauge,
+    /// 1 while deletions are refused because the clock cannot be trusted.
+    pub untrusted: Gauge,
+    /// Deletions refused because the clock could not be trusted.
+    pub refusals: Counter,
+}
+
+impl ClockMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "clock_skew_seconds",
+            "Local clock minus the API server's (its Date header), in whole seconds",
+            self.skew_seconds.clone(),
+        );
+        registry.register(
+            "clock_untrusted",
+            "1 while deletions are refused because the clock differs from the API server's by more than --max-clock-skew (or cannot be compared)",
+            self.untrusted.clone(),
+        );
+        registry.register(
+            "clock_skew_refusals",
+            "Deletions refused because the clock could not be trusted",
+            self.refusals.clone(),
+        );
     }
 }
 
@@ -191,6 +249,82 @@ impl Metrics {
         &self.registry
     }
 }
+
+// ---- Aggregate quota (issue 12) -------------------------------------------------------------
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    /// The parent namespace holding the budget.
+    pub namespace: String,
+    /// Canonical resource name (`requests.cpu`, `count/pods`).
+    pub resource: String,
+}
+
+/// Budget, allocated and used per parent and resource, as the last rebuild computed them,
+/// and what rebuilds did.
+#[derive(Clone, Default)]
+pub struct QuotaMetrics {
+    pub budget: Family<QuotaLabels, Gauge<f64, AtomicU64>>,
+    pub allocated: Family<QuotaLabels, Gauge<f64, AtomicU64>>,
+    pub used: Family<QuotaLabels, Gauge<f64, AtomicU64>>,
+    pub ledgers_rebuilt: Counter,
+    pub allocations_released: Counter,
+}
+
+impl QuotaMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let quota = Self::default();
+        registry.register(
+            "quota_budget",
+            "Aggregate quota budget (spec.hard, clamped by the parent's own allocation), in units",
+            quota.budget.clone(),
+        );
+        registry.register(
+            "quota_allocated",
+            "Sum of the children's allocations from the budget, in units",
+            quota.allocated.clone(),
+        );
+        registry.register(
+            "quota_used",
+            "Usage of the parent and all its children (native quotas' status.used), in units",
+            quota.used.clone(),
+        );
+        registry.register(
+            "quota_ledgers_rebuilt",
+            "Quota ledgers (budget statuses and remainders) a rebuild changed and wrote",
+            quota.ledgers_rebuilt.clone(),
+        );
+        registry.register(
+            "quota_allocations_released",
+            "Allocations returned by rebuilds: children gone, reservations of crashed creates",
+            quota.allocations_released.clone(),
+        );
+        quota
+    }
+
+    /// Replace the gauges with what one rebuild computed (a budget gone disappears) and count.
+    pub fn record(&self, rebuilt: &super::quota::Rebuilt) {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.ledgers_rebuilt.inc_by(count(rebuilt.written));
+        self.allocations_released.inc_by(count(rebuilt.released));
+        for family in [&self.budget, &self.allocated, &self.used] {
+            family.clear();
+        }
+        for (namespace, figures) in &rebuilt.figures {
+            for figure in figures {
+                let labels = QuotaLabels {
+                    namespace: namespace.clone(),
+                    resource: figure.resource.clone(),
+                };
+                self.budget.get_or_create(&labels).set(figure.budget);
+                self.allocated.get_or_create(&labels).set(figure.allocated);
+                self.used.get_or_create(&labels).set(figure.used);
+            }
+        }
+    }
+}
+
+// ---- end of aggregate quota ------------------------------------------------------------------
 
 /// Decrements the in-flight gauge when dropped (also when a reconcile is aborted).
 pub struct InFlight(Gauge);
@@ -261,6 +395,51 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn quota_figures_and_rebuild_counts_are_exported() {
+        use crate::rules::quota::crd::ResourceFigures;
+        let metrics = Arc::new(Metrics::default());
+        let figure = |resource: &str, budget, allocated, used| ResourceFigures {
+            resource: resource.into(),
+            budget,
+            allocated,
+            used,
+        };
+        let rebuilt = super::super::quota::Rebuilt {
+            budgets: 2,
+            written: 1,
+            released: 3,
+            figures: vec![
+                ("team-a".into(), vec![figure("requests.cpu", 4.0, 1.5, 0.25)]),
+                ("team-b".into(), vec![figure("count/pods", 10.0, 3.0, 1.0)]),
+            ],
+            ..Default::default()
+        };
+        metrics.quota.record(&rebuilt);
+        // A second rebuild without team-b's budget drops its gauges.
+        let later = super::super::quota::Rebuilt {
+            figures: rebuilt.figures[..1].to_vec(),
+            ..Default::default()
+        };
+        metrics.quota.record(&later);
+        let response = router(metrics)
+            .oneshot(axum::http::Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        for want in [
+            r#"namespace_provisioner_reaper_quota_budget{namespace="team-a",resource="requests.cpu"} 4.0"#,
+            r#"namespace_provisioner_reaper_quota_allocated{namespace="team-a",resource="requests.cpu"} 1.5"#,
+            r#"namespace_provisioner_reaper_quota_used{namespace="team-a",resource="requests.cpu"} 0.25"#,
+            "namespace_provisioner_reaper_quota_ledgers_rebuilt_total 1",
+            "namespace_provisioner_reaper_quota_allocations_released_total 3",
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
+        assert!(!text.contains("team-b"), "{text}");
     }
 
     #[test]

@@ -28,14 +28,17 @@ pub mod execute;
 mod fixtures;
 pub mod hierarchy;
 pub mod metrics;
+pub mod notice;
 pub mod observation;
 pub mod plan;
+pub mod pool;
 pub mod quota;
 pub mod report;
 pub mod tree_watch;
 pub mod watch;
+pub mod webhook;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -43,8 +46,10 @@ use thiserror::Error;
 
 use self::execute::Executor;
 use self::observation::Observed;
-use self::plan::PlanConfig;
+use self::plan::{MassDeletionGuard, PlanConfig, Refusal};
 use self::report::{Durations, Report};
+use crate::clock::Clock;
+use crate::k8s::skew::{self, Skew};
 use crate::k8s::{self, Kind, KubeError, MANAGED_KINDS, Object};
 use crate::rules::params::Selector;
 
@@ -60,6 +65,16 @@ pub struct SweepConfig {
     pub dry_run: bool,
     /// Names this process in the Events it emits.
     pub instance: String,
+}
+
+/// The guards that make a whole sweep delete nothing (repairs still run),
+/// besides the cap: the binary's defaults come from its flags.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Safety {
+    /// `None`: `--allow-mass-deletion`.
+    pub mass_deletion: Option<MassDeletionGuard>,
+    /// `--max-clock-skew`; `None`: the clock is not compared.
+    pub max_clock_skew: Option<Duration>,
 }
 
 #[derive(Debug, Error)]
@@ -137,44 +152,162 @@ pub async fn observe_namespace(
 }
 
 /// One sweep at `now` (Unix seconds): list, plan, execute (unless dry run), report.
+/// No safety guard besides the plan's cap (see [`run_safely`]).
 ///
 /// Only a failed LIST is an error; failures of single sets are in the report.
 pub async fn sweep(client: &Client, config: &SweepConfig, now: i64) -> Result<Report, ReaperError> {
+    sweep_guarded(client, config, now, None, None, None).await
+}
+
+/// [`sweep`] under the mass-deletion guard, with the deletions refused
+/// already (`refusal`) when the clock cannot be trusted.
+async fn sweep_guarded(
+    client: &Client,
+    config: &SweepConfig,
+    now: i64,
+    guard: Option<&MassDeletionGuard>,
+    refusal: Option<Refusal>,
+    webhook: Option<&webhook::WebhookSender>,
+) -> Result<Report, ReaperError> {
     let started = Instant::now();
     let observed = observe(client, &config.plan.set.selector, config.page_size).await?;
     let listed = Instant::now();
-    let plan = plan::plan(&observed.sets(), now, &config.plan);
+    let mut plan = plan::plan_guarded(&observed.sets(), now, &config.plan, guard);
+    // Parents named in the webhook notices of deleted namespaces.
+    let parents = match webhook {
+        Some(_) => parents_of(&observed),
+        None => std::collections::BTreeMap::new(),
+    };
     drop(observed);
+    if let Some(refusal) = refusal {
+        plan::refuse_deletions(&mut plan, refusal);
+    }
+    if let Some(refusal) = &plan.refused {
+        let refused = plan
+            .sets
+            .iter()
+            .filter(|s| matches!(s.action, plan::Action::DeleteRefused { .. }))
+            .count();
+        tracing::error!(
+            refusal = refusal.kind(),
+            deletions_refused = refused,
+            "deletions refused: {refusal}"
+        );
+    }
     let planned = Instant::now();
     let outcomes = if config.dry_run {
         None
     } else {
         Some(
             Executor::new(client.clone(), &config.instance)
+                .with_webhook(webhook.cloned())
+                .with_parents(parents)
                 .execute(&plan, config.concurrency)
                 .await,
         )
     };
-    if !config.dry_run {
-        quota::rebuild_budgets(client, &config.plan.set.selector, config.page_size, now).await;
-    }
+    let rebuilt = if config.dry_run {
+        quota::Rebuilt::default()
+    } else {
+        quota::rebuild_budgets(client, &config.plan.set.selector, config.page_size, now).await
+    };
     let durations = Durations {
         list: listed - started,
         plan: planned - listed,
         execute: planned.elapsed(),
     };
-    Ok(Report::new(
+    let mut report = Report::new(
         &plan,
         outcomes.as_deref(),
         durations,
         config.plan.max_deletions,
         peak_rss_kib(),
-    ))
+    );
+    report.summary.quota_ledgers_rebuilt = rebuilt.written;
+    report.expiry = Some(report::ExpirySummary::of(&plan, now));
+    Ok(report)
+}
+
+/// Managed namespace -> its parent label, for those that have one.
+fn parents_of(observed: &Observed) -> std::collections::BTreeMap<String, String> {
+    observed
+        .sets()
+        .iter()
+        .filter_map(|set| {
+            let ns = set.namespace?;
+            let parent = ns.labels.get(crate::rules::hierarchy::keys::PARENT_LABEL)?;
+            Some((ns.name.clone(), parent.to_owned()))
+        })
+        .collect()
 }
 
 /// One sweep now.
 pub async fn run(client: &Client, config: &SweepConfig) -> Result<Report, ReaperError> {
     sweep(client, config, crate::clock::system_clock()).await
+}
+
+/// One sweep at `clock`'s now under the [`Safety`] guards: the clock is
+/// compared with the API server's first, and a skew beyond the bound (or
+/// no answer to compare with) refuses every deletion of the run.
+pub async fn run_safely(
+    client: &Client,
+    config: &SweepConfig,
+    safety: &Safety,
+    clock: Clock,
+) -> Result<Report, ReaperError> {
+    run_safely_notifying(client, config, safety, clock, None).await
+}
+
+/// [`run_safely`], telling `webhook` about each deletion (`expired`, `deleted`).
+pub async fn run_safely_notifying(
+    client: &Client,
+    config: &SweepConfig,
+    safety: &Safety,
+    clock: Clock,
+    webhook: Option<&webhook::WebhookSender>,
+) -> Result<Report, ReaperError> {
+    let refusal = match safety.max_clock_skew {
+        Some(bound) => check_clock(client, clock, bound).await.1,
+        None => None,
+    };
+    sweep_guarded(
+        client,
+        config,
+        clock(),
+        safety.mass_deletion.as_ref(),
+        refusal,
+        webhook,
+    )
+    .await
+}
+
+/// Measure `clock` against the API server's: the skew (when it could be
+/// measured) and the refusal it calls for (beyond `bound`, or unmeasured).
+pub async fn check_clock(client: &Client, clock: Clock, bound: Duration) -> (Option<Skew>, Option<Refusal>) {
+    match skew::measure(client, clock).await {
+        Ok(skew) if skew.exceeds(bound) => (
+            Some(skew),
+            Some(Refusal::ClockSkew {
+                reason: skew.describe(bound),
+            }),
+        ),
+        Ok(skew) => {
+            tracing::debug!(
+                skew_secs = skew.ahead_secs,
+                "clock compared with the API server's"
+            );
+            (Some(skew), None)
+        }
+        Err(e) => (
+            None,
+            Some(Refusal::ClockSkew {
+                reason: format!(
+                    "the local clock could not be compared with the API server's ({})",
+                    crate::telemetry::chain(&e)
+                ),
+            }),
+        ),
+    }
 }
 
 /// Peak resident set size of this process (`VmHWM`), on Linux.

@@ -12,6 +12,7 @@ use crate::rules::desired::{Owner, SetConfig, desired_set_for, expiry_only_names
 use crate::rules::kinds::Object;
 use crate::rules::labels::{self, EXPIRY_LABEL};
 use crate::rules::params::Expiry;
+use crate::rules::pool;
 
 /// What the plan needs besides the observations and the time.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +38,9 @@ pub enum Action {
     },
     /// Expired, but the run's `max_deletions` was reached: left for the next run.
     DeleteCapped { expiry: Expiry },
+    /// Expired, but a safety guard refused every deletion of this run (see
+    /// [`Refusal`]): left for a run that passes it.
+    DeleteRefused { expiry: Expiry },
     /// Already being deleted.
     SkipTerminating,
     /// Live, but incomplete or drifted: apply these.
@@ -59,6 +63,7 @@ impl Action {
             Self::InSync { .. } => "inSync",
             Self::Delete { .. } => "delete",
             Self::DeleteCapped { .. } => "deleteCapped",
+            Self::DeleteRefused { .. } => "deleteRefused",
             Self::SkipTerminating => "skipTerminating",
             Self::Repair { .. } => "repair",
             Self::SetExpiry { .. } => "setExpiry",
@@ -71,6 +76,7 @@ impl Action {
             Self::InSync { expiry }
             | Self::Delete { expiry, .. }
             | Self::DeleteCapped { expiry }
+            | Self::DeleteRefused { expiry }
             | Self::Repair { expiry, .. }
             | Self::SetExpiry { expiry, .. } => Some(*expiry),
             Self::SkipTerminating | Self::ReportOrphan { .. } => None,
@@ -92,7 +98,7 @@ impl Action {
             Self::InSync { expiry } | Self::Repair { expiry, .. } | Self::SetExpiry { expiry, .. } => {
                 Some(*expiry)
             }
-            Self::DeleteCapped { expiry } => Some(*expiry),
+            Self::DeleteCapped { expiry } | Self::DeleteRefused { expiry } => Some(*expiry),
             Self::Delete { .. } | Self::SkipTerminating | Self::ReportOrphan { .. } => None,
         }
     }
@@ -110,12 +116,123 @@ pub struct SetPlan {
     /// The namespace is managed but has no valid tenant label (e.g. adopted
     /// from the original tool): only its expiry is ours to keep.
     pub untenanted: bool,
+    /// The tenant label, when valid (for the audit line).
+    pub tenant: Option<String>,
+    /// A warm-pool member (issue 16): no tenant yet, its expiry is its max age.
+    pub pool_member: bool,
 }
 
 /// The decisions for every observed namespace, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub sets: Vec<SetPlan>,
+    /// Why this run deletes nothing, when a safety guard refused.
+    pub refused: Option<Refusal>,
+}
+
+/// The relative guard of a sweep (issue 15): a run that would delete more
+/// than `fraction` of all managed namespaces *and* more than `min` of them
+/// deletes none. A label or clock bug looks like that; a normal cluster does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MassDeletionGuard {
+    /// In `(0, 1]`.
+    pub fraction: f64,
+    pub min: u32,
+}
+
+/// Why a run's deletions were all refused (repairs still run).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// `due` expired namespaces out of `managed` trip the [`MassDeletionGuard`].
+    MassDeletion {
+        due: usize,
+        managed: usize,
+        guard: MassDeletionGuard,
+    },
+    /// The local clock differs from the API server's by more than the bound
+    /// (or could not be compared): "expired" cannot be trusted.
+    ClockSkew { reason: String },
+}
+
+impl Refusal {
+    /// Stable name for reports, metric labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MassDeletion { .. } => "mass_deletion",
+            Self::ClockSkew { .. } => "clock_skew",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MassDeletion { due, managed, guard } => write!(
+                f,
+                "{due} of {managed} managed namespaces are due for deletion, more than \
+                 --mass-deletion-fraction {} of them and more than --mass-deletion-min {}: \
+                 deleting none (repairs go on); if this is intended, run with --allow-mass-deletion",
+                guard.fraction, guard.min
+            ),
+            Self::ClockSkew { reason } => write!(f, "{reason}: deleting none (repairs go on)"),
+        }
+    }
+}
+
+/// Whether `due` deletions out of `managed` namespaces trip `guard`.
+pub fn is_mass_deletion(due: usize, managed: usize, guard: &MassDeletionGuard) -> bool {
+    let min = usize::try_from(guard.min).unwrap_or(usize::MAX);
+    // Exact in f64 for any realistic count (below 2^53).
+    due > min && (due as f64) > guard.fraction * (managed as f64)
+}
+
+/// Turn every deletion of `plan` into [`Action::DeleteRefused`], saying why.
+pub fn refuse_deletions(plan: &mut Plan, refusal: Refusal) {
+    for set in &mut plan.sets {
+        if let Action::Delete { expiry, .. } | Action::DeleteCapped { expiry } = set.action {
+            set.action = Action::DeleteRefused { expiry };
+        }
+    }
+    plan.refused = Some(refusal);
+}
+
+/// [`plan`], then the mass-deletion guard (`None`: allowed) over the
+/// expired namespaces before the cap: the cap bounds a run, the guard
+/// catches a run that should not happen at all.
+pub fn plan_guarded(
+    sets: &[ObservedSet<'_>],
+    now: i64,
+    config: &PlanConfig,
+    guard: Option<&MassDeletionGuard>,
+) -> Plan {
+    let mut planned = plan(sets, now, config);
+    if let Some(guard) = guard {
+        let due = planned
+            .sets
+            .iter()
+            .filter(|s| !s.pool_member)
+            .filter(|s| matches!(s.action, Action::Delete { .. } | Action::DeleteCapped { .. }))
+            .count();
+        // Pool members (issue 16) hold nothing of a tenant's and a pool filled at once goes
+        // stale at once: they are not what this guard protects, so they count on neither side.
+        let managed = planned
+            .sets
+            .iter()
+            .filter(|s| !s.pool_member)
+            .filter(|s| !matches!(s.action, Action::ReportOrphan { .. }))
+            .count();
+        if is_mass_deletion(due, managed, guard) {
+            refuse_deletions(
+                &mut planned,
+                Refusal::MassDeletion {
+                    due,
+                    managed,
+                    guard: *guard,
+                },
+            );
+        }
+    }
+    planned
 }
 
 /// Decide for every set; apply the deletion cap (oldest expiry first, then name).
@@ -138,7 +255,7 @@ pub fn plan(sets: &[ObservedSet<'_>], now: i64, config: &PlanConfig) -> Plan {
             }
         }
     }
-    Plan { sets }
+    Plan { sets, refused: None }
 }
 
 /// Decide for one set (no deletion cap: that is a property of a whole run).
@@ -152,17 +269,25 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
             },
             strays: Vec::new(),
             untenanted: false,
+            tenant: None,
+            pool_member: false,
         };
     };
     // The owner (tenant, and a Kubernetes creator's bound user) is read from
     // the Namespace, so the desired set is rebuilt from its metadata alone.
     let tenant = Owner::of(&ns.labels, &ns.annotations);
-    let untenanted = tenant.is_none();
-    let done = |action, strays| SetPlan {
+    // A pool member has no tenant by design: only its expiry (its max age) is kept here;
+    // its contents are the member set, not strays.
+    let pool_member = tenant.is_none() && pool::is_member(&ns.labels);
+    let untenanted = tenant.is_none() && !pool_member;
+    let tenant_name = tenant.as_ref().map(|t| t.tenant.as_str().to_owned());
+    let done = |action, strays: Vec<ObjectId>| SetPlan {
         namespace: name.clone(),
         action,
-        strays,
+        strays: if pool_member { Vec::new() } else { strays },
         untenanted,
+        tenant: tenant_name.clone(),
+        pool_member,
     };
     if ns.deleting {
         return done(Action::SkipTerminating, Vec::new());
@@ -572,6 +697,38 @@ mod tests {
         assert_eq!(got.strays.len(), 2);
     }
 
+    /// A pool member (issue 16): no tenant, its contents are its set (not strays), kept only
+    /// until its expiry (its max age), and never part of the mass-deletion guard's count.
+    #[test]
+    fn pool_members_expire_under_the_cap_but_not_into_the_mass_deletion_guard() {
+        let member = |name: &str, expiry: i64| {
+            let mut s = observed(name, expiry, false);
+            ns_labels(&mut s).remove(TENANT_LABEL);
+            ns_labels(&mut s).insert(pool::POOL_LABEL, pool::READY);
+            s
+        };
+        let live_member = plan_one(&member("np-m", NOW + HOUR), NOW, &config(false));
+        assert_eq!(live_member.action.name(), "inSync");
+        assert!(live_member.pool_member && !live_member.untenanted);
+        assert!(live_member.strays.is_empty());
+        // Twelve stale members and two tenant sets: the guard sees none of the members.
+        let mut sets: Vec<Observed> = (0..12).map(|i| member(&format!("np-m{i:02}"), NOW - 1)).collect();
+        sets.push(observed("np-a", NOW + HOUR, false));
+        sets.push(observed("np-b", NOW + HOUR, false));
+        let all = merged(sets);
+        let guard = MassDeletionGuard {
+            fraction: 0.5,
+            min: 10,
+        };
+        let mut cfg = config(false);
+        cfg.max_deletions = Some(5);
+        let planned = plan_guarded(&all.sets(), NOW, &cfg, Some(&guard));
+        assert_eq!(planned.refused, None);
+        let count = |name: &str| planned.sets.iter().filter(|s| s.action.name() == name).count();
+        // The cap still bounds them.
+        assert_eq!((count("delete"), count("deleteCapped")), (5, 7));
+    }
+
     #[test]
     fn orphans_list_what_was_found() {
         let mut s = live();
@@ -632,6 +789,88 @@ mod tests {
     }
 
     #[test]
+    fn the_mass_deletion_guard_needs_both_the_fraction_and_the_minimum() {
+        let guard = MassDeletionGuard {
+            fraction: 0.5,
+            min: 10,
+        };
+        // (due, managed) -> refused
+        for (due, managed, refused) in [
+            (0, 0, false),
+            (10, 10, false), // all of them, but not more than the minimum
+            (11, 22, false), // more than the minimum, exactly half
+            (11, 21, true),  // more than the minimum and more than half
+            (400, 1000, false),
+            (501, 1000, true),
+            (1000, 1000, true),
+        ] {
+            assert_eq!(
+                is_mass_deletion(due, managed, &guard),
+                refused,
+                "{due} of {managed}"
+            );
+        }
+        let all = MassDeletionGuard {
+            fraction: 1.0,
+            min: 0,
+        };
+        assert!(!is_mass_deletion(5, 5, &all), "fraction 1: never more than all");
+    }
+
+    #[test]
+    fn a_refused_plan_deletes_nothing_and_still_repairs() {
+        let mut sets: Vec<Observed> = (0..12)
+            .map(|i| observed(&format!("np-{i:02}"), NOW - 10, false))
+            .collect();
+        let mut damaged = observed("np-live", NOW + HOUR, false);
+        damaged.service_accounts.clear();
+        sets.push(damaged);
+        sets.push(observed("np-later", NOW + HOUR, false));
+        let all = merged(sets);
+        let guard = MassDeletionGuard {
+            fraction: 0.5,
+            min: 10,
+        };
+        let mut cfg = config(false);
+        cfg.max_deletions = Some(5);
+        let refused = plan_guarded(&all.sets(), NOW, &cfg, Some(&guard));
+        let count = |plan: &Plan, name: &str| plan.sets.iter().filter(|s| s.action.name() == name).count();
+        assert_eq!(
+            count(&refused, "deleteRefused"),
+            12,
+            "capped ones are refused too"
+        );
+        assert_eq!(count(&refused, "delete") + count(&refused, "deleteCapped"), 0);
+        assert_eq!(count(&refused, "repair"), 1);
+        assert_eq!(
+            refused.refused,
+            Some(Refusal::MassDeletion {
+                due: 12,
+                managed: 14,
+                guard
+            })
+        );
+        let text = refused.refused.as_ref().unwrap().to_string();
+        assert!(
+            text.contains("12 of 14") && text.contains("--allow-mass-deletion"),
+            "{text}"
+        );
+        // Allowed (no guard): the cap alone applies.
+        let allowed = plan_guarded(&all.sets(), NOW, &cfg, None);
+        assert_eq!(
+            (count(&allowed, "delete"), count(&allowed, "deleteCapped")),
+            (5, 7)
+        );
+        assert_eq!(allowed.refused, None);
+        // Below the fraction: untouched.
+        let loose = MassDeletionGuard {
+            fraction: 0.9,
+            min: 10,
+        };
+        assert_eq!(plan_guarded(&all.sets(), NOW, &cfg, Some(&loose)).refused, None);
+    }
+
+    #[test]
     fn next_look_is_the_expiry_unless_on_the_way_out() {
         assert_eq!(
             plan_one(&live(), NOW, &config(false)).action.next_look(),
@@ -641,3 +880,7 @@ mod tests {
         assert_eq!(plan_one(&old, NOW, &config(false)).action.next_look(), None);
     }
 }
+
+#[cfg(test)]
+#[path = "plan_proptests.rs"]
+mod proptests;

@@ -16,7 +16,9 @@ use crate::k8s::{self, KubeError};
 use crate::rules::hierarchy::keys::PARENT_LABEL;
 use crate::rules::params::Selector;
 use crate::rules::quota::allocation::effective_budget;
-use crate::rules::quota::crd::{HierarchicalResourceQuota, ObservedUsage, ledger_from_status, status_for};
+use crate::rules::quota::crd::{
+    HierarchicalResourceQuota, ObservedUsage, ResourceFigures, figures, ledger_from_status, status_for,
+};
 use crate::rules::quota::ledger::{self, LiveChild};
 use crate::rules::quota::objects::{
     ALLOCATION_QUOTA, BudgetRef, REMAINDER_QUOTA, allocation_quota, hard_of, ledger_revision_of,
@@ -51,14 +53,26 @@ pub enum RebuildError {
     },
 }
 
-/// What a rebuild did, for the log.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// What a rebuild did, for the log, the report and the metrics.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Rebuilt {
     pub budgets: usize,
     /// Budgets whose ledger or status changed and was written.
     pub written: usize,
     /// Budgets skipped this run (a failed listing or a concurrent write: next run).
     pub skipped: usize,
+    /// Ledger entries dropped: children gone, reservations leaked by crashed creates.
+    pub released: usize,
+    /// Budget, allocated and used per parent namespace and budget resource, as the status
+    /// this rebuild computed says (also when it was already written).
+    pub figures: Vec<(String, Vec<ResourceFigures>)>,
+}
+
+/// One budget's rebuild.
+struct Outcome {
+    wrote: bool,
+    released: usize,
+    figures: Vec<ResourceFigures>,
 }
 
 /// Rebuild every budget at `now`. A missing CRD means no budgets. Failures are logged and
@@ -71,6 +85,7 @@ pub async fn rebuild_budgets(client: &Client, selector: &Selector, page_size: u3
                     budgets = rebuilt.budgets,
                     written = rebuilt.written,
                     skipped = rebuilt.skipped,
+                    released = rebuilt.released,
                     "quota ledgers rebuilt"
                 );
             }
@@ -80,6 +95,25 @@ pub async fn rebuild_budgets(client: &Client, selector: &Selector, page_size: u3
             warn!(error = %crate::telemetry::chain(&err), "quota ledgers not rebuilt this run");
             Rebuilt::default()
         }
+    }
+}
+
+/// How often watch mode rebuilds the ledgers while leading (a sweep does it once per run).
+/// A rebuild is one LIST of budgets and of each quota name, plus one LIST of children per budget.
+pub const WATCH_REBUILD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Watch mode: rebuild every [`WATCH_REBUILD_INTERVAL`] and export the figures, until aborted
+/// (the caller runs it only while holding the Lease).
+pub async fn rebuild_periodically(
+    client: Client,
+    selector: Selector,
+    page_size: u32,
+    metrics: std::sync::Arc<super::metrics::Metrics>,
+) {
+    loop {
+        let rebuilt = rebuild_budgets(&client, &selector, page_size, crate::clock::system_clock()).await;
+        metrics.quota.record(&rebuilt);
+        tokio::time::sleep(WATCH_REBUILD_INTERVAL).await;
     }
 }
 
@@ -128,10 +162,14 @@ async fn try_rebuild(
         remainders: &remainders,
     };
     for budget in budgets {
-        let name = format!("{}/{}", budget.namespace().unwrap_or_default(), budget.name_any());
+        let parent = budget.namespace().unwrap_or_default();
+        let name = format!("{parent}/{}", budget.name_any());
         match rebuild_one(client, selector, page_size, budget, &quotas, now).await {
-            Ok(true) => rebuilt.written += 1,
-            Ok(false) => {}
+            Ok(outcome) => {
+                rebuilt.written += usize::from(outcome.wrote);
+                rebuilt.released += outcome.released;
+                rebuilt.figures.push((parent, outcome.figures));
+            }
             Err(err) => {
                 rebuilt.skipped += 1;
                 warn!(budget = %name, error = %crate::telemetry::chain(&err), "quota ledger not rebuilt");
@@ -146,7 +184,7 @@ struct Quotas<'a> {
     remainders: &'a BTreeMap<String, ResourceQuota>,
 }
 
-/// One budget: `true` when something was written.
+/// One budget: whether something was written, what was released, the figures.
 async fn rebuild_one(
     client: &Client,
     selector: &Selector,
@@ -154,7 +192,7 @@ async fn rebuild_one(
     mut hrq: HierarchicalResourceQuota,
     quotas: &Quotas<'_>,
     now: i64,
-) -> Result<bool, RebuildError> {
+) -> Result<Outcome, RebuildError> {
     let parent = hrq.namespace().unwrap_or_default();
     let budget_name = hrq.name_any();
     let unreadable = |source| RebuildError::Unreadable {
@@ -188,6 +226,11 @@ async fn rebuild_one(
     }
     let ledger = ledger_from_status(hrq.status.as_ref()).map_err(unreadable)?;
     let next = ledger::rebuild(&ledger, &live, now, REBUILD_GRACE_SECONDS);
+    let released = ledger
+        .entries
+        .keys()
+        .filter(|name| !next.entries.contains_key(*name))
+        .count();
     let inherited = quotas
         .allocations
         .get(&parent)
@@ -234,13 +277,20 @@ async fn rebuild_one(
         }
     }
     let status = status_for(&budget, &next, &usage).map_err(unreadable)?;
+    let figures = figures(&budget, &status).map_err(unreadable)?;
     let mut wrote = false;
     if hrq.status.as_ref() != Some(&status) {
         hrq.status = Some(status);
         match k8s::replace_budget_status(client, &hrq).await {
             Ok(_) => wrote = true,
             // A create wrote the ledger meanwhile: this rebuild is stale; the next run redoes it.
-            Err(e) if e.is_conflict() => return Ok(false),
+            Err(e) if e.is_conflict() => {
+                return Ok(Outcome {
+                    wrote: false,
+                    released: 0,
+                    figures,
+                });
+            }
             Err(source) => return Err(write_error("status", source)),
         }
     }
@@ -271,5 +321,9 @@ async fn rebuild_one(
             Err(source) => return Err(write_error("remainder quota", source)),
         }
     }
-    Ok(wrote)
+    Ok(Outcome {
+        wrote,
+        released,
+        figures,
+    })
 }

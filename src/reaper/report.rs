@@ -38,6 +38,15 @@ pub struct Summary {
     pub deletions_capped: usize,
     /// `None`: unlimited.
     pub max_deletions: Option<u32>,
+    /// Expired, but every deletion of this run was refused by a safety guard
+    /// (`refusal` says which and why).
+    pub deletions_refused: usize,
+    /// `mass_deletion` or `clock_skew`, when a guard refused this run's deletions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<&'static str>,
+    /// The refusal as a person reads it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal_reason: Option<String>,
     /// Expired, but gone or changed by the time we deleted: looked at again next run.
     pub changed_before_delete: usize,
     pub failed: usize,
@@ -50,6 +59,8 @@ pub struct Summary {
     pub execute_ms: u64,
     /// Peak resident memory of this process, where the OS tells (Linux).
     pub peak_rss_kib: Option<u64>,
+    /// Aggregate quota ledgers (budget statuses, remainders) this run rebuilt and wrote.
+    pub quota_ledgers_rebuilt: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,6 +131,88 @@ pub struct Report {
     /// Namespace trees: tree labels, cascades, propagation (`reaper` binary sweeps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trees: Option<super::hierarchy::TreeReport>,
+    /// Live namespaces and their time left after this run (issue 14): what
+    /// watch mode exports on /metrics, for CronJob logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<ExpirySummary>,
+    /// ExpiringSoon Events and webhook notices of this run (issue 14).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notices: Option<Notices>,
+    /// Warm pools (issue 16), when the sweep refilled them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<super::pool::PoolReport>,
+}
+
+/// Live managed namespaces per tenant and a cumulative histogram of their
+/// time left, as of the run's `now`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpirySummary {
+    /// Tenant label -> live namespaces (`""`: no tenant label).
+    pub live_namespaces: std::collections::BTreeMap<String, usize>,
+    /// Cumulative: live namespaces with at most `le` seconds left.
+    pub time_left_seconds: Vec<Bucket>,
+    /// The soonest expiry's time left, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soonest_secs: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Bucket {
+    pub le: u64,
+    pub count: usize,
+}
+
+impl ExpirySummary {
+    /// From the plan at `now`: namespaces not on their way out, expiring after `now`.
+    pub fn of(plan: &Plan, now: i64) -> Self {
+        let mut summary = Self::default();
+        let mut left = Vec::new();
+        for set in &plan.sets {
+            if matches!(
+                set.action,
+                Action::Delete { .. } | Action::DeleteCapped { .. } | Action::SkipTerminating
+            ) {
+                continue;
+            }
+            let Some(expiry) = set.action.expiry().filter(|e| e.unix() > now) else {
+                continue;
+            };
+            *summary
+                .live_namespaces
+                .entry(set.tenant.clone().unwrap_or_default())
+                .or_insert(0) += 1;
+            left.push(expiry.unix() - now);
+        }
+        summary.soonest_secs = left.iter().min().copied();
+        summary.time_left_seconds = super::notice::TIME_LEFT_BUCKETS
+            .iter()
+            .map(|le| {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let le = *le as u64;
+                Bucket {
+                    le,
+                    count: left
+                        .iter()
+                        .filter(|l| u64::try_from(**l).is_ok_and(|l| l <= le))
+                        .count(),
+                }
+            })
+            .collect();
+        summary
+    }
+}
+
+/// What the notice passes of a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notices {
+    /// `--notify-before`: the ExpiringSoon pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiring_soon: Option<super::notice::NoticeReport>,
+    /// `--notify-webhook-config`: every webhook notice of the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<super::webhook::WebhookTally>,
 }
 
 impl Report {
@@ -139,6 +232,8 @@ impl Report {
             plan_ms: millis(durations.plan),
             execute_ms: millis(durations.execute),
             peak_rss_kib,
+            refusal: plan.refused.as_ref().map(|r| r.kind()),
+            refusal_reason: plan.refused.as_ref().map(ToString::to_string),
             ..Summary::default()
         };
         let mut entries = Vec::new();
@@ -153,12 +248,23 @@ impl Report {
             summary: s,
             entries,
             trees: None,
+            expiry: None,
+            notices: None,
+            pool: None,
         }
+    }
+
+    /// Whether a safety guard refused this run's deletions (the process
+    /// exits non-zero, with its own status).
+    pub fn refused(&self) -> bool {
+        self.summary.refusal.is_some()
     }
 
     /// Whether anything failed (the process exits non-zero).
     pub fn failed(&self) -> bool {
-        self.summary.failed > 0 || self.trees.as_ref().is_some_and(|t| t.failed())
+        self.summary.failed > 0
+            || self.trees.as_ref().is_some_and(|t| t.failed())
+            || self.pool.as_ref().is_some_and(|p| p.failed())
     }
 
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
@@ -247,8 +353,59 @@ impl Report {
                 s.deletions_capped
             );
         }
+        if let Some(reason) = &s.refusal_reason {
+            let _ = writeln!(
+                out,
+                "deletions refused: {} expired namespaces not deleted: {reason}",
+                s.deletions_refused
+            );
+        }
+        if s.quota_ledgers_rebuilt > 0 {
+            let _ = writeln!(out, "quota ledgers rebuilt {}", s.quota_ledgers_rebuilt);
+        }
         if let Some(trees) = &self.trees {
             out.push_str(&trees.to_text());
+        }
+        if let Some(expiry) = &self.expiry {
+            let live: Vec<String> = expiry
+                .live_namespaces
+                .iter()
+                .map(|(tenant, n)| {
+                    let tenant = if tenant.is_empty() { "(none)" } else { tenant };
+                    format!("{tenant}={n}")
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "live namespaces per tenant: {}{}",
+                if live.is_empty() {
+                    "none".to_owned()
+                } else {
+                    live.join(" ")
+                },
+                expiry
+                    .soonest_secs
+                    .map_or_else(String::new, |s| format!("; soonest expiry in {s}s")),
+            );
+        }
+        if let Some(n) = &self.notices {
+            if let Some(e) = &n.expiring_soon {
+                let _ = writeln!(
+                    out,
+                    "ExpiringSoon notices: sent {}, failed {}, deferred {}",
+                    e.sent, e.failed, e.deferred
+                );
+            }
+            if let Some(w) = &n.webhook {
+                let _ = writeln!(
+                    out,
+                    "webhook notices: sent {}, failed {}, dropped {}, still pending {}",
+                    w.sent, w.failed, w.dropped, w.pending
+                );
+            }
+        }
+        if let Some(pool) = &self.pool {
+            out.push_str(&pool.to_text());
         }
         out
     }
@@ -279,6 +436,7 @@ fn count(s: &mut Summary, set: &SetPlan, outcome: Option<&Outcome>) {
         Action::InSync { .. } => s.in_sync += 1,
         Action::Delete { .. } => s.expired_deleted += usize::from(done),
         Action::DeleteCapped { .. } => s.deletions_capped += 1,
+        Action::DeleteRefused { .. } => s.deletions_refused += 1,
         Action::SkipTerminating => s.skipped_terminating += 1,
         Action::Repair { .. } => s.repaired += usize::from(done),
         Action::SetExpiry { .. } => s.expiry_set += usize::from(done),
@@ -345,6 +503,8 @@ mod tests {
             action,
             strays: Vec::new(),
             untenanted: false,
+            pool_member: false,
+            tenant: None,
         }
     }
 
@@ -400,7 +560,37 @@ mod tests {
                 set("f", Action::SkipTerminating),
                 set("g", Action::ReportOrphan { objects: vec![] }),
             ],
+            refused: None,
         }
+    }
+
+    #[test]
+    fn a_refusal_is_counted_and_said() {
+        let plan = Plan {
+            sets: vec![set(
+                "b",
+                Action::DeleteRefused {
+                    expiry: Expiry::from_unix(1),
+                },
+            )],
+            refused: Some(crate::reaper::plan::Refusal::ClockSkew {
+                reason: "the local clock is 3600s behind the API server's".into(),
+            }),
+        };
+        let r = Report::new(&plan, Some(&[Outcome::Nothing]), Durations::default(), None, None);
+        assert!(r.refused() && !r.failed());
+        assert_eq!(r.summary.deletions_refused, 1);
+        assert_eq!(r.summary.refusal, Some("clock_skew"));
+        let text = r.to_text();
+        assert!(
+            text.contains(
+                "deletions refused: 1 expired namespaces not deleted: the local clock is 3600s behind"
+            ),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        assert_eq!(json["summary"]["refusal"], "clock_skew");
+        assert_eq!(json["entries"][0]["action"], "deleteRefused");
     }
 
     #[test]
@@ -467,5 +657,69 @@ mod tests {
         assert_eq!(json["entries"][2]["outcome"], "failed");
         assert_eq!(json["entries"][2]["writes"][0]["reasons"][0], "missing");
         assert_eq!(json["entries"][3]["previousExpiry"], "x");
+    }
+
+    #[test]
+    fn expiry_summary_counts_live_namespaces_and_the_notices_are_said() {
+        let mut plan = sample();
+        for (set, tenant) in plan
+            .sets
+            .iter_mut()
+            .zip(["alpha", "alpha", "beta", "beta", "alpha"])
+        {
+            set.tenant = Some(tenant.to_owned());
+        }
+        plan.sets.push(set(
+            "h",
+            Action::InSync {
+                expiry: Expiry::from_unix(5_000),
+            },
+        ));
+        // At 40: a (alpha), d (beta), e (alpha) with 60 s left and h (no tenant) are live;
+        // b and c are due, f is terminating, g has no expiry.
+        let summary = ExpirySummary::of(&plan, 40);
+        assert_eq!(
+            summary.live_namespaces,
+            std::collections::BTreeMap::from([
+                (String::new(), 1),
+                ("alpha".to_owned(), 2),
+                ("beta".to_owned(), 1)
+            ])
+        );
+        assert_eq!(summary.soonest_secs, Some(60));
+        assert_eq!(summary.time_left_seconds[0], Bucket { le: 60, count: 3 });
+        assert_eq!(summary.time_left_seconds[4], Bucket { le: 3_600, count: 3 });
+        assert_eq!(summary.time_left_seconds[5], Bucket { le: 7_200, count: 4 });
+        // Nothing live at all.
+        assert_eq!(ExpirySummary::of(&plan, 10_000).soonest_secs, None);
+
+        let mut r = Report::new(&plan, None, Durations::default(), None, None);
+        r.expiry = Some(summary);
+        r.notices = Some(Notices {
+            expiring_soon: Some(crate::reaper::notice::NoticeReport {
+                sent: 2,
+                failed: 0,
+                deferred: 1,
+            }),
+            webhook: Some(crate::reaper::webhook::WebhookTally {
+                sent: 5,
+                failed: 1,
+                dropped: 0,
+                pending: 0,
+            }),
+        });
+        let text = r.to_text();
+        for want in [
+            "live namespaces per tenant: (none)=1 alpha=2 beta=1; soonest expiry in 60s",
+            "ExpiringSoon notices: sent 2, failed 0, deferred 1",
+            "webhook notices: sent 5, failed 1, dropped 0, still pending 0",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        assert_eq!(json["expiry"]["liveNamespaces"]["alpha"], 2);
+        assert_eq!(json["expiry"]["timeLeftSeconds"][0]["le"], 60);
+        assert_eq!(json["notices"]["expiringSoon"]["deferred"], 1);
+        assert_eq!(json["notices"]["webhook"]["failed"], 1);
     }
 }

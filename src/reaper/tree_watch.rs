@@ -7,36 +7,44 @@
 //! propagation planner's.
 //!
 //! Events are batched: the first wakes the worker, everything queued by then joins the batch,
-//! so a burst (a new tree, a relist) costs one plan. The reaper's own writes come back as
-//! events and find everything in sync: one LIST each, no write.
+//! so a burst (a new tree, a relist, one source edit reaching many copies) costs one plan.
+//! Every watch feeds a reflector store, and a pass plans from those stores: no LIST per pass,
+//! only the writes the plan needs. The reaper's own writes come back as events of intact
+//! copies (their content still hashes to their mark), which are dropped before they wake
+//! the worker; an edited copy does wake it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::ResourceExt;
+use kube::api::DynamicObject;
+use kube::discovery::ApiResource;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::execute::REPORTING_CONTROLLER;
-use super::hierarchy::{
-    TreeNamespace, TreePlan, TreeSweepConfig, observe_objects, plan_namespaces, sync_all,
-};
+use super::hierarchy::{TreeNamespace, TreePlan, TreeSweepConfig, plan_namespaces, sync_all};
 use super::metrics::Metrics;
+use super::watch::ClockRefusal;
+use super::webhook::WebhookSender;
 use crate::clock::system_clock;
 use crate::k8s;
 use crate::k8s::EventRecorder;
-use crate::propagate::{Destination, Finding, Propagation, SyncReport, sync_namespace};
+use crate::propagate::{Finding, Propagation};
+use crate::rules::hierarchy::config::StripRules;
+use crate::rules::hierarchy::keys;
+use crate::rules::hierarchy::propagation::content_hash;
 use crate::rules::hierarchy::tree::Forest;
 use crate::rules::params::Selector;
 use crate::telemetry::chain;
-
-/// Above this many destinations in one pass, each kind is listed once cluster-wide instead of
-/// per destination (ancestors + itself).
-const PER_NAMESPACE_LISTS: usize = 4;
 
 /// What the tree watch needs besides a client.
 #[derive(Debug, Clone)]
@@ -61,14 +69,34 @@ enum Trigger {
     Object(String),
 }
 
+/// The watched state a pass plans from.
+struct Stores {
+    namespaces: Store<Namespace>,
+    /// One per active kind, in [`Propagation::active_kinds`] order.
+    kinds: Vec<(ApiResource, Store<DynamicObject>)>,
+}
+
+/// Why deletions are refused now (the clock check of watch mode), shared with the expiry
+/// controller: a cascade is a deletion too.
+pub(super) type DeletionRefusal = Arc<RwLock<Option<ClockRefusal>>>;
+
 /// Runs until the task is aborted or every stream ends.
-pub async fn run(client: Client, trees: TreeWatch, metrics: Arc<Metrics>) {
+/// `webhook`: told of each child a cascade deleted.
+pub(super) async fn run(
+    client: Client,
+    trees: TreeWatch,
+    metrics: Arc<Metrics>,
+    refusal: DeletionRefusal,
+    webhook: Option<WebhookSender>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Trigger, Instant)>();
-    let mut streams = Vec::new();
+    // A JoinSet: the streams stop with this task, also when it is aborted (leadership lost).
+    let mut streams = tokio::task::JoinSet::new();
+    let (namespaces, writer) = reflector::store::<Namespace>();
     {
         let tx = tx.clone();
-        let events = k8s::watch_namespaces(&client);
-        streams.push(tokio::spawn(async move {
+        let events = reflector::reflector(writer, k8s::watch_namespaces(&client).modify(slim));
+        streams.spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 let trigger = match event {
@@ -84,15 +112,20 @@ pub async fn run(client: Client, trees: TreeWatch, metrics: Arc<Metrics>) {
                     return;
                 }
             }
-        }));
+        });
     }
+    let mut kinds = Vec::new();
     for kind in trees.propagation.active_kinds() {
         let tx = tx.clone();
-        let events = k8s::watch_dynamic(&client, &kind.resource);
-        streams.push(tokio::spawn(async move {
+        let writer = reflector::store::Writer::<DynamicObject>::new(kind.resource.clone());
+        kinds.push((kind.resource.clone(), writer.as_reader()));
+        let events = reflector::reflector(writer, k8s::watch_dynamic(&client, &kind.resource).modify(slim));
+        let (resource, strip) = (kind.resource.clone(), trees.propagation.config.strip().clone());
+        streams.spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 let trigger = match event {
+                    Ok(Event::Apply(o)) if is_intact_copy(&resource, &o, &strip) => continue,
                     Ok(Event::Apply(o) | Event::Delete(o)) => match o.namespace() {
                         Some(ns) => Trigger::Object(ns),
                         None => continue,
@@ -108,33 +141,91 @@ pub async fn run(client: Client, trees: TreeWatch, metrics: Arc<Metrics>) {
                     return;
                 }
             }
-        }));
+        });
     }
     drop(tx);
+    let stores = Stores { namespaces, kinds };
+    // A pass plans from the stores: before every one holds its first list, a missing source
+    // would read as deleted.
+    let mut ready = stores.namespaces.wait_until_ready().await.is_ok();
+    for (_, store) in &stores.kinds {
+        ready &= store.wait_until_ready().await.is_ok();
+    }
+    if !ready {
+        warn!("a tree watch stream ended before its first list");
+        return;
+    }
     let recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, &trees.instance);
     let mut reported: BTreeSet<(String, String, String)> = BTreeSet::new();
-    while let Some(first) = rx.recv().await {
+    // Cascades refused for the clock are planned again when the clock is next checked.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let first = match retry_at {
+            Some(at) => tokio::select! {
+                received = rx.recv() => received,
+                () = tokio::time::sleep_until(at) => Some((Trigger::All, Instant::now())),
+            },
+            None => rx.recv().await,
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
         let oldest = batch.iter().map(|(_, at)| *at).min();
         let triggers: Vec<Trigger> = batch.into_iter().map(|(t, _)| t).collect();
-        let found = match pass(&client, &trees, &metrics, &triggers).await {
-            Ok(found) => found,
-            Err(error) => {
-                warn!(error = %chain(&error), "tree pass failed; the next event retries");
-                metrics.tree_pass_errors.inc();
-                continue;
-            }
-        };
+        let refused = refusal.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let reason = refused.as_ref().map(|r| r.reason.as_str());
+        let found = pass(
+            &client,
+            &trees,
+            &metrics,
+            &stores,
+            &triggers,
+            reason,
+            webhook.as_ref(),
+        )
+        .await;
+        retry_at = refused
+            .filter(|_| found.cascades_refused)
+            .map(|r| tokio::time::Instant::now() + r.recheck);
         report_new_conflicts(&recorder, &mut reported, found).await;
         if let Some(oldest) = oldest {
             metrics.propagation_lag.observe(oldest.elapsed().as_secs_f64());
         }
     }
-    for stream in streams {
-        stream.abort();
+    streams.abort_all();
+}
+
+/// What the stores keep of a watched object: everything but managedFields, which the planner
+/// never reads and which are often most of an object's size.
+fn slim<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// A watched object as the planner reads it (as `k8s::list_dynamic` returns it): typed,
+/// without managedFields.
+fn as_value(resource: &ApiResource, object: &DynamicObject) -> Option<Value> {
+    let mut value = serde_json::to_value(object).ok()?;
+    let map = value.as_object_mut()?;
+    map.insert("apiVersion".into(), Value::String(resource.api_version.clone()));
+    map.insert("kind".into(), Value::String(resource.kind.clone()));
+    if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    Some(value)
+}
+
+/// A copy whose content still hashes to the mark it was written with: nothing to restore
+/// here (a change of its source arrives as the source's own event).
+fn is_intact_copy(resource: &ApiResource, object: &DynamicObject, strip: &StripRules) -> bool {
+    let marked = object
+        .annotations()
+        .get(keys::SOURCE_HASH_ANNOTATION)
+        .filter(|_| object.labels().contains_key(keys::INHERITED_FROM_LABEL));
+    match (marked, as_value(resource, object)) {
+        (Some(mark), Some(value)) => *mark == content_hash(&value, strip),
+        _ => false,
     }
 }
 
@@ -156,14 +247,41 @@ fn affected(plan: &TreePlan, forest: &Forest, triggers: &[Trigger]) -> BTreeSet<
     out
 }
 
+/// The stored objects of each active kind in the `wanted` namespaces, by namespace.
+fn stored_objects(stores: &Stores, wanted: &BTreeSet<String>) -> Vec<BTreeMap<String, Vec<Value>>> {
+    stores
+        .kinds
+        .iter()
+        .map(|(resource, store)| {
+            let mut by_namespace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+            for object in store.state() {
+                let Some(namespace) = object.metadata.namespace.as_deref() else {
+                    continue;
+                };
+                if !wanted.contains(namespace) {
+                    continue;
+                }
+                if let Some(value) = as_value(resource, &object) {
+                    by_namespace.entry(namespace.to_string()).or_default().push(value);
+                }
+            }
+            by_namespace
+        })
+        .collect()
+}
+
 async fn pass(
     client: &Client,
     trees: &TreeWatch,
     metrics: &Metrics,
+    stores: &Stores,
     triggers: &[Trigger],
-) -> Result<Found, k8s::KubeError> {
-    let namespaces: Vec<TreeNamespace> = k8s::list_namespaces(client, "", trees.page_size)
-        .await?
+    refusal: Option<&str>,
+    webhook: Option<&WebhookSender>,
+) -> Found {
+    let namespaces: Vec<TreeNamespace> = stores
+        .namespaces
+        .state()
         .iter()
         .map(|n| TreeNamespace::from_namespace(n, &trees.selector))
         .collect();
@@ -177,6 +295,7 @@ async fn pass(
     let mut found = Found {
         uids,
         conflicts: Vec::new(),
+        cascades_refused: false,
     };
     for (name, patch) in &plan.label_patches {
         match k8s::patch_namespace_labels(client, name, patch).await {
@@ -186,84 +305,63 @@ async fn pass(
             Err(error) => warn!(namespace = %name, error = %chain(&error), "patch tree labels"),
         }
     }
+    // A parent's expiry is judged by this clock: while it is not trusted, no cascade either.
+    if let (Some(reason), false) = (refusal, plan.reap.is_empty()) {
+        found.cascades_refused = true;
+        metrics.clock.refusals.inc_by(plan.reap.len() as u64);
+        warn!(
+            cascades = plan.reap.len(),
+            "cascades refused until the clock is trusted: {reason}"
+        );
+    }
+    let cascades = if refusal.is_some() {
+        &[][..]
+    } else {
+        &plan.reap[..]
+    };
     // Watch mode has no run to cap (as for expiry): each reap is its own decision.
-    for (name, uid, resource_version, reason) in &plan.reap {
-        match k8s::delete_namespace_unchanged(client, name, uid, resource_version).await {
+    for target in cascades {
+        let name = &target.name;
+        match k8s::delete_namespace_unchanged(client, name, &target.uid, &target.resource_version).await {
             Ok(()) => {
                 metrics.cascades.inc();
-                debug!(namespace = %name, ?reason, "cascade");
+                debug!(namespace = %name, reason = ?target.reason, "cascade");
+                target.announce(webhook);
             }
             Err(error) if error.is_gone() => {}
             Err(error) => warn!(namespace = %name, error = %chain(&error), "cascade"),
         }
     }
     let targets = affected(&plan, &forest, triggers);
-    if targets.len() > PER_NAMESPACE_LISTS {
-        // Many destinations (a source edit high in a tree, a relist): one LIST per kind
-        // cluster-wide beats two or more per destination.
-        let plan = TreePlan {
-            sync: plan
-                .sync
-                .into_iter()
-                .filter(|(name, _)| targets.contains(name))
-                .collect(),
-            ..TreePlan::default()
-        };
-        let wanted: BTreeSet<String> = plan
+    if targets.is_empty() {
+        return found;
+    }
+    let plan = TreePlan {
+        sync: plan
             .sync
-            .iter()
-            .flat_map(|(name, (ancestors, _))| std::iter::once(name).chain(ancestors))
-            .cloned()
-            .collect();
-        let config = TreeSweepConfig {
-            selector: trees.selector.clone(),
-            page_size: trees.page_size,
-            concurrency: trees.concurrency,
-            dry_run: false,
-            deletions_left: None,
-        };
-        match observe_objects(client, &trees.propagation, &wanted, trees.page_size).await {
-            Ok(objects) => {
-                let report = sync_all(client, &trees.propagation, &plan, &objects, &config).await;
-                metrics.record_sync(&report);
-                found.conflicts.extend(report.conflicts);
-            }
-            Err(error) => {
-                metrics.tree_pass_errors.inc();
-                warn!(error = %chain(&error), "propagation");
-            }
-        }
-        return Ok(found);
-    }
-    // Collected first: a lazy iterator of borrowing closures is not provably Send in a task.
-    let mut syncs = Vec::with_capacity(targets.len());
-    for name in &targets {
-        let (ancestors, labels) = &plan.sync[name];
-        syncs.push(sync_namespace(
-            client,
-            &trees.propagation,
-            Destination { name, labels },
-            ancestors,
-            trees.page_size,
-        ));
-    }
-    let reports: Vec<Result<SyncReport, _>> = futures::stream::iter(syncs)
-        .buffer_unordered(trees.concurrency.max(1))
-        .collect()
-        .await;
-    for report in reports {
-        match report {
-            Ok(report) => {
-                metrics.record_sync(&report);
-                found.conflicts.extend(report.conflicts);
-            }
-            Err(error) => {
-                metrics.tree_pass_errors.inc();
-                warn!(error = %chain(&error), "propagation");
-            }
-        }
-    }
-    Ok(found)
+            .into_iter()
+            .filter(|(name, _)| targets.contains(name))
+            .collect(),
+        ..TreePlan::default()
+    };
+    let wanted: BTreeSet<String> = plan
+        .sync
+        .iter()
+        .flat_map(|(name, (ancestors, _))| std::iter::once(name).chain(ancestors))
+        .cloned()
+        .collect();
+    let config = TreeSweepConfig {
+        selector: trees.selector.clone(),
+        page_size: trees.page_size,
+        concurrency: trees.concurrency,
+        dry_run: false,
+        deletions_left: None,
+    };
+    let objects = stored_objects(stores, &wanted);
+    let report = sync_all(client, &trees.propagation, &plan, &objects, &config).await;
+    metrics.record_sync(&report);
+    found.conflicts.extend(report.conflicts);
+    found
 }
 
 /// What a pass found that is reported as Events.
@@ -271,6 +369,8 @@ struct Found {
     /// Namespace uids, for the Events' references.
     uids: BTreeMap<String, String>,
     conflicts: Vec<Finding>,
+    /// Cascades were due but refused for the clock: plan again later.
+    cascades_refused: bool,
 }
 
 /// One Event per conflict the first time this replica sees it (on the destination Namespace),

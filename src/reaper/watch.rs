@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::channel::oneshot;
@@ -24,16 +24,20 @@ use kube_lease_manager::LeaseManager;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::brake::{Brake, BrakeConfig, Decision};
 use super::execute::{ExecuteError, Executor, Outcome, REPORTING_CONTROLLER};
 use super::metrics::{self, InFlight, Metrics};
+use super::notice::Notifier;
+use super::observation::ObservedNamespace;
 use super::plan::{self, PlanConfig};
 use super::tree_watch::{self, TreeWatch};
-use super::{ReaperError, observe_namespace};
-use crate::clock::{system_clock, system_clock_f64};
+use super::webhook::{WebhookSender, Webhooks};
+use super::{ReaperError, check_clock, observe_namespace};
+use crate::clock::{Clock, system_clock, system_clock_f64};
 use crate::k8s;
+use crate::rules::notice::NoticeLead;
 use crate::rules::params::Expiry;
 use crate::telemetry::{ErrorLabels, chain};
 
@@ -134,13 +138,45 @@ impl ReconcileError {
 struct Context {
     client: Client,
     trees: Option<TreeWatch>,
+    pool: Option<super::pool::PoolWatch>,
     executor: Executor,
+    /// Cascades tell it of the children they delete (the executor has its own clone).
+    webhook: Option<WebhookSender>,
     plan: PlanConfig,
     page_size: u32,
     metrics: Arc<Metrics>,
     brake: Brake,
     recorder: k8s::EventRecorder,
+    /// `--notify-before`: ExpiringSoon notices (issue 14).
+    notifier: Option<Notifier>,
+    /// Why deletions are refused now because the clock cannot be trusted,
+    /// and when the clock is compared again.
+    clock_refusal: Arc<RwLock<Option<ClockRefusal>>>,
+    /// The clock check, compared again whenever the Lease is taken.
+    clock_check: Option<ClockCheck>,
 }
+
+/// How often watch mode compares its clock with the API server's, and when
+/// a deletion refused for it is looked at again.
+const CLOCK_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How soon the clock is compared again when it could not be (the API server
+/// unreachable): deletions wait for it, so a partition that heals must not
+/// leave them refused for a whole [`CLOCK_CHECK_INTERVAL`] (issue 15).
+const CLOCK_RECHECK_UNMEASURED: Duration = Duration::from_secs(1);
+
+/// Deletions refused by the clock check: why, and when it looks again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ClockRefusal {
+    pub(super) reason: String,
+    pub(super) recheck: Duration,
+}
+
+/// Most time between two attempts to confirm the Lease after a failure: a
+/// replica that lost touch with the API server acts again within this of its
+/// return (client-go's leader election retries every 2 s, without backoff; one
+/// GET of a Lease per second is nothing to an API server).
+const LEASE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Longest requeue: tokio timers cap out near two years, and an hourly-or-so
 /// look also covers a missed watch event. Expiries beyond it just get a
@@ -175,7 +211,114 @@ pub async fn watch_with_trees(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WatchError> {
+    watch_with(
+        client,
+        config,
+        WatchOptions {
+            trees,
+            ..WatchOptions::default()
+        },
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+/// What a watch does beyond reconciling managed sets.
+#[derive(Default)]
+pub struct WatchOptions {
+    /// Tree labels, cascade and propagation.
+    pub trees: Option<TreeWatch>,
+    /// Compare the clock with the API server's; refuse deletions beyond the bound.
+    pub clock: Option<ClockCheck>,
+    /// `--notify-before`: an `ExpiringSoon` notice this long before each expiry.
+    pub notify_before: Option<NoticeLead>,
+    /// `--notify-webhook-config`: `expiring`, `expired` and `deleted` notices to webhooks.
+    pub webhook: Option<Arc<Webhooks>>,
+    /// Warm pools (issue 16), refilled periodically while leading.
+    pub pool: Option<super::pool::PoolWatch>,
+}
+
+/// [`watch_with_trees`], plus an `ExpiringSoon` notice `lead` before each
+/// expiry ([`super::notice`]) when `notify_before` is given.
+pub async fn watch_notifying(
+    client: Client,
+    config: WatchConfig,
+    trees: Option<TreeWatch>,
+    notify_before: Option<NoticeLead>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WatchError> {
+    let options = WatchOptions {
+        trees,
+        notify_before,
+        clock: None,
+        webhook: None,
+        pool: None,
+    };
+    watch_with(client, config, options, listener, shutdown).await
+}
+
+/// The clock check of watch mode: the bound, and the clock compared (the
+/// system clock; tests pass a skewed one).
+#[derive(Debug, Clone, Copy)]
+pub struct ClockCheck {
+    pub max_skew: Duration,
+    pub clock: Clock,
+}
+
+/// [`watch_with_trees`], comparing the clock with the API server's every
+/// [`CLOCK_CHECK_INTERVAL`] when `clock` is set: beyond its bound no
+/// namespace is deleted (repairs go on) until the clock is back within it.
+pub async fn watch_guarded(
+    client: Client,
+    config: WatchConfig,
+    trees: Option<TreeWatch>,
+    clock: Option<ClockCheck>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WatchError> {
+    let options = WatchOptions {
+        trees,
+        clock,
+        notify_before: None,
+        webhook: None,
+        pool: None,
+    };
+    watch_with(client, config, options, listener, shutdown).await
+}
+
+/// Watch mode with every option ([`WatchOptions`]).
+pub async fn watch_with(
+    client: Client,
+    config: WatchConfig,
+    options: WatchOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WatchError> {
+    let WatchOptions {
+        trees,
+        clock,
+        notify_before,
+        webhook,
+        pool,
+    } = options;
     let metrics = Arc::new(Metrics::default());
+    let webhook = webhook.map(|w| WebhookSender::start(w, metrics.webhook.clone()));
+    let clock_refusal = Arc::new(RwLock::new(None));
+    let _clock_checks = match clock {
+        Some(check) => {
+            // The first answer before any reconcile: no deletion on an unchecked clock.
+            check_clock_once(&client, check, &metrics, &clock_refusal, None).await;
+            Some(AbortOnDrop(tokio::spawn(check_clock_every(
+                client.clone(),
+                check,
+                metrics.clone(),
+                clock_refusal.clone(),
+            ))))
+        }
+        None => None,
+    };
     let addr = listener.local_addr().ok();
     let (stop_http, http_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -185,16 +328,38 @@ pub async fn watch_with_trees(
     );
     info!(addr = ?addr.map(|a: SocketAddr| a.to_string()), identity = %config.lease.identity, "watch mode: serving /healthz and /metrics");
     let context = Arc::new(Context {
-        executor: Executor::new(client.clone(), &config.lease.identity),
+        executor: Executor::new(client.clone(), &config.lease.identity).with_webhook(webhook.clone()),
+        webhook: webhook.clone(),
         client: client.clone(),
         trees,
+        pool,
         plan: config.plan.clone(),
         page_size: config.page_size,
         brake: Brake::new(config.brake, metrics.brake.clone()),
         recorder: k8s::EventRecorder::new(client.clone(), REPORTING_CONTROLLER, &config.lease.identity),
+        notifier: notify_before.map(|lead| {
+            Notifier::new(
+                client.clone(),
+                &config.lease.identity,
+                lead,
+                metrics.notices.clone(),
+            )
+            .with_webhook(webhook.clone())
+        }),
         metrics: metrics.clone(),
+        clock_refusal,
+        clock_check: clock,
     });
     lead(&client, &config, context, shutdown).await;
+    if let Some(webhook) = &webhook {
+        // Notices of the last reconciles, within the drain bound.
+        if !webhook.drain(webhook.drain_timeout()).await {
+            warn!(
+                pending = webhook.tally().pending,
+                "webhook notices still queued at shutdown; dropped"
+            );
+        }
+    }
     let _ = stop_http.send(());
     match server.await {
         Ok(served) => served.map_err(WatchError::Serve),
@@ -202,6 +367,84 @@ pub async fn watch_with_trees(
             warn!(error = %join, "the /metrics server task ended abnormally");
             Ok(())
         }
+    }
+}
+
+/// Compare the clock now; update the metrics and the refusal, and log when
+/// the verdict changes (`last`: the previous refusal, `None` at start).
+async fn check_clock_once(
+    client: &Client,
+    check: ClockCheck,
+    metrics: &Metrics,
+    refusal: &RwLock<Option<ClockRefusal>>,
+    last: Option<&Option<ClockRefusal>>,
+) -> Option<ClockRefusal> {
+    let (skew, refused) = check_clock(client, check.clock, check.max_skew).await;
+    if let Some(skew) = skew {
+        metrics.clock.skew_seconds.set(skew.ahead_secs);
+    }
+    let now = refused.map(|r| ClockRefusal {
+        reason: r.to_string(),
+        recheck: if skew.is_some() {
+            CLOCK_CHECK_INTERVAL
+        } else {
+            CLOCK_RECHECK_UNMEASURED
+        },
+    });
+    metrics.clock.untrusted.set(i64::from(now.is_some()));
+    if last != Some(&now) {
+        match now.as_ref().map(|r| &r.reason) {
+            Some(reason) => error!(
+                skew_secs = skew.map(|s| s.ahead_secs),
+                "deletions refused until the clock is trusted again: {reason}"
+            ),
+            None => info!(
+                skew_secs = skew.map(|s| s.ahead_secs),
+                "clock within --max-clock-skew of the API server's; deletions allowed"
+            ),
+        }
+    }
+    refusal
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone_from(&now);
+    now
+}
+
+/// Compare the clock now if deletions wait for it (leading again after the API server was
+/// unreachable: no need to wait for the next periodic check).
+async fn recheck_clock(client: &Client, context: &Context) {
+    let Some(check) = context.clock_check else {
+        return;
+    };
+    let last = context
+        .clock_refusal
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    if last.is_some() {
+        check_clock_once(
+            client,
+            check,
+            &context.metrics,
+            &context.clock_refusal,
+            Some(&last),
+        )
+        .await;
+    }
+}
+
+async fn check_clock_every(
+    client: Client,
+    check: ClockCheck,
+    metrics: Arc<Metrics>,
+    refusal: Arc<RwLock<Option<ClockRefusal>>>,
+) {
+    let mut last = refusal.read().unwrap_or_else(PoisonError::into_inner).clone();
+    loop {
+        let wait = last.as_ref().map_or(CLOCK_CHECK_INTERVAL, |r| r.recheck);
+        tokio::time::sleep(wait).await;
+        last = check_clock_once(&client, check, &metrics, &refusal, Some(&last)).await;
     }
 }
 
@@ -291,6 +534,7 @@ async fn lead(
                 info!(identity = %config.lease.identity, lease = %config.lease.name, "acquired the Lease; reconciling");
                 metrics.leader.set(1);
                 if running.is_none() {
+                    recheck_clock(client, &context).await;
                     running = Some(Running::start(context.clone(), config.concurrency));
                 }
                 backoff = Duration::from_secs(1);
@@ -320,7 +564,7 @@ async fn lead(
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = (backoff * 2).min(LEASE_RETRY_MAX);
         }
     }
     info!("shutting down");
@@ -346,10 +590,27 @@ impl Drop for AbortOnDrop {
 }
 
 async fn run_controller(context: Arc<Context>, concurrency: u16, stopped: oneshot::Receiver<()>) {
+    let _book = context.metrics.notices.expiries.clear_on_drop();
     let _trees = context.trees.clone().map(|trees| {
         AbortOnDrop(tokio::spawn(tree_watch::run(
             context.client.clone(),
             trees,
+            context.metrics.clone(),
+            context.clock_refusal.clone(),
+            context.webhook.clone(),
+        )))
+    });
+    // Issue 12: allocations of gone children and leaked reservations return while leading.
+    let _quota = AbortOnDrop(tokio::spawn(super::quota::rebuild_periodically(
+        context.client.clone(),
+        context.plan.set.selector.clone(),
+        context.page_size,
+        context.metrics.clone(),
+    )));
+    let _pool = context.pool.clone().map(|pool| {
+        AbortOnDrop(tokio::spawn(super::pool::refill_periodically(
+            context.client.clone(),
+            pool,
             context.metrics.clone(),
         )))
     });
@@ -357,12 +618,15 @@ async fn run_controller(context: Arc<Context>, concurrency: u16, stopped: onesho
     k8s::managed_controller(&context.client, &selector)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stopped.map(drop))
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
+        .run(reconcile, error_policy, context.clone())
+        .for_each(|result| async {
             match result {
                 Ok(_) => {}
                 // A namespace deleted between trigger and reconcile: expected.
-                Err(controller::Error::ObjectNotFound(obj)) => debug!(%obj, "gone before reconcile"),
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    context.metrics.notices.expiries.forget(&obj.name);
+                    debug!(%obj, "gone before reconcile");
+                }
                 Err(e) => debug!(error = %chain(&e), "controller"),
             }
         })
@@ -401,10 +665,31 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     };
     let set = plan::plan_set(&observed, now, &context.plan);
     debug!(namespace = %name, action = set.action.name(), "reconcile");
+    context
+        .metrics
+        .notices
+        .expiries
+        .track(&name, observed.namespace, &set.action);
+    let notice_at = notice_look(&context, observed.namespace, now).await;
+    if let plan::Action::Delete { .. } = set.action {
+        let refused = context
+            .clock_refusal
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(ClockRefusal { reason, recheck }) = refused {
+            context.metrics.clock.refusals.inc();
+            warn!(namespace = %name, retry_in = ?recheck, "deletion refused: {reason}");
+            return Ok(Requeue::requeue(recheck + EXPIRY_MARGIN));
+        }
+    }
     if let Some(requeue) = apply_brake(&context, &set, now_f).await {
         return Ok(requeue);
     }
-    let outcome = context.executor.execute_set(&set).await;
+    let parent = observed
+        .namespace
+        .and_then(|ns| ns.labels.get(crate::rules::hierarchy::keys::PARENT_LABEL));
+    let outcome = context.executor.execute_set_under(&set, parent).await;
     context.metrics.record(&set, &outcome, system_clock_f64());
     if let Outcome::Failed { errors, .. } = outcome {
         let failed = errors.len();
@@ -416,7 +701,26 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
             });
         }
     }
-    Ok(requeue_at(set.action.next_look(), now_f))
+    Ok(requeue_at(
+        set.action.next_look().into_iter().chain(notice_at).min(),
+        now_f,
+    ))
+}
+
+/// Give `namespace` its ExpiringSoon notice if owed; when the window is still
+/// ahead, the instant it opens (the next look). A failure is logged and
+/// counted, and retried a little later.
+async fn notice_look(context: &Context, namespace: Option<&ObservedNamespace>, now: i64) -> Option<Expiry> {
+    let (notifier, ns) = (context.notifier.as_ref()?, namespace?);
+    match notifier.consider(ns, now).await {
+        Ok(considered) => considered.next_look(),
+        Err(e) => {
+            crate::log_error!(warn, &e, namespace = %ns.name, retry_in = ?ERROR_REQUEUE, "ExpiringSoon notice failed");
+            Some(Expiry::from_unix(now.saturating_add(
+                i64::try_from(ERROR_REQUEUE.as_secs()).unwrap_or(i64::MAX),
+            )))
+        }
+    }
 }
 
 /// Ask the brake before a deletion: `Some(requeue)` when it holds this one.

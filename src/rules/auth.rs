@@ -33,15 +33,17 @@ impl fmt::Debug for Tokens {
 pub enum TokensError {
     #[error("token file line {line}: expected `tenant token`, found {fields} field(s)")]
     Fields { line: usize, fields: usize },
-    #[error("token file line {line}: {source}")]
-    Tenant {
-        line: usize,
-        source: crate::rules::params::TenantNameError,
-    },
-    #[error("token file: {source}")]
-    YamlTenant {
-        source: crate::rules::params::TenantNameError,
-    },
+    // The offending name is not repeated: with the columns swapped it is a token.
+    #[error(
+        "token file line {line}: the tenant name (first field) is not a DNS label: use 1-63 lower-case letters, digits and '-'"
+    )]
+    Tenant { line: usize },
+    #[error(
+        "token file: a tenant name (a key of the mapping) is not a DNS label: use 1-63 lower-case letters, digits and '-'"
+    )]
+    YamlTenant,
+    #[error("token file holds no token")]
+    Empty,
     #[error("token for tenant {tenant} is shorter than 16 characters; use a random token of at least 16")]
     TooShort { tenant: String },
     #[error("the same token is given to tenants {first} and {second}; every tenant needs its own")]
@@ -213,9 +215,7 @@ impl Tokens {
         let mut tokens = Self::default();
         if let Ok(map) = serde_yaml_ng::from_str::<std::collections::BTreeMap<String, String>>(contents) {
             for (tenant, token) in map {
-                let tenant = tenant
-                    .parse()
-                    .map_err(|source| TokensError::YamlTenant { source })?;
+                let tenant = tenant.parse().map_err(|_| TokensError::YamlTenant)?;
                 tokens.add(tenant, token.trim())?;
             }
             return Ok(tokens);
@@ -233,9 +233,7 @@ impl Tokens {
                     fields: fields.len(),
                 });
             };
-            let tenant = tenant
-                .parse()
-                .map_err(|source| TokensError::Tenant { line, source })?;
+            let tenant = tenant.parse().map_err(|_| TokensError::Tenant { line })?;
             tokens.add(tenant, token)?;
         }
         Ok(tokens)
@@ -262,6 +260,16 @@ impl Tokens {
         }
         self.entries.push((d, tenant));
         Ok(())
+    }
+
+    /// [`Tokens::parse`], refusing a file without a token: a reload of an
+    /// emptied or truncated file must not lock every tenant out.
+    pub fn parse_nonempty(contents: &str) -> Result<Self, TokensError> {
+        let tokens = Self::parse(contents)?;
+        if tokens.is_empty() {
+            return Err(TokensError::Empty);
+        }
+        Ok(tokens)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -317,8 +325,17 @@ mod tests {
         );
         assert!(matches!(
             Tokens::parse(&format!("Alice {A}\n")),
-            Err(TokensError::Tenant { line: 1, .. })
+            Err(TokensError::Tenant { line: 1 })
         ));
+        // Columns swapped: the error must not repeat the token.
+        let swapped = Tokens::parse(&format!("{}_X alice\n", A)).unwrap_err();
+        assert!(!swapped.to_string().contains(A), "{swapped}");
+        let swapped = Tokens::parse(&format!("{}_X: alice\n", A)).unwrap_err();
+        assert!(!swapped.to_string().contains(A), "{swapped}");
+        assert_eq!(
+            Tokens::parse_nonempty("# nobody\n").unwrap_err(),
+            TokensError::Empty
+        );
         assert!(matches!(
             Tokens::parse("alice short\n"),
             Err(TokensError::TooShort { .. })
@@ -366,5 +383,65 @@ mod tests {
     fn debug_shows_no_token() {
         let t = Tokens::parse(&format!("alice {A}\n")).unwrap();
         assert!(!format!("{t:?}").contains(A));
+    }
+}
+
+/// Hostile token files (issue 15): never a panic, refusals that say something
+/// and never repeat a token, and every well-formed file authenticates exactly
+/// its tenants.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_file_parses_or_says_why(contents in "(\\PC{0,30}\n?){0,5}") {
+            match Tokens::parse(&contents) {
+                Ok(tokens) => prop_assert!(tokens.authenticate("").is_none()),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn well_formed_files_authenticate_their_tenants(
+            entries in proptest::collection::btree_map("[a-z][a-z0-9]{0,10}", "[A-Za-z0-9_.~+/-]{16,40}", 1..6),
+            yaml in any::<bool>(),
+        ) {
+            // Every tenant its own token.
+            let mut seen = std::collections::BTreeSet::new();
+            prop_assume!(entries.values().all(|t| seen.insert(t.clone())));
+            let contents: String = entries
+                .iter()
+                .map(|(tenant, token)| if yaml { format!("{tenant}: \"{token}\"\n") } else { format!("{tenant} {token}\n") })
+                .collect();
+            let tokens = Tokens::parse(&contents).unwrap();
+            prop_assert_eq!(tokens.len(), entries.len());
+            for (tenant, token) in &entries {
+                prop_assert_eq!(tokens.authenticate(token).map(TenantName::as_str), Some(tenant.as_str()));
+                let wrong = format!("{token}x");
+                prop_assert!(tokens.authenticate(&wrong).is_none());
+            }
+        }
+
+        #[test]
+        fn refusals_never_repeat_a_token(
+            token in "[A-Za-z0-9_]{16,40}",
+            tenant in "[a-z]{1,10}",
+            form in 0..4usize,
+        ) {
+            // A token where the tenant belongs, a third field, a short token, a shared token.
+            let contents = match form {
+                0 => format!("{token}_ {tenant}\n"),
+                1 => format!("{tenant} {token} {token}\n"),
+                2 => format!("{token}_: {tenant}\n"),
+                _ => format!("{tenant} {token}\n{tenant}x {token}\n"),
+            };
+            if let Err(e) = Tokens::parse(&contents) {
+                prop_assert!(!e.to_string().contains(&token), "{}", e);
+            }
+        }
     }
 }

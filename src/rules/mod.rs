@@ -8,15 +8,21 @@
 //! - [`kinds`]: the managed kinds, as data, and objects tagged with their kind;
 //! - [`kubeconfig`]: the kubeconfig handed to callers;
 //! - [`auth`]: bearer tokens and the tenants they belong to;
+//! - [`eks`]: the EKS IAM bearer token as data (presigned STS URL, refresh timing);
 //! - [`hierarchy`]: the namespace tree, HNC's propagation modes and exceptions, copy plans;
-//! - [`quota`]: exact quantities and the allocation model of the aggregate quota.
+//! - [`quota`]: exact quantities and the allocation model of the aggregate quota;
+//! - [`pool`]: the warm pool: members, sizes, stale and surplus members, claim order.
 
 pub mod auth;
 pub mod desired;
+pub mod eks;
 pub mod hierarchy;
 pub mod kinds;
 pub mod kubeconfig;
 pub mod labels;
+pub mod notice;
 pub mod params;
 pub mod permissions;
+pub mod pool;
 pub mod quota;
+pub mod webhook;

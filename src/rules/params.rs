@@ -533,3 +533,113 @@ mod tests {
         }
     }
 }
+
+/// Hostile input, systematically (issue 15): no parser panics on any string,
+/// every refusal says something, and what is accepted reads back the same from
+/// its canonical form.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig::with_cases(256)
+    }
+
+    /// A label name: alphanumeric ends, `-_.` inside, at most 63 characters.
+    fn label_name() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?"
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn ttl_never_panics_and_round_trips(input in "\\PC{0,24}") {
+            match input.parse::<Ttl>() {
+                Ok(ttl) => prop_assert_eq!(ttl.to_string().parse::<Ttl>().ok(), Some(ttl)),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn every_written_duration_is_a_ttl(secs in 0u64..100_000_000, nanos in 0u32..1_000_000_000) {
+            let duration = Duration::new(secs, nanos);
+            let written = humantime::format_duration(duration).to_string();
+            prop_assert_eq!(written.parse::<Ttl>().map(Ttl::duration), Ok(duration));
+            let negative = format!("-{written}");
+            let refused = matches!(negative.parse::<Ttl>(), Err(TtlError::Negative { .. }));
+            prop_assert!(refused);
+        }
+
+        #[test]
+        fn ttl_policy_never_panics(secs in any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let policy = TtlPolicy::new(Duration::from_secs(3600), Some(Duration::from_secs(7200))).unwrap();
+            match policy.resolve(Some(Ttl::new(Duration::new(secs, nanos)))) {
+                Ok(resolved) => prop_assert!((1..=7200).contains(&resolved)),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn server_url_never_panics_and_is_stable(input in "\\PC{0,40}") {
+            match input.parse::<ServerUrl>() {
+                Ok(url) => prop_assert_eq!(url.as_str().parse::<ServerUrl>().ok(), Some(url)),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn server_urls_of_hosts_and_ports_are_accepted(
+            scheme in "https?",
+            host in "[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z]{2,6}){0,2}",
+            port in proptest::option::of(1u16..),
+            path in "(/[a-z0-9]{1,8}){0,2}",
+        ) {
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let input = format!("{scheme}://{host}{port}{path}");
+            let url = input.parse::<ServerUrl>();
+            prop_assert!(url.is_ok(), "{input}: {url:?}");
+            let query = format!("{input}?x=1").parse::<ServerUrl>();
+            prop_assert!(query.is_err());
+        }
+
+        #[test]
+        fn selector_never_panics_and_round_trips(input in "\\PC{0,40}") {
+            match input.parse::<Selector>() {
+                Ok(selector) => {
+                    prop_assert_eq!(selector.to_string().parse::<Selector>().ok(), Some(selector.clone()));
+                    prop_assert_eq!(selector.to_label_selector(), input);
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn selectors_of_label_keys_and_values_are_accepted(
+            prefix in proptest::option::of("[a-z0-9]{1,10}(\\.[a-z0-9]{1,10}){0,2}"),
+            name in label_name(),
+            value in label_name(),
+        ) {
+            let key = prefix.map(|p| format!("{p}/{name}")).unwrap_or(name);
+            let input = format!("{key}={value}");
+            let selector = input.parse::<Selector>().unwrap();
+            prop_assert_eq!((selector.key(), selector.value()), (key.as_str(), value.as_str()));
+        }
+
+        #[test]
+        fn names_never_panic_and_round_trip(input in "\\PC{0,70}") {
+            if let Ok(tenant) = input.parse::<TenantName>() {
+                prop_assert!(is_dns_label(tenant.as_str()));
+                prop_assert_eq!(tenant.to_string().parse::<TenantName>().ok(), Some(tenant));
+            }
+            if let Ok(prefix) = input.parse::<NamePrefix>() {
+                prop_assert!(prefix.as_str().len() <= 40);
+            }
+            match input.parse::<Expiry>() {
+                Ok(expiry) => prop_assert_eq!(expiry.to_string().parse::<Expiry>().ok(), Some(expiry)),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+}

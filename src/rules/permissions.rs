@@ -1,22 +1,35 @@
 //! The permissions each binary uses, as data: verbs × resources × scope, each
 //! with the manifest that grants it. Derived from [`MANAGED_KINDS`] plus the
 //! few resources that are not managed kinds (TokenRequests, the grant
-//! ClusterRole, Events, the Lease). The preflight ([`crate::k8s::preflight`])
+//! ClusterRole, Events, the Lease), the propagated kinds (Roles and
+//! RoleBindings always, plus those of the propagation configuration, resolved
+//! at start-up) and the aggregate quota (HierarchicalResourceQuotas, their
+//! status, ResourceQuotas). The preflight ([`crate::k8s::preflight`])
 //! asks the API server about each of them; a new kind or a new feature
 //! (propagation, quota) adds its rows here and nowhere else. Pure.
 
 use std::fmt;
 
-use super::desired::SetConfig;
 use super::kinds::{Kind, MANAGED_KINDS};
-use super::labels::OBJECT_NAME;
 
 /// The shipped manifests that grant the permissions, named in messages.
 pub const PROVISIONER_CLUSTER_ROLE: &str = "function/clusterrole.yaml";
 pub const REAPER_CLUSTER_ROLE: &str = "cronjob/base/clusterrole.yaml";
 pub const REAPER_LEASE_ROLE: &str = "cronjob/watch/lease-role.yaml";
-pub const ROLE_RULES_GRANT: &str = "function/role-rules/rbac.yaml";
 pub const GRANT_CLUSTER_ROLE: &str = "function/grant-clusterrole.yaml";
+
+/// A kind copied from parents to children: Roles and RoleBindings always,
+/// plus the kinds of the propagation configuration (resolved at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropagatedKind {
+    /// API group; `""` is the core group.
+    pub group: String,
+    /// Plural resource name.
+    pub plural: String,
+}
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+const QUOTA_GROUP: &str = "controller.observatorium.io";
 
 /// Which process, doing what: the permissions differ by mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,21 +105,28 @@ impl fmt::Display for Permission {
 /// What the preflight needs to know besides the identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PermissionContext<'a> {
-    /// `--cluster-role`: the ClusterRole every managed namespace binds.
+    /// `--cluster-role`: the ClusterRole every managed namespace binds (the
+    /// provisioner checks that it exists).
     pub grant_cluster_role: &'a str,
-    /// `--role-rules-file` is set: a Role with rules is written too.
-    pub role_rules: bool,
     /// Namespace of the leader Lease (`reaper --watch`).
     pub lease_namespace: Option<&'a str>,
+    /// Kinds of the propagation configuration besides Roles and RoleBindings
+    /// (which are always propagated and always listed).
+    pub propagated: &'a [PropagatedKind],
 }
 
 impl<'a> PermissionContext<'a> {
-    pub fn from_set(set: &'a SetConfig, lease_namespace: Option<&'a str>) -> Self {
+    pub fn new(grant_cluster_role: &'a str, lease_namespace: Option<&'a str>) -> Self {
         Self {
-            grant_cluster_role: &set.cluster_role,
-            role_rules: set.role_rules.is_some(),
+            grant_cluster_role,
             lease_namespace,
+            propagated: &[],
         }
+    }
+
+    /// The same, with the configured propagated kinds.
+    pub fn with_propagated(self, propagated: &'a [PropagatedKind]) -> Self {
+        Self { propagated, ..self }
     }
 }
 
@@ -118,8 +138,11 @@ fn kind_verbs(kind: Kind, identity: Identity) -> &'static [&'static str] {
     match (identity, kind) {
         (Identity::Provisioner, Kind::Namespace) => &["get", "list", "create", "patch", "delete"],
         (Identity::Provisioner, _) => &["get", "create", "patch"],
-        (Identity::Reaper { watch: false }, Kind::Namespace) => &["get", "list", "patch", "delete"],
-        (Identity::Reaper { watch: true }, Kind::Namespace) => &["get", "list", "watch", "patch", "delete"],
+        // `create`: warm-pool members (issue 16).
+        (Identity::Reaper { watch: false }, Kind::Namespace) => &["get", "list", "create", "patch", "delete"],
+        (Identity::Reaper { watch: true }, Kind::Namespace) => {
+            &["get", "list", "watch", "create", "patch", "delete"]
+        }
         (Identity::Reaper { watch: false }, _) => &["get", "list", "create", "patch", "delete"],
         (Identity::Reaper { watch: true }, _) => &["get", "list", "watch", "create", "patch", "delete"],
     }
@@ -154,31 +177,13 @@ pub fn required(identity: Identity, context: &PermissionContext<'_>) -> Vec<Perm
             ));
         }
     }
-    // Binding the grant ClusterRole in each namespace's RoleBinding.
-    rows.push(Permission {
-        name: Some(context.grant_cluster_role.to_owned()),
-        ..row(
-            "bind",
-            "rbac.authorization.k8s.io",
-            "clusterroles",
-            Scope::Cluster,
-            manifest,
-        )
-    });
-    // A Role with rules: `escalate` and `bind` on that Role (or holding its rules).
-    if context.role_rules {
-        for verb in ["escalate", "bind"] {
-            rows.push(Permission {
-                name: Some(OBJECT_NAME.to_owned()),
-                ..row(
-                    verb,
-                    "rbac.authorization.k8s.io",
-                    "roles",
-                    Scope::Cluster,
-                    ROLE_RULES_GRANT,
-                )
-            });
-        }
+    // Reading the grant ClusterRole: the provisioner checks that it exists
+    // (`bind` on any ClusterRole would accept a binding to a missing one).
+    if identity == Identity::Provisioner {
+        rows.push(Permission {
+            name: Some(context.grant_cluster_role.to_owned()),
+            ..row("get", RBAC_GROUP, "clusterroles", Scope::Cluster, manifest)
+        });
     }
     match identity {
         Identity::Provisioner => rows.push(Permission {
@@ -209,6 +214,72 @@ pub fn required(identity: Identity, context: &PermissionContext<'_>) -> Vec<Perm
             }
         }
     }
+    // Propagation (issue 11): copies in tree namespaces. The provisioner
+    // writes a new child's first copies; the reaper keeps every copy in step
+    // (replaced with their resourceVersion, deleted when the source goes).
+    let copy_verbs: &[&str] = match identity {
+        Identity::Provisioner => &["list", "create"],
+        Identity::Reaper { watch: false } => &["list", "create", "update", "delete"],
+        Identity::Reaper { watch: true } => &["list", "watch", "create", "update", "delete"],
+    };
+    let rbac = [(RBAC_GROUP, "roles"), (RBAC_GROUP, "rolebindings")];
+    let configured = context
+        .propagated
+        .iter()
+        .map(|k| (k.group.as_str(), k.plural.as_str()));
+    for (group, plural) in rbac.into_iter().chain(configured) {
+        for verb in copy_verbs {
+            let wanted = row(verb, group, plural, Scope::Cluster, manifest);
+            if !rows.contains(&wanted) {
+                rows.push(wanted);
+            }
+        }
+    }
+    // Copied Roles and RoleBindings hold or bind whatever their sources do:
+    // `escalate`/`bind` on Roles, `bind` on any ClusterRole (both binaries
+    // write copies; the admission policies confine these rights to copies
+    // in tree namespaces). They also cover the grant ClusterRole and the
+    // `--role-rules-file` Role of every set.
+    for verb in ["escalate", "bind"] {
+        rows.push(row(verb, RBAC_GROUP, "roles", Scope::Cluster, manifest));
+    }
+    rows.push(row("bind", RBAC_GROUP, "clusterroles", Scope::Cluster, manifest));
+    // Aggregate quota (issue 12): budgets (read), their ledger in the status
+    // (replaced with a resourceVersion precondition), the ResourceQuotas that
+    // enforce allocations and remainders.
+    let (budget_verbs, quota_verbs): (&[&str], &[&str]) = match identity {
+        Identity::Provisioner => (&["list"], &["get", "create", "update"]),
+        Identity::Reaper { .. } => (&["list"], &["list", "create", "update"]),
+    };
+    for verb in budget_verbs {
+        rows.push(row(
+            verb,
+            QUOTA_GROUP,
+            "hierarchicalresourcequotas",
+            Scope::Cluster,
+            manifest,
+        ));
+    }
+    rows.push(Permission {
+        subresource: Some("status"),
+        ..row(
+            "update",
+            QUOTA_GROUP,
+            "hierarchicalresourcequotas",
+            Scope::Cluster,
+            manifest,
+        )
+    });
+    for verb in quota_verbs {
+        rows.push(row(verb, "", "resourcequotas", Scope::Cluster, manifest));
+    }
+    if identity == Identity::Provisioner {
+        // The lowered remainder applied at once (provision::quota).
+        rows.push(Permission {
+            subresource: Some("status"),
+            ..row("update", "", "resourcequotas", Scope::Cluster, manifest)
+        });
+    }
     rows
 }
 
@@ -237,11 +308,18 @@ pub fn caller_reviews() -> Vec<Permission> {
 mod tests {
     use super::*;
 
+    fn config_maps() -> Vec<PropagatedKind> {
+        vec![PropagatedKind {
+            group: String::new(),
+            plural: "configmaps".into(),
+        }]
+    }
+
     fn context() -> PermissionContext<'static> {
         PermissionContext {
             grant_cluster_role: "namespace-provisioner-grant",
-            role_rules: false,
             lease_namespace: Some("ops"),
+            propagated: &[],
         }
     }
 
@@ -279,21 +357,45 @@ mod tests {
 
     #[test]
     fn rows_read_as_a_person_would_say_them() {
-        let reaper = texts(Identity::Reaper { watch: true }, &context());
+        let kinds = config_maps();
+        let with_kinds = || context().with_propagated(&kinds);
+        let reaper = texts(Identity::Reaper { watch: true }, &with_kinds());
         for want in [
             "list serviceaccounts at cluster scope",
             "watch rolebindings.rbac.authorization.k8s.io at cluster scope",
-            "bind clusterroles.rbac.authorization.k8s.io/namespace-provisioner-grant at cluster scope",
+            "bind clusterroles.rbac.authorization.k8s.io at cluster scope",
+            "escalate roles.rbac.authorization.k8s.io at cluster scope",
+            "update roles.rbac.authorization.k8s.io at cluster scope",
+            "watch configmaps at cluster scope",
+            "delete configmaps at cluster scope",
+            "list hierarchicalresourcequotas.controller.observatorium.io at cluster scope",
+            "update hierarchicalresourcequotas/status.controller.observatorium.io at cluster scope",
+            "update resourcequotas at cluster scope",
             "create events.events.k8s.io in namespace default",
             "patch leases.coordination.k8s.io in namespace ops",
         ] {
             assert!(reaper.iter().any(|t| t == want), "{want} not in {reaper:#?}");
         }
-        let provisioner = texts(Identity::Provisioner, &context());
+        let provisioner = texts(Identity::Provisioner, &with_kinds());
+        for want in [
+            "create serviceaccounts/token at cluster scope",
+            "get clusterroles.rbac.authorization.k8s.io/namespace-provisioner-grant at cluster scope",
+            "bind clusterroles.rbac.authorization.k8s.io at cluster scope",
+            "escalate roles.rbac.authorization.k8s.io at cluster scope",
+            "list rolebindings.rbac.authorization.k8s.io at cluster scope",
+            "create configmaps at cluster scope",
+            "get resourcequotas at cluster scope",
+            "update hierarchicalresourcequotas/status.controller.observatorium.io at cluster scope",
+        ] {
+            assert!(
+                provisioner.iter().any(|t| t == want),
+                "{want} not in {provisioner:#?}"
+            );
+        }
         assert!(
-            provisioner
+            !provisioner
                 .iter()
-                .any(|t| t == "create serviceaccounts/token at cluster scope")
+                .any(|t| t.starts_with("delete configmaps") || t.starts_with("update configmaps"))
         );
         assert!(
             !provisioner
@@ -305,17 +407,10 @@ mod tests {
     #[test]
     fn rows_are_unique_and_name_their_manifest() {
         for identity in [Identity::Provisioner, Identity::Reaper { watch: true }] {
-            let ctx = PermissionContext {
-                role_rules: true,
-                ..context()
-            };
-            let rows = required(identity, &ctx);
+            let rows = required(identity, &context());
             let unique: std::collections::BTreeSet<_> = rows.iter().collect();
             assert_eq!(unique.len(), rows.len());
-            assert!(
-                rows.iter()
-                    .any(|p| p.verb == "escalate" && p.manifest == ROLE_RULES_GRANT)
-            );
+            assert!(rows.iter().any(|p| p.verb == "escalate" && p.name.is_none()));
             assert!(rows.iter().all(|p| p.manifest.ends_with(".yaml")));
         }
     }

@@ -6,7 +6,8 @@
 //! 2. steady-state tree sweep (nothing to do) next to the bare LIST of the same objects
 //!    (Namespaces + ConfigMaps, same page size): time and requests;
 //! 3. peak RSS of this process (it holds what the sweep holds);
-//! 4. watch mode: one source edit until every copy carries it.
+//! 4. watch mode: one source edit until every copy carries it, and peak RSS after it (the
+//!    watch holds every Namespace and propagated object in its reflector stores).
 //!
 //! Run: `cargo bench --bench hierarchy` (release), or `cargo test --bench hierarchy -- --bench`
 //! (debug build, what a shared machine affords). Prints a Markdown table.
@@ -36,24 +37,7 @@ const PAGE_SIZE: u32 = 500;
 const CONFIG: &str = "resources:\n- kind: ConfigMap\n  mode: Propagate\n";
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("run with: cargo bench --bench hierarchy");
-        return;
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(bench());
-}
-
-fn env_list(name: &str, default: &str) -> Vec<usize> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().unwrap())
-        .collect()
+    support::bench::main("hierarchy", bench());
 }
 
 fn writes(log: &support::RequestLog) -> usize {
@@ -64,15 +48,15 @@ fn writes(log: &support::RequestLog) -> usize {
 }
 
 async fn bench() {
-    let sources = env_list("NP_BENCH_SOURCES", "30")[0];
+    let sources = support::bench::env_list("NP_BENCH_SOURCES", "30")[0];
     let mut rows = Vec::new();
-    for children in env_list("NP_BENCH_CHILDREN", "100") {
+    for children in support::bench::env_list("NP_BENCH_CHILDREN", "100") {
         rows.push(run(sources, children).await);
     }
     println!(
-        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies |"
+        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies | peak RSS with the watch's stores |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }
@@ -161,8 +145,9 @@ async fn run(sources: usize, children: usize) -> String {
     let rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
 
     let watch_time = watch_one_edit(&fx, &propagation, &parent, children).await;
+    let watch_rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
     format!(
-        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} s |",
+        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} s | {watch_rss} |",
         sources * children,
         first_time.as_secs_f64(),
         steady_time.as_secs_f64(),

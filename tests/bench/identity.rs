@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleRef, Subject};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
-use kube::{Client, ResourceExt};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const SELECTOR_KEY: &str = "np-bench.example.com/identity";
@@ -60,43 +59,12 @@ async fn creates(addr: &str, token: &str, count: usize, concurrency: usize) -> V
         .await
 }
 
-async fn delete_all(client: &Client, selector: &str) {
-    let api = Api::<Namespace>::all(client.clone());
-    let items = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .unwrap()
-        .items;
-    futures::stream::iter(items)
-        .map(|ns| {
-            let api = api.clone();
-            async move {
-                let _ = api.delete(&ns.name_any(), &DeleteParams::background()).await;
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-}
-
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    support::bench::main("identity", run());
 }
 
 async fn run() {
-    let levels: Vec<usize> = std::env::var("NP_BENCH_CREATES")
-        .unwrap_or_else(|_| "1,8".into())
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse()
-                .expect("NP_BENCH_CREATES: comma-separated concurrency levels")
-        })
-        .collect();
+    let levels = support::bench::env_list("NP_BENCH_CREATES", "1,8");
     let cluster = support::cluster();
     let admin = cluster.client().await;
     let out = support::kubectl(
@@ -206,7 +174,7 @@ async fn run() {
         let (status, _) = served.process.terminate().await;
         assert!(status.success());
     }
-    delete_all(&admin, &selector).await;
+    support::bench::delete_all(&admin, &selector).await;
     let _ = Api::<ClusterRoleBinding>::all(admin.clone())
         .delete(&binding, &DeleteParams::default())
         .await;

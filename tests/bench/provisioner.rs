@@ -16,7 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
@@ -140,43 +140,12 @@ async fn bare(client: &Client, selector_value: &str, count: usize, concurrency: 
     .await
 }
 
-async fn delete_all(client: &Client, selector: &str) {
-    let api = Api::<Namespace>::all(client.clone());
-    let items = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .unwrap()
-        .items;
-    futures::stream::iter(items)
-        .map(|ns| {
-            let api = api.clone();
-            async move {
-                let _ = api.delete(&ns.name_any(), &DeleteParams::background()).await;
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
-}
-
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    support::bench::main("provisioner", run());
 }
 
 async fn run() {
-    let levels: Vec<usize> = std::env::var("NP_BENCH_CREATES")
-        .unwrap_or_else(|_| "1,8,32".into())
-        .split(',')
-        .map(|v| {
-            v.trim()
-                .parse()
-                .expect("NP_BENCH_CREATES: comma-separated concurrency levels")
-        })
-        .collect();
+    let levels = support::bench::env_list("NP_BENCH_CREATES", "1,8,32");
     let cluster = support::cluster();
     let admin = cluster.client().await;
     let grant = support::unique("np-bench-grant");
@@ -237,8 +206,8 @@ async fn run() {
     );
     let (status, _) = process.terminate().await;
     assert!(status.success());
-    delete_all(&admin, &format!("{SELECTOR_KEY}={prov_value}")).await;
-    delete_all(&admin, &format!("{SELECTOR_KEY}={bare_value}")).await;
+    support::bench::delete_all(&admin, &format!("{SELECTOR_KEY}={prov_value}")).await;
+    support::bench::delete_all(&admin, &format!("{SELECTOR_KEY}={bare_value}")).await;
     let _ = Api::<ClusterRole>::all(admin)
         .delete(&grant, &DeleteParams::default())
         .await;

@@ -12,6 +12,8 @@
 //! failure, cleanup by label).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bench;
+pub mod faults;
 pub mod fixture;
 pub mod http;
 pub mod process;
@@ -121,6 +123,18 @@ pub fn cluster_bin() -> PathBuf {
     .clone()
 }
 
+/// The part of a failed harness log a person needs: the lines before a Go
+/// panic's goroutine dump (etcd logs the cause, such as "no space left on
+/// device", just before it panics), or the last 30 lines.
+fn failure_excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let end = lines
+        .iter()
+        .position(|line| line.starts_with("goroutine "))
+        .unwrap_or(lines.len());
+    lines[end.saturating_sub(30)..end].join("\n")
+}
+
 impl Cluster {
     /// Start a new control plane owned by this process.
     pub fn start() -> Cluster {
@@ -143,16 +157,8 @@ impl Cluster {
         let read = stdout.read_line(&mut line).expect("read the harness ready line");
         if read == 0 {
             let status = child.wait().ok();
-            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: String = tail
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail = failure_excerpt(&log);
             panic!(
                 "test control plane exited before ready ({status:?}); log {}:\n{tail}",
                 log_path.display()

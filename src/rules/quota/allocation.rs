@@ -95,6 +95,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// Stable label for metrics and logs.
+    /// Every [`Refusal::kind`], for metrics that count refusals apart from other failures.
+    pub const KINDS: [&'static str; 4] = [
+        "does_not_fit",
+        "budget_over_allocated",
+        "parent_grew",
+        "arithmetic",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             Refusal::DoesNotFit(_) => "does_not_fit",

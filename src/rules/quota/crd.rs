@@ -40,6 +40,10 @@ pub const CRD_MANIFEST: &str = "cronjob/base/crd-hierarchicalresourcequota.yaml"
 pub struct HierarchicalResourceQuotaSpec {
     /// The budget: any quota resource name (requests.cpu, limits.memory, count/pods,
     /// requests.nvidia.com/gpu, ...) and its total for the parent and all its children.
+    /// Kubernetes writes kube-root-ca.crt and the default ServiceAccount into every child,
+    /// possibly before its quota exists: allocate count/configmaps (1 + propagated) and
+    /// count/serviceaccounts (2) per child beyond what tenants need; each may run one over
+    /// until the quota controller's next resync (docs/quota.md).
     #[schemars(schema_with = "budget_schema")]
     pub hard: ResourceList,
     /// What a child gets for each resource its create does not name; resources named by
@@ -218,6 +222,33 @@ pub fn status_for(
     })
 }
 
+/// One budget resource as metrics show it: budget, allocated, used in whole units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceFigures {
+    pub resource: String,
+    pub budget: f64,
+    pub allocated: f64,
+    pub used: f64,
+}
+
+/// Budget, allocated and used per budget resource, from a status [`status_for`] computed.
+pub fn figures(
+    budget: &Resources,
+    status: &HierarchicalResourceQuotaStatus,
+) -> Result<Vec<ResourceFigures>, ResourcesError> {
+    let allocated = Resources::parse(&status.allocated)?;
+    let used = Resources::parse(&status.used)?;
+    Ok(budget
+        .iter()
+        .map(|(resource, amount)| ResourceFigures {
+            resource: resource.to_owned(),
+            budget: amount.as_f64(),
+            allocated: allocated.get(resource).as_f64(),
+            used: used.get(resource).as_f64(),
+        })
+        .collect())
+}
+
 /// The CRD manifest as committed (YAML, with a header saying how to regenerate it).
 pub fn crd_manifest() -> Result<String, serde_yaml_ng::Error> {
     let mut crd = HierarchicalResourceQuota::crd();
@@ -347,5 +378,19 @@ spec:
         assert_eq!(status.summary.children, 1);
         assert_eq!(ledger_from_status(Some(&status)), Ok(ledger));
         assert_eq!(ledger_from_status(None), Ok(Ledger::default()));
+        let figures = figures(&budget, &status).unwrap_or_else(|e| panic!("{e}"));
+        let cpu = ResourceFigures {
+            resource: "requests.cpu".into(),
+            budget: 4.0,
+            allocated: 1.5,
+            used: 0.25,
+        };
+        let pods = ResourceFigures {
+            resource: "count/pods".into(),
+            budget: 10.0,
+            allocated: 3.0,
+            used: 1.0,
+        };
+        assert_eq!(figures, vec![pods, cpu]);
     }
 }

@@ -65,6 +65,13 @@ impl Amount {
         self.0 < 0
     }
 
+    /// In whole units as a float, for metrics (`1500m` -> 1.5); exact up to 2^53 nano-units,
+    /// close enough beyond for a gauge, never used for a decision.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / NANOS_PER_UNIT as f64
+    }
+
     pub fn checked_add(self, other: Amount) -> Option<Amount> {
         self.0.checked_add(other.0).map(Amount)
     }
@@ -362,5 +369,31 @@ mod tests {
     fn saturating_sub_stops_at_zero() {
         assert_eq!(amount("1").saturating_sub_to_zero(amount("2")), Amount::ZERO);
         assert_eq!(amount("2").saturating_sub_to_zero(amount("500m")), amount("1.5"));
+    }
+}
+
+/// Hostile quantities (issue 15): never a panic, refusals that say something,
+/// and every accepted quantity reads back the same from its canonical form.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_quantity_parses_or_says_why(input in "[-+]?[0-9.]{0,24}([a-zA-Z]{0,2}|[eE][-+]?[0-9]{1,3})|\\PC{0,16}") {
+            match input.parse::<Amount>() {
+                Ok(amount) => prop_assert_eq!(amount.to_string().parse::<Amount>().ok(), Some(amount)),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn canonical_forms_round_trip(nanos in any::<i64>(), scale in 0u32..10) {
+            let amount = Amount(i128::from(nanos) * 10i128.pow(scale));
+            prop_assert_eq!(amount.to_string().parse::<Amount>().ok(), Some(amount));
+        }
     }
 }

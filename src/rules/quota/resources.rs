@@ -30,6 +30,10 @@ pub enum ResourcesError {
     EmptyName,
     #[error("sum of {resource:?} overflows")]
     Overflow { resource: String },
+    #[error("{pair:?} is not name=quantity; write e.g. requests.cpu=1500m,count/pods=4")]
+    Pair { pair: String },
+    #[error("resource {resource:?} is given twice")]
+    Repeated { resource: String },
 }
 
 /// Quota resource names that are aliases of a `requests.` name.
@@ -69,6 +73,36 @@ impl Resources {
             parsed.insert(canonical, amount);
         }
         Ok(Resources(parsed))
+    }
+
+    /// Reads the query-parameter form `name=quantity,name=quantity` (`kubectl create quota
+    /// --hard` style: `requests.cpu=1.5,count/pods=4`), with the checks of [`Resources::parse`].
+    /// Empty items (a trailing comma) are skipped; an item without `=`, an empty name or a name
+    /// given twice is refused.
+    pub fn parse_pairs(text: &str) -> Result<Resources, ResourcesError> {
+        let mut list = ResourceList::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, quantity)) = pair.split_once('=') else {
+                return Err(ResourcesError::Pair {
+                    pair: pair.to_owned(),
+                });
+            };
+            let (name, quantity) = (name.trim(), quantity.trim());
+            if name.is_empty() || quantity.is_empty() {
+                return Err(ResourcesError::Pair {
+                    pair: pair.to_owned(),
+                });
+            }
+            if list
+                .insert(name.to_owned(), Quantity(quantity.to_owned()))
+                .is_some()
+            {
+                return Err(ResourcesError::Repeated {
+                    resource: name.to_owned(),
+                });
+            }
+        }
+        Resources::parse(&list)
     }
 
     /// Builds from already-exact amounts (tests, sums); names are normalized.
@@ -196,6 +230,31 @@ pub(crate) fn res(pairs: &[(&str, &str)]) -> Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_query_form_reads_name_equals_quantity_pairs() {
+        assert_eq!(
+            Resources::parse_pairs("cpu=1.5, count/pods=4,limits.memory=1Gi,"),
+            Ok(res(&[
+                ("requests.cpu", "1500m"),
+                ("count/pods", "4"),
+                ("limits.memory", "1073741824")
+            ]))
+        );
+        assert_eq!(Resources::parse_pairs(""), Ok(Resources::default()));
+        for (bad, says) in [
+            ("cpu", "is not name=quantity"),
+            ("=1", "is not name=quantity"),
+            ("cpu=", "is not name=quantity"),
+            ("cpu=1,cpu=2", "given twice"),
+            ("cpu=1,requests.cpu=2", "name it once"),
+            ("cpu=lots", "\"cpu\""),
+            ("count/pods=-1", "negative"),
+        ] {
+            let err = Resources::parse_pairs(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn aliases_meet_under_one_name() {
