@@ -1,24 +1,25 @@
-//! The provisioner on AWS (issue 17, docs/aws.md) against a local AWS:
-//! `moto` in server mode (PyPI `moto[server]`, installed by tests/run) on a
-//! free port, dummy credentials. Tenant tokens from a Secrets Manager secret
+//! The provisioner on AWS (issue 17, docs/aws.md) against a local AWS
+//! (tests/moto_support: moto in server mode). Tenant tokens from a Secrets Manager secret
 //! and from an SSM SecureString parameter, a rotation picked up without a
 //! restart, a bad value kept out, a missing secret a clear start-up error;
 //! the EKS IAM token on every request to the API server (a recording stand-in
 //! here), refreshed after a 401, and accepted by (moto's) STS when replayed
-//! the way the EKS authenticator replays it.
+//! the way the EKS authenticator replays it; and end to end, a control
+//! plane whose API server authenticates the provisioner by its IAM identity
+//! through a token webhook.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod moto_support;
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_config::{Region, SdkConfig};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use moto_support::{Moto, REGION};
 use support::process::{Process, start_provisioner};
 use support::{Fixture, cluster, eventually, unique};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,92 +27,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SELECTOR_KEY: &str = "np-test.example.com/aws";
 const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdefgh";
-const REGION: &str = "us-east-1";
-
-/// moto's server on a free loopback port, stopped when dropped.
-struct Moto {
-    _process: Process,
-    url: String,
-    addr: String,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        let ok = Command::new("moto_server")
-            .arg("--help")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            ok,
-            "`moto_server` does not run; install it with `pip install 'moto[server]'` (tests/run installs it into target/tools/venv)"
-        );
-        let port = support::free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut process = Process::spawn(
-            "moto",
-            "moto_server",
-            &[
-                "-H".to_owned(),
-                "127.0.0.1".to_owned(),
-                "-p".to_owned(),
-                port.to_string(),
-            ],
-            &[],
-        );
-        eventually(Duration::from_secs(60), "moto_server to listen", || {
-            process.assert_running();
-            let addr = addr.clone();
-            async move {
-                tokio::net::TcpStream::connect(&addr)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await;
-        Moto {
-            _process: process,
-            url: format!("http://{addr}"),
-            addr,
-        }
-    }
-
-    /// The environment a process uses to reach this AWS.
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.url.clone()),
-            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-            ("AWS_REGION", REGION.to_owned()),
-            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-        ]
-    }
-
-    /// An SDK configuration for this AWS (the test's own calls).
-    async fn sdk(&self) -> SdkConfig {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(REGION))
-            .endpoint_url(&self.url)
-            .credentials_provider(aws_credential_types::Credentials::new(
-                "testing", "testing", None, None, "moto",
-            ))
-            .load()
-            .await
-    }
-
-    async fn secrets(&self) -> aws_sdk_secretsmanager::Client {
-        aws_sdk_secretsmanager::Client::new(&self.sdk().await)
-    }
-
-    async fn ssm(&self) -> aws_sdk_ssm::Client {
-        aws_sdk_ssm::Client::new(&self.sdk().await)
-    }
-}
 
 async fn labelled_metric(internal: &str, series: &str) -> f64 {
     let text = support::http(internal, "GET", "/metrics", None, None).await.body;
@@ -382,4 +297,356 @@ async fn the_eks_token_goes_on_every_request_is_refreshed_after_a_401_and_sts_ac
     let log = served.process.log();
     assert!(!log.contains("k8s-aws-v1."), "a token in the log:\n{log}");
     assert!(log.contains("after_401"), "{log}");
+}
+
+/// The username and group the stand-in authenticator gives the mapped ARN:
+/// what docs/aws.md's access entry gives the function's role. The shipped
+/// admission policies know the group.
+const IAM_USER: &str = "namespace-provisioner";
+const IAM_GROUP: &str = "namespace-provisioner";
+
+/// What the stand-in IAM authenticator decided, one entry per TokenReview.
+#[derive(Clone, Default)]
+struct Reviews(Arc<Mutex<Vec<Result<String, String>>>>);
+
+impl Reviews {
+    fn accepted(&self) -> usize {
+        self.0.lock().unwrap().iter().filter(|r| r.is_ok()).count()
+    }
+
+    fn refusals(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.clone().err())
+            .collect()
+    }
+}
+
+/// A stand-in for the EKS authenticator (aws-iam-authenticator), served as
+/// the API server's token webhook: it takes a `k8s-aws-v1.` token apart,
+/// checks the presigned request (the STS it trusts, the action, the cluster
+/// header signed, not expired), checks the signature for this cluster's name
+/// with the key moto holds (what STS does; moto itself does not), replays it
+/// against moto's STS and maps the caller's ARN to a Kubernetes user.
+struct IamAuthenticator {
+    sts: String,
+    cluster_name: &'static str,
+    mapped_arn: String,
+    reviews: Reviews,
+}
+
+impl IamAuthenticator {
+    async fn authenticate(&self, token: &str) -> Result<String, String> {
+        let encoded = token.strip_prefix("k8s-aws-v1.").ok_or("not an EKS token")?;
+        let url: url::Url = String::from_utf8(URL_SAFE_NO_PAD.decode(encoded).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?
+            .parse()
+            .map_err(|e: url::ParseError| e.to_string())?;
+        let host = format!("{}:{}", url.host_str().unwrap_or(""), url.port().unwrap_or(443));
+        if host != self.sts || url.path() != "/" {
+            return Err(format!("not the STS this cluster trusts: {host}{}", url.path()));
+        }
+        let query: std::collections::BTreeMap<String, String> = url.query_pairs().into_owned().collect();
+        let get = |k: &str| query.get(k).map(String::as_str).unwrap_or("");
+        if get("Action") != "GetCallerIdentity" || get("Version") != "2011-06-15" {
+            return Err(format!("not GetCallerIdentity: {}", get("Action")));
+        }
+        if !get("X-Amz-SignedHeaders").split(';').any(|h| h == "x-k8s-aws-id") {
+            return Err("x-k8s-aws-id is not signed".to_owned());
+        }
+        let signed_at = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", get("X-Amz-Date"))
+            .and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC))
+            .map_err(|e| format!("X-Amz-Date: {e}"))?
+            .timestamp();
+        let expires: i64 = get("X-Amz-Expires").parse().map_err(|_| "X-Amz-Expires")?;
+        let age = jiff::Timestamp::now().as_second() - signed_at.as_second();
+        if age > expires || expires > 15 * 60 {
+            return Err(format!("expired: signed {age} s ago, valid {expires} s"));
+        }
+        // STS recomputes the signature over the cluster header it is sent.
+        let expected = expected_signature(&self.sts, self.cluster_name, signed_at.into()).await;
+        if get("X-Amz-Signature") != expected {
+            return Err(format!("the signature is not for cluster {}", self.cluster_name));
+        }
+        let answer = replay(&self.sts, &url, self.cluster_name).await;
+        if !answer.starts_with("HTTP/1.1 200") {
+            return Err(format!("STS refused: {}", answer.lines().next().unwrap_or("")));
+        }
+        let arn = arn_in(&answer).ok_or("no Arn in the STS answer")?;
+        if arn != self.mapped_arn {
+            return Err(format!("{arn} is not mapped"));
+        }
+        Ok(arn)
+    }
+
+    async fn review(&self, review: serde_json::Value) -> serde_json::Value {
+        let token = review["spec"]["token"].as_str().unwrap_or_default();
+        let outcome = self.authenticate(token).await;
+        self.reviews.0.lock().unwrap().push(outcome.clone());
+        let status = match outcome {
+            Ok(arn) => serde_json::json!({
+                "authenticated": true,
+                "user": {
+                    "username": IAM_USER,
+                    "uid": format!("aws-iam-authenticator:{arn}"),
+                    "groups": [IAM_GROUP],
+                    "extra": {"arn": [arn]},
+                },
+            }),
+            Err(error) => serde_json::json!({"authenticated": false, "error": error}),
+        };
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status})
+    }
+
+    /// Serve the webhook; the kubeconfig-format file the API server's
+    /// `--authentication-token-webhook-config-file` reads.
+    async fn serve(self) -> (tempfile::NamedTempFile, Reviews) {
+        let reviews = self.reviews.clone();
+        let this = Arc::new(self);
+        let app = axum::Router::new().route(
+            "/authenticate",
+            axum::routing::post(move |axum::Json(review): axum::Json<serde_json::Value>| {
+                let this = this.clone();
+                async move { axum::Json(this.review(review).await) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let config = support::temp_file(&format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: iam\n  cluster:\n    server: http://{addr}/authenticate\n\
+             users:\n- name: apiserver\n  user: {{}}\ncontexts:\n- name: iam\n  context:\n    cluster: iam\n    user: apiserver\n\
+             current-context: iam\n"
+        ));
+        (config, reviews)
+    }
+}
+
+/// The signature STS expects for `cluster_name` at `at` with moto's dummy key.
+async fn expected_signature(sts: &str, cluster_name: &str, at: std::time::SystemTime) -> String {
+    let signed = moto_signer(sts, cluster_name).presign(at).await.unwrap();
+    let url: url::Url = signed.parse().unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "X-Amz-Signature")
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}
+
+/// A token signer with the credentials moto's environment hands out.
+fn moto_signer(sts: &str, cluster_name: &str) -> namespace_provisioner::aws::eks::TokenSigner {
+    let credentials = aws_credential_types::Credentials::new("testing", "testing", None, None, "moto");
+    let config = SdkConfig::builder()
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+            credentials,
+        ))
+        .region(Region::new(REGION))
+        .build();
+    let endpoint: url::Url = format!("http://{sts}").parse().unwrap();
+    namespace_provisioner::aws::eks::TokenSigner::new(
+        &config,
+        cluster_name.parse().unwrap(),
+        None,
+        Some(&endpoint),
+    )
+    .unwrap()
+}
+
+/// The ARN moto's STS gives the dummy credentials (asked the EKS way).
+async fn moto_caller_arn(moto: &Moto) -> String {
+    let url = moto_signer(&moto.addr, "any")
+        .presign(std::time::SystemTime::now())
+        .await
+        .unwrap();
+    let answer = replay(&moto.addr, &url.parse::<url::Url>().unwrap(), "any").await;
+    arn_in(&answer).unwrap_or_else(|| panic!("no Arn from moto's STS:\n{answer}"))
+}
+
+/// The `<Arn>` of a GetCallerIdentity answer.
+fn arn_in(answer: &str) -> Option<String> {
+    let (_, rest) = answer.split_once("<Arn>")?;
+    Some(rest.split_once("</Arn>")?.0.to_owned())
+}
+
+fn apply(kubeconfig: &std::path::Path, files: &[&str]) {
+    let mut args = vec!["apply", "--server-side"];
+    for file in files {
+        args.extend(["-f", file]);
+    }
+    support::kubectl_ok(kubeconfig, &args);
+}
+
+/// Item 3 of issue 17 end to end: a control plane whose API server asks a
+/// token webhook (the EKS authenticator's role) about bearer tokens; the
+/// provisioner, given no Kubernetes credential at all, authenticates with its
+/// IAM identity and creates a namespace whose kubeconfig kubectl uses; the
+/// same identity is confined by the shipped admission policy; a token signed
+/// for another cluster is refused (the provisioner stays up, not ready).
+#[tokio::test]
+async fn the_provisioner_authenticated_only_by_iam_creates_a_namespace_on_a_real_control_plane() {
+    let moto = Moto::start().await;
+    let cluster_name = "np-iam-cluster";
+    let (webhook, reviews) = IamAuthenticator {
+        sts: moto.addr.clone(),
+        cluster_name,
+        mapped_arn: moto_caller_arn(&moto).await,
+        reviews: Reviews::default(),
+    }
+    .serve()
+    .await;
+    let plane = support::Cluster::start_with(&[
+        format!(
+            "--authentication-token-webhook-config-file={}",
+            webhook.path().display()
+        ),
+        "--authentication-token-webhook-version=v1".to_owned(),
+    ]);
+    // The access entry's part: the group bound to the provisioner's ClusterRole,
+    // the ClusterRoles and the admission policy as shipped.
+    apply(
+        &plane.kubeconfig,
+        &[
+            "function/grant-clusterrole.yaml",
+            "function/clusterrole.yaml",
+            "function/admission-policy.yaml",
+        ],
+    );
+    let admin = plane.client().await;
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "namespace-provisioner-iam"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "namespace-provisioner"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": IAM_GROUP}],
+    }))
+    .unwrap();
+    kube::Api::all(admin.clone())
+        .create(&kube::api::PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let ca = plane.data_dir.join("ca.crt");
+    let eks_env = |name: &str| {
+        let mut env = moto.env();
+        env.extend([
+            ("NP_EKS_CLUSTER_NAME", name.to_owned()),
+            ("NP_EKS_SERVER", plane.server.clone()),
+            ("NP_EKS_CERTIFICATE_AUTHORITY", ca.display().to_string()),
+            ("AWS_ENDPOINT_URL_STS", moto.url.clone()),
+            ("NP_TOKEN", ALICE.to_owned()),
+        ]);
+        env
+    };
+
+    let served = start_provisioner("provisioner-iam", &[], &eks_env(cluster_name), "/readyz").await;
+    let created = support::http(
+        &served.addr,
+        "POST",
+        "/api/v1/namespace?ttl=5m",
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}\n{}", created.body, served.process.log());
+    let returned = support::temp_file(&created.body);
+    let whoami = support::kubectl_ok(
+        returned.path(),
+        &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+    );
+    assert!(whoami.starts_with("system:serviceaccount:np-"), "{whoami}");
+    assert!(reviews.accepted() >= 1, "refusals: {:?}", reviews.refusals());
+    let deleted = support::http(
+        &served.addr,
+        "DELETE",
+        &format!("/api/v1/namespace/{}", namespace_of(returned.path())),
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert!(deleted.status < 300, "{}", deleted.body);
+    let log = served.process.log();
+    assert!(!log.contains("k8s-aws-v1."), "a token in the log:\n{log}");
+    drop(served);
+
+    // The same admission policy confines the IAM identity: a namespace without
+    // the managed key is refused, though RBAC alone would allow it.
+    let token = namespace_provisioner::rules::eks::token(
+        &moto_signer(&moto.addr, cluster_name)
+            .presign(std::time::SystemTime::now())
+            .await
+            .unwrap(),
+    );
+    let as_iam = iam_client(&plane, &token).await;
+    let plain: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": unique("not-managed")}})).unwrap();
+    let refused = kube::Api::all(as_iam)
+        .create(&kube::api::PostParams::default(), &plain)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("namespace-provisioner-managed-only"),
+        "not refused by the admission policy: {refused}"
+    );
+
+    // A token signed for another cluster: refused; the provisioner stays up,
+    // not ready, and says why.
+    let internal = format!("127.0.0.1:{}", support::free_port());
+    let mut env = eks_env("another-cluster");
+    env.extend([
+        ("NP_LISTEN", format!("127.0.0.1:{}", support::free_port())),
+        ("NP_INTERNAL_LISTEN", internal.clone()),
+    ]);
+    let mut other = Process::spawn(
+        "provisioner-iam-other-cluster",
+        env!("CARGO_BIN_EXE_provisioner"),
+        &[],
+        &env,
+    );
+    eventually(Duration::from_secs(60), "the refusal in the log", || {
+        other.assert_running();
+        let log = other.log();
+        async move {
+            log.contains("not ready")
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await;
+    let log = other.log();
+    assert!(log.contains("401 Unauthorized"), "{log}");
+    let ready = support::http(&internal, "GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        reviews
+            .refusals()
+            .iter()
+            .any(|r| r.contains("not for cluster np-iam-cluster")),
+        "{:?}",
+        reviews.refusals()
+    );
+    plane.stop();
+}
+
+/// The namespace a returned kubeconfig's context names.
+fn namespace_of(kubeconfig: &std::path::Path) -> String {
+    support::kubectl_ok(
+        kubeconfig,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "-o",
+            "jsonpath={.contexts[0].context.namespace}",
+        ],
+    )
+}
+
+/// A client of `plane` that presents `token` (and nothing else).
+async fn iam_client(plane: &support::Cluster, token: &str) -> kube::Client {
+    let ca = base64::engine::general_purpose::STANDARD.encode(plane.ca_pem());
+    support::client_from_yaml(&format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: iam\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: iam\n\
+         current-context: c\n",
+        plane.server
+    ))
+    .await
 }

@@ -133,6 +133,7 @@ fn manifests_pass_server_dry_run_then_apply() {
             .collect::<Vec<_>>()
             .join("\n");
         body.replace(&format!("'system:serviceaccount:{NS}:{sa}'"), "WHO")
+            .replace(&format!("'{sa}' in request.userInfo.groups"), "GROUP")
             .replace(&format!("name: {sa}-managed-only"), "name: NAME")
             .replace(&format!("policyName: {sa}-managed-only"), "policyName: NAME")
             .replace("the namespace-provisioner reaper", "X")

@@ -3,15 +3,17 @@
 //! `cargo lambda build`), and its `bootstrap` answers a create and a delete
 //! sent as Function URL (API Gateway HTTP API v2) events through cargo-lambda's
 //! Lambda runtime API emulator, acting on the real control plane as the
-//! provisioner's least-privilege ServiceAccount. The SAM template passes
-//! cfn-lint (with the SAM transform).
+//! provisioner's least-privilege ServiceAccount, with its tenant tokens in a
+//! Secrets Manager secret (moto, tests/moto_support) as function/template.yaml
+//! configures it. The SAM template passes cfn-lint (with the SAM transform).
 //!
-//! cargo-lambda, zig and cfn-lint come from PyPI (`.ci/run` installs them);
+//! cargo-lambda, zig, moto and cfn-lint come from PyPI (`.ci/run` installs them);
 //! without them these tests fail and say so.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod deploy_support;
+mod moto_support;
 mod support;
 
 use std::path::Path;
@@ -59,7 +61,7 @@ fn sam_template_passes_cfn_lint() {
         "CodeUri: ../target/lambda/provisioner/",
         "Handler: bootstrap",
         "Runtime: provided.al2023",
-        "Architectures: [x86_64]",
+        "Architectures: [!Ref Architecture]",
         "FunctionUrlConfig:",
         "NP_TOKEN_FILE: !If [UseSecret, !Ref AWS::NoValue, /opt/namespace-provisioner/tokens]",
         "NP_KUBECONFIG: !If [UseEks, !Ref AWS::NoValue, /opt/namespace-provisioner/kubeconfig]",
@@ -171,33 +173,47 @@ async fn lambda_bundle_builds_and_answers_create_and_delete_through_the_runtime_
 
     // 3. The bundle's bootstrap, as Lambda starts it, as the provisioner's ServiceAccount.
     let identity = sa_kubeconfig(PROVISIONER_SA).await;
-    let tokens = support::temp_file(&format!("lambda-tenant {FIXTURE_TOKEN}\n"));
+    let moto = moto_support::Moto::start().await;
+    let secret = moto
+        .secrets()
+        .await
+        .create_secret()
+        .name(support::unique("np/lambda-tokens"))
+        .secret_string(format!("lambda-tenant {FIXTURE_TOKEN}\n"))
+        .send()
+        .await
+        .unwrap();
+    let mut env = vec![
+        // What the emulator says a function needs; `_` is its default function.
+        ("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt")),
+        ("AWS_LAMBDA_FUNCTION_NAME", "_".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
+        // What function/template.yaml sets: the cluster credential from the
+        // layer, the tenant tokens from the secret (by ARN).
+        ("NP_KUBECONFIG", identity.path().display().to_string()),
+        ("NP_TOKENS_SECRET", secret.arn().unwrap().to_owned()),
+    ];
+    // The function's role, as the Lambda environment hands it over.
+    env.extend(moto.env());
     let fx = deploy_support::fixture().await;
     let selector = fx.selector.to_string();
-    let mut function = Running::spawn(
-        "bootstrap",
-        &bootstrap,
-        &[],
-        &[
-            // What the emulator says a function needs; `_` is its default function.
-            ("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt")),
-            ("AWS_LAMBDA_FUNCTION_NAME", "_".into()),
-            ("AWS_LAMBDA_FUNCTION_VERSION", "1".into()),
-            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256".into()),
-            // What function/template.yaml sets (files from the layer).
-            ("NP_KUBECONFIG", identity.path().display().to_string()),
-            ("NP_TOKEN_FILE", tokens.path().display().to_string()),
-            ("NP_SELECTOR", selector.clone()),
-            ("NP_TTL", "15m".into()),
-            ("NP_MAX_TTL", "1h".into()),
-            ("NP_LOG_FORMAT", "json".into()),
-        ],
-    );
+    env.extend([
+        ("NP_SELECTOR", selector.clone()),
+        ("NP_TTL", "15m".into()),
+        ("NP_MAX_TTL", "1h".into()),
+        ("NP_LOG_FORMAT", "json".into()),
+    ]);
+    let spawned = Instant::now();
+    let mut function = Running::spawn("bootstrap", &bootstrap, &[], &env);
 
-    // 4. Create (compat POST /api/v1/namespace?ttl=15m, Function URL event).
+    // 4. Create (compat POST /api/v1/namespace?ttl=15m, Function URL event);
+    // the emulator hands it over once the bootstrap has initialised (tokens
+    // fetched from the secret) and asks for work: a cold start.
     let fixtures = repo.join("tests/fixtures");
     let started = Instant::now();
     let created = invoke(port, &fixtures.join("apigw-v2-deploy-create.json"));
+    let cold_answer = spawned.elapsed();
     function.assert_running();
     assert_eq!(
         created["statusCode"],
@@ -248,7 +264,9 @@ async fn lambda_bundle_builds_and_answers_create_and_delete_through_the_runtime_
     // 5. Delete (compat DELETE /api/v1/namespace/{name}).
     let template = std::fs::read_to_string(fixtures.join("apigw-v2-deploy-delete.json")).unwrap();
     let event = support::temp_file(&template.replace("NAMESPACE", &name));
+    let warm = Instant::now();
     let deleted = invoke(port, event.path());
+    let warm_answer = warm.elapsed();
     let status = deleted["statusCode"].as_u64().unwrap();
     assert!(
         (200..300).contains(&status),
@@ -269,7 +287,8 @@ async fn lambda_bundle_builds_and_answers_create_and_delete_through_the_runtime_
     function.assert_running();
     emulator.assert_running();
     eprintln!(
-        "through the emulator: create + kubectl check {create_time:?}, total {:?}",
+        "through the emulator: cold start to the create's answer {cold_answer:?} (includes cargo lambda invoke), \
+         create + kubectl check {create_time:?}, warm delete {warm_answer:?}, total {:?}",
         started.elapsed()
     );
 }

@@ -11,6 +11,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
+use support::bench::{ms, pct};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -19,17 +20,6 @@ use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const SELECTOR_KEY: &str = "np-bench.example.com/identity";
-
-fn pct(latencies: &[Duration], p: f64) -> Duration {
-    let mut sorted = latencies.to_vec();
-    sorted.sort();
-    let index = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
 
 async fn kube_requests(internal: &str) -> u64 {
     let text = support::http(internal, "GET", "/metrics", None, None).await.body;

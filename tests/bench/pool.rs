@@ -17,6 +17,7 @@ mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::bench::ms;
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -37,15 +38,8 @@ struct Sample {
 
 impl Sample {
     fn pct(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let index = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[index]
+        support::bench::pct(&self.latencies, p)
     }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
 /// Run `op` `count` times, `concurrency` at a time: each latency.

@@ -23,6 +23,7 @@ mod create_support;
 mod support;
 
 use std::time::{Duration, Instant};
+use support::bench::ms;
 
 use create_support::Service;
 use futures::StreamExt;
@@ -48,15 +49,8 @@ struct Sample {
 
 impl Sample {
     fn pct(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let index = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-        sorted[index]
+        support::bench::pct(&self.latencies, p)
     }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
 /// `count` creates with `body`, `concurrency` at a time; how many answered 201.

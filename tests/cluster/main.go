@@ -3,7 +3,7 @@
 // process on loopback, built from the k8s.io/kubernetes module, plus the real
 // kubectl from the same modules.
 //
-//	np-cluster serve [--data-dir DIR] [--exit-on-stdin-eof]
+//	np-cluster serve [--data-dir DIR] [--exit-on-stdin-eof] [--apiserver-arg=--FLAG=VALUE ...]
 //	np-cluster kubectl ARGS...   (or invoke the binary through a link named kubectl)
 //
 // `serve` prints one JSON line on stdout once the cluster is ready:
@@ -76,7 +76,7 @@ func main() {
 		os.Exit(kubectl(os.Args[1:]))
 	}
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: np-cluster serve [--data-dir DIR] [--exit-on-stdin-eof] | np-cluster kubectl ARGS...")
+		fmt.Fprintln(os.Stderr, "usage: np-cluster serve [--data-dir DIR] [--exit-on-stdin-eof] [--apiserver-arg=--FLAG=VALUE ...] | np-cluster kubectl ARGS...")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -104,6 +104,19 @@ func kubectl(args []string) int {
 	return 0
 }
 
+// repeated collects every value of a repeatable flag.
+type repeated []string
+
+func (r *repeated) String() string { return strings.Join(*r, " ") }
+
+func (r *repeated) Set(value string) error {
+	if !strings.HasPrefix(value, "--") {
+		return fmt.Errorf("%q is not a kube-apiserver flag (want --FLAG=VALUE)", value)
+	}
+	*r = append(*r, value)
+	return nil
+}
+
 type ready struct {
 	Kubeconfig string `json:"kubeconfig"`
 	Server     string `json:"server"`
@@ -115,6 +128,8 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	dataDir := fs.String("data-dir", "", "directory for etcd data, certificates and the admin kubeconfig (default: a new temporary directory, removed on exit)")
 	stdinEOF := fs.Bool("exit-on-stdin-eof", false, "shut down when standard input reaches end of file")
+	var extra repeated
+	fs.Var(&extra, "apiserver-arg", "one more kube-apiserver flag, such as --authentication-token-webhook-config-file=FILE (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -163,7 +178,7 @@ func serve(args []string) error {
 	kcm := controllermanager.NewControllerManagerCommand()
 	apiDone := make(chan error, 1)
 	api := apiserver.NewAPIServerCommand()
-	api.SetArgs([]string{
+	api.SetArgs(append([]string{
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
@@ -184,7 +199,7 @@ func serve(args []string) error {
 		// Integration tests and benchmarks create hundreds of objects at once.
 		"--max-requests-inflight=2000",
 		"--max-mutating-requests-inflight=1000",
-	})
+	}, extra...))
 	go func() { apiDone <- api.Execute() }()
 
 	if err := waitReady(server, pki, apiDone); err != nil {

@@ -56,3 +56,32 @@ pub async fn delete_all(client: &Client, selector: &str) {
         .collect::<Vec<_>>()
         .await;
 }
+
+/// The `p` quantile (0..=1) of `latencies`, nearest rank.
+pub fn pct(latencies: &[std::time::Duration], p: f64) -> std::time::Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    let index = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+/// Milliseconds with one decimal, for the tables.
+pub fn ms(d: std::time::Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// How many file descriptors process `pid` holds open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}

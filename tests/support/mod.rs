@@ -138,6 +138,12 @@ fn failure_excerpt(log: &str) -> String {
 impl Cluster {
     /// Start a new control plane owned by this process.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// Start a new control plane whose kube-apiserver also gets
+    /// `apiserver_args` (`--FLAG=VALUE` each).
+    pub fn start_with(apiserver_args: &[String]) -> Cluster {
         let bin = cluster_bin();
         let logs = repo_root().join("target/cluster/logs");
         std::fs::create_dir_all(&logs).expect("create target/cluster/logs");
@@ -145,6 +151,7 @@ impl Cluster {
         let log = std::fs::File::create(&log_path).expect("create cluster log");
         let mut child = Command::new(&bin)
             .args(["serve", "--exit-on-stdin-eof"])
+            .args(apiserver_args.iter().map(|a| format!("--apiserver-arg={a}")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)

@@ -62,6 +62,7 @@ spec:
       expression: >-
         request.userInfo.username ==
         'system:serviceaccount:{{ .root.Release.Namespace }}:{{ .sa }}'
+        || (has(request.userInfo.groups) && '{{ .sa }}' in request.userInfo.groups)
   variables:
     - name: managedKey
       expression: "'{{ include "np.selectorKey" .root }}'"
