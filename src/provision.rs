@@ -116,6 +116,8 @@ pub struct NamespaceInfo {
 /// A namespace and the credentials to use it.
 pub struct Provisioned {
     pub name: String,
+    /// The namespace's uid (the precondition of a rollback).
+    pub uid: String,
     pub expiry: Expiry,
     /// When the token in the kubeconfig expires (Unix seconds).
     pub token_expires_at: i64,
@@ -512,7 +514,7 @@ impl Provisioner {
                 let ttl_secs = self.config.ttl.resolve(ttl)?;
                 self.check_quota(who.tenant()).await?;
                 let expiry = Expiry::after((self.clock)(), ttl_secs);
-                tokio::spawn(async move {
+                self.detached(async move {
                     if this.claim_top_level && owner.bound_user.is_none() {
                         let from = pool::ClaimFrom::top_level();
                         if let Some(done) = this.claim(from, &owner, expiry, &server).await? {
@@ -523,14 +525,13 @@ impl Provisioner {
                     this.create_set(&owner, expiry, server).await
                 })
                 .await
-                .map_err(|_| ProvisionError::TaskStopped)?
             }
             Some(parent) => {
                 let placement = self
                     .place_child(who.tenant(), &parent, ttl, (self.clock)())
                     .await?;
                 self.check_quota(who.tenant()).await?;
-                tokio::spawn(async move {
+                self.detached(async move {
                     if quota.is_none()
                         && owner.bound_user.is_none()
                         && this.parent_keeps_pool(&placement).await
@@ -544,9 +545,28 @@ impl Provisioner {
                     this.create_child(&owner, placement, quota, server).await
                 })
                 .await
-                .map_err(|_| ProvisionError::TaskStopped)?
             }
         }
+    }
+
+    /// Runs a create to its end in a task of its own: a caller that goes away (its request
+    /// timed out and was answered 504, or the client hung up) must not cut a create
+    /// half-way. If nobody waits for the answer when it is done, the create is rolled back:
+    /// the caller never got the kubeconfig, and the namespace would count against the
+    /// tenant until it expired.
+    async fn detached<F>(&self, create: F) -> Result<Provisioned, ProvisionError>
+    where
+        F: std::future::Future<Output = Result<Provisioned, ProvisionError>> + Send + 'static,
+    {
+        let (answer, waiting) = tokio::sync::oneshot::channel();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(Ok(done)) = answer.send(create.await) {
+                warn!(namespace = %done.name, "the create finished after its caller went away; deleting the namespace");
+                roll_back(&client, &done.name, &done.uid).await;
+            }
+        });
+        waiting.await.map_err(|_| ProvisionError::TaskStopped)?
     }
 
     /// Best effort across replicas: two concurrent creates may both pass.
@@ -610,7 +630,7 @@ impl Provisioner {
             return Err(ProvisionError::NamespaceUnnamed);
         };
         let set = desired_set_for(&name, owner, expiry, &self.set_config());
-        match self.complete(&set, expiry, server).await {
+        match self.complete(&set, &uid, expiry, server).await {
             Ok(done) => {
                 info!(namespace = %name, %tenant, owner = owner.user.as_deref(), expiry = %expiry, "namespace created");
                 Ok(done)
@@ -687,7 +707,7 @@ impl Provisioner {
             k8s::apply_contents(&self.client, &set).await?;
             self.copy_from_ancestors(&name, &labels, &placement.ancestors)
                 .await?;
-            self.issue(&set, expiry, server).await
+            self.issue(&set, &uid, expiry, server).await
         };
         match completed.await {
             Ok(done) => {
@@ -748,17 +768,19 @@ impl Provisioner {
     async fn complete(
         &self,
         set: &DesiredSet,
+        uid: &str,
         expiry: Expiry,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
         k8s::apply_contents(&self.client, set).await?;
-        self.issue(set, expiry, server).await
+        self.issue(set, uid, expiry, server).await
     }
 
     /// Credentials for a set whose contents exist.
     async fn issue(
         &self,
         set: &DesiredSet,
+        uid: &str,
         expiry: Expiry,
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
@@ -778,6 +800,7 @@ impl Provisioner {
         });
         Ok(Provisioned {
             name,
+            uid: uid.to_owned(),
             expiry,
             token_expires_at: issued.expires_at,
             kubeconfig: config,
@@ -902,7 +925,8 @@ impl Provisioner {
                 name: name.to_owned(),
                 source,
             })?;
-        let done = self.complete(&set, expiry, server).await?;
+        let uid = ns.uid().unwrap_or_default();
+        let done = self.complete(&set, &uid, expiry, server).await?;
         info!(namespace = %name, by = %who, expiry = %expiry, "namespace extended");
         Ok(done)
     }

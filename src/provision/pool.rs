@@ -192,7 +192,7 @@ impl Provisioner {
         let name = claimed.name_any();
         let uid = claimed.uid().unwrap_or_default();
         let set = desired_set_for(&name, owner, expiry, &set_config);
-        match self.issue(&set, expiry, server.clone()).await {
+        match self.issue(&set, &uid, expiry, server.clone()).await {
             Ok(mut done) => {
                 done.pool = Some("hit");
                 CLAIMS.fetch_add(1, Ordering::Relaxed);
