@@ -452,7 +452,9 @@ async fn provisioner_partitions_and_restarts_leave_no_half_made_set() {
             if incomplete.is_empty() && extra.is_empty() {
                 Ok(complete)
             } else {
-                Err(format!("incomplete: {incomplete:?}; made for failed creates: {extra:?}"))
+                Err(format!(
+                    "incomplete: {incomplete:?}; made for failed creates: {extra:?}"
+                ))
             }
         },
     )

@@ -129,9 +129,11 @@ async fn burst(addr: &str, client: &Client, selector: &str, count: usize) {
             .filter(|ns| ns.metadata.deletion_timestamp.is_none())
             .map(|ns| ns.name_any())
             .collect();
-        (live == distinct)
-            .then_some(live.len())
-            .ok_or(format!("{} live, {} answered", live.len(), distinct.len()))
+        (live == distinct).then_some(live.len()).ok_or(format!(
+            "{} live, {} answered",
+            live.len(),
+            distinct.len()
+        ))
     })
     .await;
     let missing = incomplete(client, &names).await;
