@@ -86,6 +86,14 @@ impl ErrorLabels {
     }
 }
 
+/// Metric labels of one load of a configuration file (`config_reload_total`):
+/// the flag's name and the outcome (`success`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub file: String,
+    pub outcome: String,
+}
+
 /// `registry` as an OpenMetrics text response (500 if it cannot be encoded).
 pub fn openmetrics(registry: &Registry) -> Response {
     let mut text = String::new();

@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use namespace_provisioner::labels::OBJECT_NAME;
+use namespace_provisioner::reaper::watch::{WatchOptions, watch_with};
 use reaper_support::{
     assert_matches_desired, expired_events, fixture, lease_holder, spawn_reaper, watch_config,
 };
@@ -353,4 +355,97 @@ async fn two_watch_replicas_only_the_leader_acts_and_the_other_takes_over() {
     assert!(status.success(), "{status}:\n{log}");
     assert_eq!(lease_holder(&client, &lease).await, None, "{log}");
     assert!(log.contains("released the Lease"));
+}
+
+/// Issue 15: watch mode follows `--role-rules-file`. A long-running watch that
+/// kept the rules it started with would repair every Role back to them after
+/// an administrator replaced the file (and the provisioner, which reloads it,
+/// made new sets with the new rules): here a drifted Role is repaired to the
+/// file's new rules, not its old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_repairs_roles_to_the_role_rules_file_as_it_is_now() {
+    let fx = fixture(true).await;
+    let client = fx.client.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    let write_rules = |rules: &[k8s_openapi::api::rbac::v1::PolicyRule]| {
+        // As the kubelet updates a mounted ConfigMap: a new file renamed into place.
+        let next = dir.path().join("rules.yaml.next");
+        std::fs::write(&next, serde_json::to_string(rules).unwrap()).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+    };
+    write_rules(&reaper_support::role_rules());
+    let set = fx.create_set("rp-rules", now() + 3600).await;
+    let name = set.namespace.name_any();
+
+    let lease = unique("rp-rules-lease");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = futures::channel::oneshot::channel::<()>();
+    let options = WatchOptions {
+        role_rules: Some(namespace_provisioner::cli::role_rules_watched(&path)),
+        ..WatchOptions::default()
+    };
+    let task = tokio::spawn(watch_with(
+        client.clone(),
+        watch_config(&fx, &lease, "rules"),
+        options,
+        listener,
+        stopped.map(drop),
+    ));
+    eventually(Duration::from_secs(20), "the watcher to lead", || async {
+        lease_holder(&client, &lease).await.as_deref() == Some("rules")
+    })
+    .await;
+
+    let replaced = vec![support::rule(&[""], &["secrets"], &["get"])];
+    write_rules(&replaced);
+    let loaded =
+        "namespace_provisioner_reaper_config_reload_total{file=\"role-rules-file\",outcome=\"success\"}";
+    eventually(Duration::from_secs(60), "the new rules loaded", || async {
+        metric(&addr, loaded).await.unwrap_or(0.0) >= 2.0
+    })
+    .await;
+
+    // Drift: someone widens the Role. The repair writes the file's rules as they are now.
+    let roles = Api::<Role>::namespaced(client.clone(), &name);
+    let drifted =
+        serde_json::json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]});
+    roles
+        .patch(OBJECT_NAME, &PatchParams::default(), &Patch::Merge(&drifted))
+        .await
+        .unwrap();
+    let rules_now = || async {
+        let rules = roles.get(OBJECT_NAME).await.unwrap().rules.unwrap_or_default();
+        (rules == replaced).then_some(()).ok_or(format!("{rules:?}"))
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the Role repaired to the new rules",
+        rules_now,
+    )
+    .await;
+
+    // A file that is not a list of rules: the last good rules stay, and it is counted.
+    std::fs::write(dir.path().join("rules.yaml.next"), "not: [rules").unwrap();
+    std::fs::rename(dir.path().join("rules.yaml.next"), &path).unwrap();
+    let failed =
+        "namespace_provisioner_reaper_config_reload_total{file=\"role-rules-file\",outcome=\"error\"}";
+    eventually(Duration::from_secs(60), "the bad file refused", || async {
+        metric(&addr, failed).await.unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    roles
+        .patch(OBJECT_NAME, &PatchParams::default(), &Patch::Merge(&drifted))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the Role repaired to the last good rules",
+        rules_now,
+    )
+    .await;
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }

@@ -36,11 +36,7 @@ pub struct TenantLabels {
     pub tenant: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    pub file: String,
-    pub outcome: String,
-}
+pub use crate::telemetry::ReloadLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FileLabels {

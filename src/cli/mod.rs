@@ -184,6 +184,34 @@ impl PolicyArgs {
     }
 }
 
+#[derive(Debug, Error)]
+pub enum RulesError {
+    #[error("not a YAML/JSON list of PolicyRules")]
+    Parse(#[source] serde_yaml_ng::Error),
+    #[error("no rules")]
+    Empty,
+}
+
+/// `--role-rules-file` as its reload reads it (the start-up read is [`PolicyArgs::set_config`]'s).
+pub fn parse_rules(bytes: &[u8]) -> Result<Vec<PolicyRule>, RulesError> {
+    let rules: Vec<PolicyRule> = serde_yaml_ng::from_slice(bytes).map_err(RulesError::Parse)?;
+    if rules.is_empty() {
+        return Err(RulesError::Empty);
+    }
+    Ok(rules)
+}
+
+/// `--role-rules-file` reloaded on change (both binaries): an unreadable or
+/// invalid file keeps the last good rules.
+pub fn role_rules_watched(path: &std::path::Path) -> crate::reload::Watched<Vec<PolicyRule>> {
+    crate::reload::Watched {
+        flag: "role-rules-file",
+        path: path.to_path_buf(),
+        also: None,
+        parse: std::sync::Arc::new(|bytes: &[u8]| Ok(parse_rules(bytes)?)),
+    }
+}
+
 fn read_rules(path: &std::path::Path) -> Result<Vec<PolicyRule>, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadRules {

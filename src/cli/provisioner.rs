@@ -13,7 +13,7 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use super::aws::{AwsArgs, AwsArgsError};
-use super::{ConfigError, SharedArgs, shutdown_signal};
+use super::{ConfigError, SharedArgs, role_rules_watched, shutdown_signal};
 use crate::access::{AuthThrottle, ReviewConfig, ThrottleConfig, TokenReviewer};
 use crate::api::serve::{self, ServeConfig, ServeError};
 use crate::api::tls;
@@ -29,7 +29,6 @@ use crate::rules::hierarchy::config::PropagationConfig;
 use crate::rules::params::{NamePrefix, ServerUrl, ServerUrlError, TenantNameError};
 use crate::rules::permissions::{self, Identity, Permission, PermissionContext};
 use crate::telemetry::chain;
-use k8s_openapi::api::rbac::v1::PolicyRule;
 
 /// Self-service, short-lived Kubernetes namespaces over HTTP.
 ///
@@ -347,23 +346,6 @@ fn check_pem(pem: Vec<u8>) -> Result<Vec<u8>, NotPem> {
     }
 }
 
-#[derive(Debug, Error)]
-enum RulesError {
-    #[error("not a YAML/JSON list of PolicyRules")]
-    Parse(#[source] serde_yaml_ng::Error),
-    #[error("no rules")]
-    Empty,
-}
-
-/// `--role-rules-file` as its reload reads it (the start-up read is `SetConfig`'s).
-fn parse_rules(bytes: &[u8]) -> Result<Vec<PolicyRule>, RulesError> {
-    let rules: Vec<PolicyRule> = serde_yaml_ng::from_slice(bytes).map_err(RulesError::Parse)?;
-    if rules.is_empty() {
-        return Err(RulesError::Empty);
-    }
-    Ok(rules)
-}
-
 /// `--token-file` as its reload reads it: the file's tokens plus `--token`, never none
 /// (an emptied or truncated file keeps the last good set instead of locking everyone out).
 fn token_file_parser(token: Option<String>) -> Parse<Tokens> {
@@ -400,13 +382,8 @@ fn watch_files(
         provisioner = provisioner.with_live_ca(ca.start(interval, report.clone())?);
     }
     if let Some(path) = &args.shared.policy.role_rules_file {
-        let rules = Watched {
-            flag: "role-rules-file",
-            path: path.clone(),
-            also: None,
-            parse: Arc::new(|bytes: &[u8]| Ok(parse_rules(bytes)?)),
-        };
-        provisioner = provisioner.with_live_role_rules(rules.start(interval, report.clone())?);
+        provisioner =
+            provisioner.with_live_role_rules(role_rules_watched(path).start(interval, report.clone())?);
     }
     let tokens = match &args.token_file {
         Some(path) if static_tokens => {
@@ -867,6 +844,8 @@ mod tests {
 #[cfg(test)]
 mod proptests {
     use super::*;
+    use crate::cli::parse_rules;
+    use k8s_openapi::api::rbac::v1::PolicyRule;
     use proptest::prelude::*;
 
     fn rule() -> impl Strategy<Value = PolicyRule> {

@@ -605,6 +605,12 @@ pub async fn run(args: &ReaperArgs) -> Result<Ran, RunError> {
                 notify_before: lead,
                 webhook: webhooks,
                 pool,
+                role_rules: args
+                    .shared
+                    .policy
+                    .role_rules_file
+                    .as_deref()
+                    .map(super::role_rules_watched),
             };
             watch::watch_with(client, config, options, listener, signals).await?;
             Ok(Ran::Watched)

@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use super::brake::BrakeMetrics;
 use super::execute::Outcome;
 use super::plan::{Action, SetPlan};
-use crate::telemetry::{self, ErrorLabels};
+use crate::telemetry::{self, ErrorLabels, ReloadLabels};
 
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +52,8 @@ pub struct Metrics {
     pub webhook: super::webhook::WebhookMetrics,
     /// Warm pools (issue 16).
     pub pool: super::pool::PoolMetrics,
+    /// Loads of `--role-rules-file` in watch mode, by outcome (issue 15).
+    pub reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -156,7 +158,14 @@ impl Default for Metrics {
         webhook.register(&mut registry);
         let pool = super::pool::PoolMetrics::default();
         pool.register(&mut registry);
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reload",
+            "Loads of --role-rules-file in watch mode by outcome; an error keeps the last good rules",
+            reloads.clone(),
+        );
         Self {
+            reloads,
             webhook,
             pool,
             notices,

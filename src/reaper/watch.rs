@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::runtime::controller::{self, Action as Requeue};
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManager;
@@ -37,9 +38,10 @@ use super::webhook::{WebhookSender, Webhooks};
 use super::{ReaperError, check_clock, observe_namespace};
 use crate::clock::{Clock, system_clock, system_clock_f64};
 use crate::k8s;
+use crate::reload::{Live, Watched};
 use crate::rules::notice::NoticeLead;
 use crate::rules::params::Expiry;
-use crate::telemetry::{ErrorLabels, chain};
+use crate::telemetry::{ErrorLabels, ReloadLabels, chain};
 
 /// The leader Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +112,8 @@ pub const DELETIONS_HELD_REASON: &str = "DeletionsHeld";
 pub enum WatchError {
     #[error("serve /healthz and /metrics")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    RoleRules(#[from] crate::reload::ReloadError),
 }
 
 #[derive(Debug, Error)]
@@ -135,6 +139,20 @@ impl ReconcileError {
     }
 }
 
+impl Context {
+    /// The plan configuration with the role rules as they are now.
+    fn plan_config(&self) -> std::borrow::Cow<'_, PlanConfig> {
+        match &self.role_rules {
+            None => std::borrow::Cow::Borrowed(&self.plan),
+            Some(rules) => {
+                let mut plan = self.plan.clone();
+                plan.set.role_rules = Some(rules.get().as_ref().clone());
+                std::borrow::Cow::Owned(plan)
+            }
+        }
+    }
+}
+
 struct Context {
     client: Client,
     trees: Option<TreeWatch>,
@@ -143,6 +161,8 @@ struct Context {
     /// Cascades tell it of the children they delete (the executor has its own clone).
     webhook: Option<WebhookSender>,
     plan: PlanConfig,
+    /// `--role-rules-file` as it is now (watch mode follows changes).
+    role_rules: Option<Live<Vec<PolicyRule>>>,
     page_size: u32,
     metrics: Arc<Metrics>,
     brake: Brake,
@@ -237,7 +257,14 @@ pub struct WatchOptions {
     pub webhook: Option<Arc<Webhooks>>,
     /// Warm pools (issue 16), refilled periodically while leading.
     pub pool: Option<super::pool::PoolWatch>,
+    /// `--role-rules-file` reloaded on change, re-read every [`RULES_RELOAD_INTERVAL`]
+    /// at the latest: a long-running watch must not repair Roles back to rules an
+    /// administrator has replaced (the provisioner already makes new sets with the new ones).
+    pub role_rules: Option<Watched<Vec<PolicyRule>>>,
 }
+
+/// How often watch mode re-reads `--role-rules-file` when no change event came.
+pub const RULES_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 
 /// [`watch_with_trees`], plus an `ExpiringSoon` notice `lead` before each
 /// expiry ([`super::notice`]) when `notify_before` is given.
@@ -252,9 +279,7 @@ pub async fn watch_notifying(
     let options = WatchOptions {
         trees,
         notify_before,
-        clock: None,
-        webhook: None,
-        pool: None,
+        ..WatchOptions::default()
     };
     watch_with(client, config, options, listener, shutdown).await
 }
@@ -281,9 +306,7 @@ pub async fn watch_guarded(
     let options = WatchOptions {
         trees,
         clock,
-        notify_before: None,
-        webhook: None,
-        pool: None,
+        ..WatchOptions::default()
     };
     watch_with(client, config, options, listener, shutdown).await
 }
@@ -302,8 +325,24 @@ pub async fn watch_with(
         notify_before,
         webhook,
         pool,
+        role_rules,
     } = options;
     let metrics = Arc::new(Metrics::default());
+    let role_rules = match role_rules {
+        Some(watched) => {
+            let reloads = metrics.reloads.clone();
+            let report: crate::reload::Report = Arc::new(move |file, outcome| {
+                reloads
+                    .get_or_create(&ReloadLabels {
+                        file: file.to_owned(),
+                        outcome: outcome.as_str().to_owned(),
+                    })
+                    .inc();
+            });
+            Some(watched.start(RULES_RELOAD_INTERVAL, report)?)
+        }
+        None => None,
+    };
     let webhook = webhook.map(|w| WebhookSender::start(w, metrics.webhook.clone()));
     let clock_refusal = Arc::new(RwLock::new(None));
     let _clock_checks = match clock {
@@ -334,6 +373,7 @@ pub async fn watch_with(
         trees,
         pool,
         plan: config.plan.clone(),
+        role_rules,
         page_size: config.page_size,
         brake: Brake::new(config.brake, metrics.brake.clone()),
         recorder: k8s::EventRecorder::new(client.clone(), REPORTING_CONTROLLER, &config.lease.identity),
@@ -663,7 +703,7 @@ async fn reconcile(namespace: Arc<Namespace>, context: Arc<Context>) -> Result<R
     let Some(observed) = observed.sets().first().copied() else {
         return Ok(Requeue::await_change());
     };
-    let set = plan::plan_set(&observed, now, &context.plan);
+    let set = plan::plan_set(&observed, now, &context.plan_config());
     debug!(namespace = %name, action = set.action.name(), "reconcile");
     context
         .metrics
