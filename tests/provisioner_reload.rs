@@ -276,10 +276,11 @@ async fn rotated_files_apply_without_restart_and_bad_ones_are_kept_out() {
         ("ca.crt", "not a certificate"),
         ("rules.json", "[]"),
     ]);
+    // (At least once each: a read that meets a swap half-way counts as an error too.)
     for file in ["token-file", "certificate-authority", "role-rules-file"] {
         let series = reloads(file, "error");
         eventually(Duration::from_secs(30), &series, || async {
-            labelled_metric(&internal, &series).await == 1.0
+            labelled_metric(&internal, &series).await >= 1.0
         })
         .await;
     }
@@ -603,10 +604,12 @@ async fn https_serves_and_follows_a_renewed_certificate() {
     );
 
     // A key that does not fit the certificate: refused, counted, B still served.
+    // (At least once: a read that meets the swap half-way -- the old directory
+    // being removed -- is counted as an error of its own.)
     volume.publish(&[("tls.crt", &cert_a), ("tls.key", &key_b)]);
     let series = reloads("tls-cert-file", "error");
     eventually(Duration::from_secs(30), &series, || async {
-        labelled_metric(&served.internal, &series).await == 1.0
+        labelled_metric(&served.internal, &series).await >= 1.0
     })
     .await;
     let (presented, answer) = https(&addr, &[&der_b], "GET", "/api/v1/namespaces", ALICE)
