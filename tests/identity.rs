@@ -203,6 +203,34 @@ fn assert_problem(answer: &Answer, status: u16, contains: &[&str], secrets: &[&s
     }
 }
 
+/// Wait until the API server's own TokenReview refuses `token`.
+async fn refused_by_the_api_server(client: &Client, token: &str) {
+    use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+    let api = Api::<TokenReview>::all(client.clone());
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.to_owned()),
+            ..TokenReviewSpec::default()
+        },
+        ..TokenReview::default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the API server to refuse the token",
+        || {
+            let (api, review) = (api.clone(), review.clone());
+            async move {
+                let status = api.create(&PostParams::default(), &review).await.unwrap().status;
+                let authenticated = status.and_then(|s| s.authenticated).unwrap_or(false);
+                (!authenticated)
+                    .then_some(())
+                    .ok_or("still authenticated".to_owned())
+            }
+        },
+    )
+    .await;
+}
+
 /// Wait until the aggregation controller has folded the shipped rules into `role`.
 async fn aggregated(client: &Client, role: &str) {
     use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -285,12 +313,15 @@ async fn bogus_and_deleted_tokens_are_401_and_revocation_shows_within_the_cache_
                 .contains("invalid_token")
         );
     }
-    // Expired in effect: the token of a ServiceAccount deleted before first use.
+    // Expired in effect: the token of a ServiceAccount deleted before first use
+    // (once the API server itself refuses it: it learns of the deletion from
+    // its own cache, a moment later).
     let gone = svc.account("gone").await;
     Api::<ServiceAccount>::namespaced(svc.fx.client.clone(), &svc.callers)
         .delete(&gone.name, &DeleteParams::default())
         .await
         .unwrap();
+    refused_by_the_api_server(&svc.fx.client, &gone.token).await;
     let answer = svc.call("GET", "/api/v1/namespaces", &gone.token, None).await;
     assert_problem(&answer, 401, &["not valid"], &[&gone.token]);
 
