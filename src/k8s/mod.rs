@@ -45,7 +45,7 @@ pub use review::{review_access, review_token};
 pub use token::{
     IssuedToken, MIN_TOKEN_SECONDS, TokenRequestError, request_token, token_seconds, trusted_ca_pem,
 };
-pub use watch::{build_lease_manager, managed_controller};
+pub use watch::{Released, build_lease_manager, free_lease_unchanged, managed_controller, release_lease};
 pub use write::{
     ApplyError, apply, apply_contents, apply_namespace, apply_object, create_namespace, delete_namespace,
     delete_namespace_unchanged, delete_object, get_namespace, post_params,

@@ -1,7 +1,8 @@
 //! The watch streams of watch mode and its leader Lease. Does Kubernetes I/O.
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -52,6 +53,77 @@ pub async fn build_lease_manager(
         .with_grace(grace_secs)
         .build()
         .await
+}
+
+/// What a release at shutdown found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// The Lease was this replica's and is free now.
+    Freed,
+    /// Someone else holds it (or nobody): left as it is.
+    NotHeld(Option<String>),
+    /// It changed between the read and the write (a successor took it): left as it is.
+    Changed,
+}
+
+/// Frees the Lease `name` in `namespace` if `identity` holds it, with the
+/// resourceVersion just read as a precondition. kube-lease-manager's own release
+/// is an unconditional PATCH (nulling the holder) that also frees a Lease it
+/// finds expired: held up in the network, it could clear a successor's hold.
+/// This one changes nothing it did not see as its own.
+pub async fn release_lease(
+    client: &Client,
+    name: &str,
+    namespace: &str,
+    identity: &str,
+) -> Result<Released, super::KubeError> {
+    let lease = Api::<Lease>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| super::KubeError::from(e).with_target(Some(namespace), name))?;
+    let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+    if holder.as_deref() != Some(identity) {
+        return Ok(Released::NotHeld(holder));
+    }
+    let seen = lease.metadata.resource_version.as_deref().unwrap_or_default();
+    Ok(if free_lease_unchanged(client, name, namespace, seen).await? {
+        Released::Freed
+    } else {
+        Released::Changed
+    })
+}
+
+/// Frees the Lease if it is still at `resource_version`; `false` if it changed.
+pub async fn free_lease_unchanged(
+    client: &Client,
+    name: &str,
+    namespace: &str,
+    resource_version: &str,
+) -> Result<bool, super::KubeError> {
+    let body = release_patch(resource_version);
+    match Api::<Lease>::namespaced(client.clone(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let error = super::KubeError::from(e).with_target(Some(namespace), name);
+            if error.is_conflict() {
+                Ok(false)
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The merge patch freeing a Lease last seen at `resource_version` (the API
+/// server refuses it with 409 if the Lease changed since).
+fn release_patch(resource_version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"resourceVersion": resource_version},
+        "spec": {"holderIdentity": null, "renewTime": null, "acquireTime": null, "leaseDurationSeconds": null},
+    })
 }
 
 /// kube-lease-manager renews a Lease it holds with a strategic-merge PATCH of
@@ -157,5 +229,14 @@ mod tests {
             );
         }
         assert_eq!(guarded_renewal(b"not json", "me"), None);
+    }
+
+    #[test]
+    fn a_release_is_conditional_on_what_was_read() {
+        assert_eq!(
+            release_patch("42"),
+            json!({"metadata": {"resourceVersion": "42"},
+                "spec": {"holderIdentity": null, "renewTime": null, "acquireTime": null, "leaseDurationSeconds": null}})
+        );
     }
 }

@@ -157,7 +157,10 @@ impl Provisioner {
                 destination,
                 &by_ancestor,
                 &own,
-                true,
+                propagate::SyncOptions {
+                    dry_run: true,
+                    hashes: None,
+                },
             )
             .await;
             conflicts.extend(report.conflicts.into_iter().map(|f| ObjectRef {

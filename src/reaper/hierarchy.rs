@@ -19,8 +19,9 @@ use serde_json::Value;
 use super::ReaperError;
 use super::webhook::WebhookSender;
 use crate::k8s::{self, KubeError};
-use crate::propagate::{Destination, Finding, Propagation, Relist, SyncReport, sync_kind};
+use crate::propagate::{Destination, Finding, Propagation, Relist, SyncOptions, SyncReport, sync_kind};
 use crate::rules::hierarchy::keys;
+use crate::rules::hierarchy::propagation::HashMemo;
 use crate::rules::hierarchy::tree::{
     Cascade, CascadeReason, Forest, ObservedNamespace, ParentState, TreeProblem, cascade,
 };
@@ -489,11 +490,13 @@ pub(super) async fn sync_all(
 ) -> SyncReport {
     use futures::StreamExt as _;
     let kinds: Vec<_> = propagation.active_kinds().collect();
+    // Every destination of a source hashes it: once per sweep is enough.
+    let hashes = HashMemo::default();
     // Collected first: a lazy iterator of borrowing closures is not provably Send in a task
     // (the watch runs this in one).
     let mut tasks = Vec::with_capacity(plan.sync.len());
     for (name, (ancestors, labels)) in &plan.sync {
-        let kinds = &kinds;
+        let (kinds, hashes) = (&kinds, &hashes);
         tasks.push(async move {
             let mut report = SyncReport::default();
             for (kind, by_namespace) in kinds.iter().zip(objects) {
@@ -510,7 +513,10 @@ pub(super) async fn sync_all(
                     destination,
                     &sources,
                     existing,
-                    config.dry_run,
+                    SyncOptions {
+                        dry_run: config.dry_run,
+                        hashes: Some(hashes),
+                    },
                 )
                 .await;
                 // Another writer (the provisioner's create, a watching replica) copied

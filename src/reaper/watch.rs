@@ -183,7 +183,7 @@ const CLOCK_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// How soon the clock is compared again when it could not be (the API server
 /// unreachable): deletions wait for it, so a partition that heals must not
 /// leave them refused for a whole [`CLOCK_CHECK_INTERVAL`] (issue 15).
-const CLOCK_RECHECK_UNMEASURED: Duration = Duration::from_secs(1);
+const CLOCK_RECHECK_UNMEASURED: Duration = Duration::from_millis(500);
 
 /// Deletions refused by the clock check: why, and when it looks again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,9 +194,14 @@ pub(super) struct ClockRefusal {
 
 /// Most time between two attempts to confirm the Lease after a failure: a
 /// replica that lost touch with the API server acts again within this of its
-/// return (client-go's leader election retries every 2 s, without backoff; one
-/// GET of a Lease per second is nothing to an API server).
-const LEASE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// return, so what expired during a partition is deleted within a second of
+/// healing (issue 15). client-go's leader election retries every 2 s, without
+/// backoff; two GETs of a Lease a second are nothing to an API server.
+const LEASE_RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// The first retry after a failure to confirm the Lease; doubled up to
+/// [`LEASE_RETRY_MAX`].
+const LEASE_RETRY_MIN: Duration = Duration::from_millis(250);
 
 /// Longest requeue: tokio timers cap out near two years, and an hourly-or-so
 /// look also covers a missed watch event. Expiries beyond it just get a
@@ -551,7 +556,7 @@ async fn lead(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut manager: Option<Box<LeaseManager>> = None;
     let mut running: Option<Running> = None;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = LEASE_RETRY_MIN;
     loop {
         let event = match &manager {
             None => tokio::select! {
@@ -577,7 +582,7 @@ async fn lead(
                     recheck_clock(client, &context).await;
                     running = Some(Running::start(context.clone(), config.concurrency));
                 }
-                backoff = Duration::from_secs(1);
+                backoff = LEASE_RETRY_MIN;
                 None
             }
             LeaseEvent::Changed(Ok(false)) => {
@@ -612,9 +617,16 @@ async fn lead(
         r.stop().await;
     }
     metrics.leader.set(0);
-    if let Some(m) = manager {
-        match m.release().await {
-            Ok(()) => info!(lease = %config.lease.name, "released the Lease"),
+    if manager.is_some() {
+        let lease = &config.lease;
+        match k8s::release_lease(client, &lease.name, &lease.namespace, &lease.identity).await {
+            Ok(k8s::Released::Freed) => info!(lease = %lease.name, "released the Lease"),
+            Ok(k8s::Released::NotHeld(holder)) => {
+                info!(lease = %lease.name, ?holder, "the Lease is not ours; left as it is");
+            }
+            Ok(k8s::Released::Changed) => {
+                info!(lease = %lease.name, "the Lease changed while releasing it; left as it is");
+            }
             Err(e) => warn!(error = %chain(&e), "could not release the Lease; it expires on its own"),
         }
     }

@@ -6,8 +6,9 @@
 //! 2. steady-state tree sweep (nothing to do) next to the bare LIST of the same objects
 //!    (Namespaces + ConfigMaps, same page size): time and requests;
 //! 3. peak RSS of this process (it holds what the sweep holds);
-//! 4. watch mode: one source edit until every copy carries it, and peak RSS after it (the
-//!    watch holds every Namespace and propagated object in its reflector stores).
+//! 4. watch mode: one source edit until every copy carries it, next to the bare minimum (the
+//!    same PUTs, one per copy, sent directly at the same concurrency), and peak RSS after it
+//!    (the watch holds every Namespace and propagated object in its reflector stores).
 //!
 //! Run: `cargo bench --bench hierarchy` (release), or `cargo test --bench hierarchy -- --bench`
 //! (debug build, what a shared machine affords). Prints a Markdown table.
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use namespace_provisioner::propagate::Propagation;
 use namespace_provisioner::reaper::brake::BrakeConfig;
@@ -54,9 +56,9 @@ async fn bench() {
         rows.push(run(sources, children).await);
     }
     println!(
-        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies | peak RSS with the watch's stores |"
+        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies | bare: the same PUTs directly | peak RSS with the watch's stores |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }
@@ -144,15 +146,16 @@ async fn run(sources: usize, children: usize) -> String {
     let bare_requests = log.len();
     let rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
 
-    let watch_time = watch_one_edit(&fx, &propagation, &parent, children).await;
+    let (watch_time, bare_writes_time) = watch_one_edit(&fx, &propagation, &parent, children).await;
     let watch_rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
     format!(
-        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} s | {watch_rss} |",
+        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} s | {:.2} s | {watch_rss} |",
         sources * children,
         first_time.as_secs_f64(),
         steady_time.as_secs_f64(),
         bare_time.as_secs_f64(),
         watch_time.as_secs_f64(),
+        bare_writes_time.as_secs_f64(),
     )
 }
 
@@ -176,7 +179,7 @@ async fn watch_one_edit(
     propagation: &Propagation,
     parent: &str,
     children: usize,
-) -> Duration {
+) -> (Duration, Duration) {
     let client = fx.client.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let lease = support::unique("hb-lease");
@@ -213,19 +216,25 @@ async fn watch_one_edit(
     ));
     let copies = Api::<ConfigMap>::all(client.clone());
     let selector = format!("{}={parent}", keys::INHERITED_FROM_LABEL);
+    // The copies as a watch of this process sees them: polling a LIST of every ConfigMap
+    // would load the API server the measured watch writes through.
+    let (store, writer) = kube::runtime::reflector::store::<ConfigMap>();
+    let observed = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(
+            copies.clone(),
+            kube::runtime::watcher::Config::default()
+                .labels(&selector)
+                .fields("metadata.name=src-0"),
+        ),
+    );
+    let observing = tokio::spawn(observed.for_each(|_| async {}));
+    store.wait_until_ready().await.unwrap();
     let carrying = |value: &'static str| {
-        let copies = copies.clone();
-        let selector = selector.clone();
+        let store = store.clone();
         async move {
-            copies
-                .list(
-                    &ListParams::default()
-                        .labels(&selector)
-                        .fields("metadata.name=src-0"),
-                )
-                .await
-                .unwrap()
-                .items
+            store
+                .state()
                 .iter()
                 .filter(|cm| cm.data.as_ref().and_then(|d| d.get("k")).map(String::as_str) == Some(value))
                 .count()
@@ -250,14 +259,42 @@ async fn watch_one_edit(
         if carrying("v2").await == children {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "watch did not propagate"
         );
     }
     let took = started.elapsed();
+    observing.abort();
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-    took
+    (took, bare_writes(&client, &selector, children).await)
+}
+
+/// The physical limit of one edit reaching every copy: the same PUTs (one per copy, the
+/// same concurrency as the watch's), sent directly with nothing planned or watched.
+async fn bare_writes(client: &kube::Client, selector: &str, children: usize) -> Duration {
+    let copies = Api::<ConfigMap>::all(client.clone())
+        .list(
+            &ListParams::default()
+                .labels(selector)
+                .fields("metadata.name=src-0"),
+        )
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(copies.len(), children);
+    let started = Instant::now();
+    futures::stream::iter(copies.into_iter().map(|mut copy| {
+        let api = Api::<ConfigMap>::namespaced(client.clone(), &copy.namespace().unwrap());
+        copy.data = Some(BTreeMap::from([("k".to_string(), "v3".to_string())]));
+        async move {
+            api.replace("src-0", &PostParams::default(), &copy).await.unwrap();
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<()>>()
+    .await;
+    started.elapsed()
 }

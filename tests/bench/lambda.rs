@@ -28,15 +28,6 @@ use support::Process;
 const TOKEN: &str = "lambda-bench-token-0123456789";
 const WARM_REQUESTS: usize = 20;
 
-fn require(tool: &str, args: &[&str], install: &str) {
-    let ok = Command::new(tool)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "`{tool}` does not run; {install}");
-}
-
 /// Build the bundle for `target` into its own directory; the bootstrap.
 fn build(target: &str) -> (PathBuf, Duration) {
     let repo = support::repo_root();
@@ -88,7 +79,7 @@ fn runner(target: &str) -> Option<&'static str> {
     if target.starts_with(native) {
         None
     } else {
-        require(
+        support::require(
             "qemu-aarch64-static",
             &["--version"],
             "install Debian's qemu-user-static to run the arm64 bundle on this host",
@@ -187,7 +178,7 @@ async fn measure(target: &str, port: u16, kubeconfig: &Path, tokens: &Path, cold
 }
 
 async fn bench() {
-    require(
+    support::require(
         "cargo-lambda",
         &["lambda", "--version"],
         "pip install cargo-lambda ziglang (tests/run installs them into target/tools/venv/bin)",

@@ -106,6 +106,23 @@ pub fn run_reaper_as(fx: &Fixture, kubeconfig: &std::path::Path, args: &[&str]) 
         .expect("run the reaper binary")
 }
 
+/// The real binary once, as the cluster admin, with its whole clock shifted by `offset`
+/// (libfaketime's `faketime -f`, e.g. `+1h`): every read of the time in the process moves,
+/// not one injected into the library. Monotonic time is left alone (timers).
+pub fn run_reaper_shifted(fx: &Fixture, offset: &str, args: &[&str]) -> Output {
+    support::require("faketime", &["-f", "+0", "true"], "apt-get install faketime");
+    Command::new("faketime")
+        .args(["-f", offset, env!("CARGO_BIN_EXE_reaper")])
+        .args(reaper_args(fx, &support::cluster().kubeconfig))
+        .args(args)
+        .env("PATH", support::tools_path())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env_remove("NP_SELECTOR")
+        .env("NP_LOG", "info")
+        .output()
+        .expect("run the reaper binary under faketime")
+}
+
 /// The real binary as a long-running child (`--watch` replicas).
 pub fn spawn_reaper(fx: &Fixture, name: &str, args: &[&str]) -> Process {
     let mut all = reaper_args(fx, &support::cluster().kubeconfig);

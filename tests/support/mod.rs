@@ -25,7 +25,7 @@ pub use fixture::Fixture;
 #[allow(unused_imports)]
 pub use http::{Answer, answer, http, metric, request, try_http};
 #[allow(unused_imports)]
-pub use process::{Process, wait_http_ok};
+pub use process::{Process, require, tools_path, wait_http_ok};
 #[allow(unused_imports)]
 pub use wait::eventually;
 

@@ -181,3 +181,30 @@ pub async fn start_provisioner(
         internal,
     }
 }
+
+/// `PATH` with the tools `tests/run` installs (`target/tools/bin`, its venv) first.
+pub fn tools_path() -> String {
+    let tools = repo_root().join("target/tools");
+    format!(
+        "{}:{}:{}",
+        tools.join("bin").display(),
+        tools.join("venv/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A prerequisite a test needs: `tool args` must run, found on `PATH` or among the tools
+/// `tests/run` installs; otherwise the test fails saying how to install it (nothing skips).
+pub fn require(tool: &str, args: &[&str], install: &str) {
+    let ok = Command::new(tool)
+        .args(args)
+        .env("PATH", tools_path())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "`{tool} {}` does not run; install it with `{install}` (tests/run does)",
+        args.join(" ")
+    );
+}

@@ -10,8 +10,9 @@
 //! [`keys::SOURCE_HASH_ANNOTATION`] (an intact copy we wrote). Anything else with the label is a
 //! forged copy: reported, never updated or deleted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -171,6 +172,39 @@ pub fn content_hash(object: &Value, strip: &StripRules) -> String {
         let _ = write!(hex, "{byte:02x}");
         hex
     })
+}
+
+/// Content hashes remembered by object identity: a uid and a resourceVersion fix an object's
+/// content, so a source seen from a thousand destinations in one sweep is hashed once, not a
+/// thousand times. One memo serves one sweep (one set of strip rules); objects without a uid or
+/// resourceVersion are hashed every time.
+#[derive(Debug, Default)]
+pub struct HashMemo(Mutex<HashMap<(String, String), String>>);
+
+impl HashMemo {
+    pub fn content_hash(&self, object: &Value, strip: &StripRules) -> String {
+        let key = metadata(object).and_then(|meta| {
+            let field = |name: &str| meta.get(name)?.as_str().map(str::to_owned);
+            Some((field("uid")?, field("resourceVersion")?))
+        });
+        let Some(key) = key else {
+            return content_hash(object, strip);
+        };
+        let remembered = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        remembered.unwrap_or_else(|| {
+            let hash = content_hash(object, strip);
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key, hash.clone());
+            hash
+        })
+    }
 }
 
 fn write_sorted(value: &Value, out: &mut String) {
@@ -392,6 +426,18 @@ pub struct Destination<'a> {
     pub name: &'a str,
     /// The destination namespace's labels, tree labels included (exceptions select on them).
     pub labels: &'a BTreeMap<String, String>,
+    /// The sweep's memo of source hashes, if it plans many destinations.
+    pub hashes: Option<&'a HashMemo>,
+}
+
+impl Destination<'_> {
+    /// A source's content hash, through the sweep's memo when there is one.
+    fn source_hash(&self, source: &Value) -> String {
+        match self.hashes {
+            Some(memo) => memo.content_hash(source, self.strip),
+            None => content_hash(source, self.strip),
+        }
+    }
 }
 
 /// Everything that decides one (destination, kind, name).
@@ -468,7 +514,12 @@ pub fn plan_object(slot: &Slot<'_>) -> ObjectPlan {
     let plan = match (chosen, slot.existing) {
         (None, None) => CopyPlan::Nothing,
         (Some(source), None) => CopyPlan::Create {
-            copy: build_copy(source, slot.destination.name, slot.destination.strip),
+            copy: copy_with_hash(
+                source,
+                slot.destination.name,
+                slot.destination.strip,
+                slot.destination.source_hash(source.object),
+            ),
         },
         (chosen, Some(existing)) => plan_existing(slot, chosen, existing),
     };
@@ -506,7 +557,7 @@ fn delete_reason(slot: &Slot<'_>) -> DeleteReason {
 
 /// Our copy exists and a source wins: in sync, update, or recreate.
 fn refresh(slot: &Slot<'_>, source: Source<'_>, existing: &Value) -> CopyPlan {
-    let source_hash = content_hash(source.object, slot.destination.strip);
+    let source_hash = slot.destination.source_hash(source.object);
     let expected_marks = [
         Some(source.namespace.to_string()),
         Some(keys::MANAGED_BY_VALUE.to_string()),

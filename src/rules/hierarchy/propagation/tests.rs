@@ -52,6 +52,7 @@ fn plan(
             strip: &StripRules::default(),
             name: "child",
             labels,
+            hashes: None,
         },
         sources,
         existing,
@@ -69,6 +70,7 @@ fn propagate_to<'a>(
         strip,
         name,
         labels,
+        hashes: None,
     }
 }
 
@@ -954,4 +956,29 @@ fn stable_kinds_for_reports() {
         reason: NeverReason::Finalizers,
     };
     assert_eq!(skip.kind(), "finalizers");
+}
+
+#[test]
+fn the_hash_memo_hashes_an_object_once_per_uid_and_resource_version() {
+    let strip = StripRules::default();
+    let memo = HashMemo::default();
+    let v1 = config_map("parent", "cm", "u1", "one");
+    assert_eq!(memo.content_hash(&v1, &strip), content_hash(&v1, &strip));
+    // Same uid and resourceVersion: the remembered hash (the API server never gives two
+    // contents one resourceVersion; this one is forged to show the memo is used).
+    let forged = config_map("parent", "cm", "u1", "two");
+    assert_eq!(memo.content_hash(&forged, &strip), content_hash(&v1, &strip));
+    // A new resourceVersion is a new content.
+    let mut v2 = forged.clone();
+    v2["metadata"]["resourceVersion"] = json!("8");
+    assert_eq!(memo.content_hash(&v2, &strip), content_hash(&v2, &strip));
+    assert_ne!(content_hash(&v2, &strip), content_hash(&v1, &strip));
+    // Without an identity: hashed every time.
+    let mut anonymous = v2.clone();
+    anonymous["metadata"].as_object_mut().unwrap().remove("uid");
+    anonymous["data"]["key"] = json!("three");
+    assert_eq!(
+        memo.content_hash(&anonymous, &strip),
+        content_hash(&anonymous, &strip)
+    );
 }
