@@ -514,7 +514,7 @@ impl Provisioner {
                 let ttl_secs = self.config.ttl.resolve(ttl)?;
                 self.check_quota(who.tenant()).await?;
                 let expiry = Expiry::after((self.clock)(), ttl_secs);
-                self.detached(async move {
+                self.detached(&owner.clone(), async move {
                     if this.claim_top_level && owner.bound_user.is_none() {
                         let from = pool::ClaimFrom::top_level();
                         if let Some(done) = this.claim(from, &owner, expiry, &server).await? {
@@ -531,7 +531,7 @@ impl Provisioner {
                     .place_child(who.tenant(), &parent, ttl, (self.clock)())
                     .await?;
                 self.check_quota(who.tenant()).await?;
-                self.detached(async move {
+                self.detached(&owner.clone(), async move {
                     if quota.is_none()
                         && owner.bound_user.is_none()
                         && this.parent_keeps_pool(&placement).await
@@ -554,18 +554,35 @@ impl Provisioner {
     /// half-way. If nobody waits for the answer when it is done, the create is rolled back:
     /// the caller never got the kubeconfig, and the namespace would count against the
     /// tenant until it expired.
-    async fn detached<F>(&self, create: F) -> Result<Provisioned, ProvisionError>
+    ///
+    /// The task runs in the request's span (its request id), and a rollback writes the audit
+    /// line of the create it undid (`outcome="rolled_back"`): the caller's own line never came,
+    /// since its request ended first.
+    async fn detached<F>(&self, owner: &Owner, create: F) -> Result<Provisioned, ProvisionError>
     where
         F: std::future::Future<Output = Result<Provisioned, ProvisionError>> + Send + 'static,
     {
+        use tracing::Instrument as _;
         let (answer, waiting) = tokio::sync::oneshot::channel();
         let client = self.client.clone();
-        tokio::spawn(async move {
+        let (tenant, caller) = (owner.tenant.to_string(), owner.user.clone());
+        let run = async move {
             if let Err(Ok(done)) = answer.send(create.await) {
                 warn!(namespace = %done.name, "the create finished after its caller went away; deleting the namespace");
                 roll_back(&client, &done.name, &done.uid).await;
+                info!(
+                    audit = true,
+                    action = "create",
+                    namespace = %done.name,
+                    tenant,
+                    caller = caller.as_deref().unwrap_or(tenant.as_str()),
+                    outcome = "rolled_back",
+                    reason = "the caller went away (request timeout or hang-up) before the answer",
+                    "audit"
+                );
             }
-        });
+        };
+        tokio::spawn(run.in_current_span());
         waiting.await.map_err(|_| ProvisionError::TaskStopped)?
     }
 

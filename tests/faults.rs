@@ -282,6 +282,7 @@ async fn provisioner_through_proxy() -> Served {
                 humantime::format_duration(REQUEST_TIMEOUT).to_string(),
             ),
             ("NP_LOG", "info".to_owned()),
+            ("NP_LOG_FORMAT", "json".to_owned()),
         ],
         "/readyz",
     )
@@ -464,7 +465,26 @@ async fn provisioner_partitions_and_restarts_leave_no_half_made_set() {
         "lost: {:?}",
         created.difference(&complete)
     );
+    // Each create rolled back after its caller went away leaves its audit line (once its
+    // rollback is through: it retries until the API server answers).
+    let rolled_back = eventually(Duration::from_secs(60), "an audit line per rollback", || async {
+        let log = served.provisioner.process.log();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["audit"] == true && v["outcome"] == "rolled_back")
+            .collect();
+        (lines.len() == log.matches("finished after its caller went away").count()).then_some(lines)
+    })
+    .await;
     let log = served.provisioner.process.log();
+    for line in &rolled_back {
+        assert_eq!(line["action"], "create", "{line}");
+        assert!(!created.contains(line["namespace"].as_str().unwrap()), "{line}");
+        assert!(line["tenant"].as_str().is_some_and(|t| !t.is_empty()), "{line}");
+        // Logged in the request's span: its request id.
+        assert!(line["span"]["request_id"].as_str().is_some_and(|t| !t.is_empty()), "{line}");
+    }
     eprintln!(
         "FAULTS | refusing partition, {restarts} API server restarts mid-create, blackholes 3 s and > deadline | {} creates | {} x 503 (all with Retry-After), {} x 504 | 0 lost, 0 half-made, 0 left by a 504 ({} rolled back after their caller went away) | rollbacks retried: {}",
         answers.len(),

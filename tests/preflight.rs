@@ -145,13 +145,9 @@ async fn run_reaper(fx: &Fixture, kubeconfig: &Path, watch: bool) -> (Option<i32
 
 /// Start the provisioner as `kubeconfig` and return its `/readyz` answer
 /// once the preflight has run (status, body), the process and its internal listener.
-async fn provisioner_readiness(
-    fx: &Fixture,
-    kubeconfig: &Path,
-    interval: &str,
-) -> (u16, String, Process, String) {
-    // The grant ClusterRole the provisioner looks up (shared by the tests
-    // of this binary: created once, kept).
+/// The grant ClusterRole the provisioner looks up (shared by the tests of this binary:
+/// created once, kept).
+async fn ensure_grant_cluster_role(fx: &Fixture) {
     let created = Api::<ClusterRole>::all(fx.client.clone())
         .create(
             &PostParams::default(),
@@ -167,6 +163,14 @@ async fn provisioner_readiness(
     if let Err(e) = created {
         assert!(matches!(&e, kube::Error::Api(s) if s.code == 409), "{e}");
     }
+}
+
+async fn provisioner_readiness(
+    fx: &Fixture,
+    kubeconfig: &Path,
+    interval: &str,
+) -> (u16, String, Process, String) {
+    ensure_grant_cluster_role(fx).await;
     let internal = format!("127.0.0.1:{}", support::free_port());
     let process = Process::spawn(
         "preflight-provisioner",
@@ -386,6 +390,55 @@ async fn all_permissions_pass_and_fixed_rbac_recovers_without_a_restart() {
     process.assert_running();
     process.kill();
     assert!(process.log().contains("ready"), "{}", process.log());
+}
+
+/// The whole provisioner binary with its clock an hour ahead (libfaketime): it would stamp
+/// expiries an hour late, so it is not ready, and `/readyz` names the skew.
+#[tokio::test]
+async fn the_provisioner_binary_an_hour_ahead_is_not_ready() {
+    support::require("faketime", &["-f", "+0", "true"], "apt-get install faketime");
+    let fx = Fixture::new(SELECTOR_KEY).await;
+    ensure_grant_cluster_role(&fx).await;
+    let internal = format!("127.0.0.1:{}", support::free_port());
+    let mut process = Process::spawn(
+        "skewed-provisioner",
+        "faketime",
+        &[
+            "-f".into(),
+            "+1h".into(),
+            env!("CARGO_BIN_EXE_provisioner").into(),
+        ],
+        &[
+            ("PATH", support::tools_path()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+            ("NP_LISTEN", format!("127.0.0.1:{}", support::free_port())),
+            ("NP_INTERNAL_LISTEN", internal.clone()),
+            (
+                "NP_KUBECONFIG",
+                support::cluster().kubeconfig.display().to_string(),
+            ),
+            ("NP_INSECURE_ALLOW_UNAUTHENTICATED", "true".into()),
+            ("NP_SELECTOR", fx.selector.to_string()),
+            ("NP_MAX_CLOCK_SKEW", "30s".into()),
+        ],
+    );
+    let body = eventually(Duration::from_secs(30), "not ready for the clock", || {
+        let internal = internal.clone();
+        async move {
+            let answer = support::try_http(&internal, "GET", "/readyz", None, None).await?;
+            (answer.status == 503 && answer.body.contains("clock")).then_some(answer.body)
+        }
+    })
+    .await;
+    process.assert_running();
+    process.kill();
+    // 3600 s, give or take the second the readings straddle.
+    assert!(
+        (3598..=3601)
+            .any(|s| body.contains(&format!("{s}s ahead of the API server's (--max-clock-skew 30s)"))),
+        "{body}\n{}",
+        process.log()
+    );
 }
 
 /// An hour ahead of the real clock (and of the API server's).

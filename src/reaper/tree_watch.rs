@@ -66,8 +66,19 @@ enum Trigger {
     Namespace(String),
     /// An object of a propagated kind changed in this namespace: a source (its descendants)
     /// or a copy (the namespace itself).
-    Object(String),
+    Object(ObjectKey),
 }
+
+/// A watched object: its namespace, its kind (index in [`Stores::kinds`]) and its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ObjectKey {
+    namespace: String,
+    kind: usize,
+    name: String,
+}
+
+/// The (kind, name) pairs a pass plans; `None`: every name.
+type Names = Option<BTreeSet<(usize, String)>>;
 
 /// The watched state a pass plans from.
 struct Stores {
@@ -115,7 +126,7 @@ pub(super) async fn run(
         });
     }
     let mut kinds = Vec::new();
-    for kind in trees.propagation.active_kinds() {
+    for (index, kind) in trees.propagation.active_kinds().enumerate() {
         let tx = tx.clone();
         let writer = reflector::store::Writer::<DynamicObject>::new(kind.resource.clone());
         kinds.push((kind.resource.clone(), writer.as_reader()));
@@ -127,7 +138,11 @@ pub(super) async fn run(
                 let trigger = match event {
                     Ok(Event::Apply(o)) if is_intact_copy(&resource, &o, &strip) => continue,
                     Ok(Event::Apply(o) | Event::Delete(o)) => match o.namespace() {
-                        Some(ns) => Trigger::Object(ns),
+                        Some(namespace) => Trigger::Object(ObjectKey {
+                            namespace,
+                            kind: index,
+                            name: o.name_any(),
+                        }),
                         None => continue,
                     },
                     Ok(Event::InitDone) => Trigger::All,
@@ -235,7 +250,7 @@ fn affected(plan: &TreePlan, forest: &Forest, triggers: &[Trigger]) -> BTreeSet<
     for trigger in triggers {
         match trigger {
             Trigger::All => return plan.sync.keys().cloned().collect(),
-            Trigger::Namespace(name) | Trigger::Object(name) => {
+            Trigger::Namespace(name) | Trigger::Object(ObjectKey { namespace: name, .. }) => {
                 out.insert(name.clone());
                 out.extend(forest.descendants(name).into_iter().map(str::to_string));
             }
@@ -247,12 +262,36 @@ fn affected(plan: &TreePlan, forest: &Forest, triggers: &[Trigger]) -> BTreeSet<
     out
 }
 
-/// The stored objects of each active kind in the `wanted` namespaces, by namespace.
-fn stored_objects(stores: &Stores, wanted: &BTreeSet<String>) -> Vec<BTreeMap<String, Vec<Value>>> {
+/// Which names a pass must plan. Names are planned independently of each other (a copy is
+/// decided by the same-named sources, the destination's labels and itself), so when only
+/// objects changed, only their names are: one source edit re-plans one name in each
+/// descendant, not every stored object. A namespace change (labels select exceptions), a
+/// relist or a tree-label fix re-plans every name.
+fn names_to_plan(plan: &TreePlan, triggers: &[Trigger]) -> Names {
+    if !plan.label_patches.is_empty() {
+        return None;
+    }
+    triggers
+        .iter()
+        .map(|trigger| match trigger {
+            Trigger::Object(key) => Some((key.kind, key.name.clone())),
+            Trigger::All | Trigger::Namespace(_) => None,
+        })
+        .collect()
+}
+
+/// The stored objects of each active kind in the `wanted` namespaces (of the `names`, if
+/// given), by namespace.
+fn stored_objects(
+    stores: &Stores,
+    wanted: &BTreeSet<String>,
+    names: &Names,
+) -> Vec<BTreeMap<String, Vec<Value>>> {
     stores
         .kinds
         .iter()
-        .map(|(resource, store)| {
+        .enumerate()
+        .map(|(index, (resource, store))| {
             let mut by_namespace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
             for object in store.state() {
                 let Some(namespace) = object.metadata.namespace.as_deref() else {
@@ -260,6 +299,12 @@ fn stored_objects(stores: &Stores, wanted: &BTreeSet<String>) -> Vec<BTreeMap<St
                 };
                 if !wanted.contains(namespace) {
                     continue;
+                }
+                if let Some(names) = names {
+                    let name = object.metadata.name.clone().unwrap_or_default();
+                    if !names.contains(&(index, name)) {
+                        continue;
+                    }
                 }
                 if let Some(value) = as_value(resource, &object) {
                     by_namespace.entry(namespace.to_string()).or_default().push(value);
@@ -336,6 +381,7 @@ async fn pass(
     if targets.is_empty() {
         return found;
     }
+    let names = names_to_plan(&plan, triggers);
     let plan = TreePlan {
         sync: plan
             .sync
@@ -357,7 +403,7 @@ async fn pass(
         dry_run: false,
         deletions_left: None,
     };
-    let objects = stored_objects(stores, &wanted);
+    let objects = stored_objects(stores, &wanted, &names);
     let report = sync_all(client, &trees.propagation, &plan, &objects, &config).await;
     metrics.record_sync(&report);
     found.conflicts.extend(report.conflicts);
@@ -423,6 +469,38 @@ mod tests {
         }
     }
 
+    fn object(namespace: &str) -> Trigger {
+        Trigger::Object(ObjectKey {
+            namespace: namespace.into(),
+            kind: 0,
+            name: "o".into(),
+        })
+    }
+
+    #[test]
+    fn only_the_changed_names_are_planned_while_only_objects_changed() {
+        let mut plan = TreePlan::default();
+        let key = |kind, name: &str| (kind, name.to_string());
+        let edit = |kind, name: &str| {
+            Trigger::Object(ObjectKey {
+                namespace: "p".into(),
+                kind,
+                name: name.into(),
+            })
+        };
+        assert_eq!(
+            names_to_plan(&plan, &[edit(0, "a"), edit(1, "a"), edit(0, "b"), edit(0, "a")]),
+            Some(BTreeSet::from([key(0, "a"), key(0, "b"), key(1, "a")]))
+        );
+        assert_eq!(
+            names_to_plan(&plan, &[edit(0, "a"), Trigger::Namespace("p".into())]),
+            None
+        );
+        assert_eq!(names_to_plan(&plan, &[Trigger::All, edit(0, "a")]), None);
+        plan.label_patches.insert("c".into(), BTreeMap::new());
+        assert_eq!(names_to_plan(&plan, &[edit(0, "a")]), None);
+    }
+
     #[test]
     fn a_source_reaches_its_descendants_and_a_copy_its_own_namespace() {
         let all = [
@@ -438,14 +516,8 @@ mod tests {
             plan.sync.insert(name.into(), (Vec::new(), BTreeMap::new()));
         }
         let names = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
-        assert_eq!(
-            names(affected(&plan, &forest, &[Trigger::Object("a".into())])),
-            ["a", "a1"]
-        );
-        assert_eq!(
-            names(affected(&plan, &forest, &[Trigger::Object("a1".into())])),
-            ["a1"]
-        );
+        assert_eq!(names(affected(&plan, &forest, &[object("a")])), ["a", "a1"]);
+        assert_eq!(names(affected(&plan, &forest, &[object("a1")])), ["a1"]);
         assert_eq!(
             names(affected(&plan, &forest, &[Trigger::Namespace("x".into())])),
             Vec::<String>::new()
@@ -455,9 +527,6 @@ mod tests {
             ["a", "a1", "b", "p"]
         );
         plan.label_patches.insert("b".into(), BTreeMap::new());
-        assert_eq!(
-            names(affected(&plan, &forest, &[Trigger::Object("a1".into())])),
-            ["a1", "b"]
-        );
+        assert_eq!(names(affected(&plan, &forest, &[object("a1")])), ["a1", "b"]);
     }
 }
