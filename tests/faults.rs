@@ -483,7 +483,10 @@ async fn provisioner_partitions_and_restarts_leave_no_half_made_set() {
         assert!(!created.contains(line["namespace"].as_str().unwrap()), "{line}");
         assert!(line["tenant"].as_str().is_some_and(|t| !t.is_empty()), "{line}");
         // Logged in the request's span: its request id.
-        assert!(line["span"]["request_id"].as_str().is_some_and(|t| !t.is_empty()), "{line}");
+        assert!(
+            line["span"]["request_id"].as_str().is_some_and(|t| !t.is_empty()),
+            "{line}"
+        );
     }
     eprintln!(
         "FAULTS | refusing partition, {restarts} API server restarts mid-create, blackholes 3 s and > deadline | {} creates | {} x 503 (all with Retry-After), {} x 504 | 0 lost, 0 half-made, 0 left by a 504 ({} rolled back after their caller went away) | rollbacks retried: {}",

@@ -183,12 +183,15 @@ async fn once_labels_a_three_level_tree_copies_from_both_ancestors_and_a_second_
     let propagation = propagation(&counting, CONFIG)
         .await
         .excluding_sets(fx.selector.clone());
+    // Pages of 2: leaf's objects arrive across pages of the streamed LIST, and it is
+    // planned only once they all have (a namespace planned from part of its objects would
+    // find copies missing and try to create them).
     let again = hierarchy::sweep(
         &counting,
         &propagation,
         &TreeSweepConfig {
             selector: fx.selector.clone(),
-            page_size: 500,
+            page_size: 2,
             concurrency: 4,
             dry_run: false,
             deletions_left: None,

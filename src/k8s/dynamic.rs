@@ -174,6 +174,27 @@ pub async fn list_dynamic(
     }
 }
 
+/// One page of every object of `resource`, cluster-wide: its objects and the token of the
+/// next page (`None` after the last).
+pub async fn list_dynamic_page(
+    client: &Client,
+    resource: &ApiResource,
+    page_size: u32,
+    continue_token: Option<&str>,
+) -> Result<(Vec<Value>, Option<String>), KubeError> {
+    let mut params = ListParams::default().limit(page_size);
+    if let Some(token) = continue_token {
+        params = params.continue_token(token);
+    }
+    let page = api(client, resource, None).list(&params).await?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|object| to_value(resource, object))
+        .collect::<Result<_, _>>()?;
+    Ok((items, page.metadata.continue_.filter(|token| !token.is_empty())))
+}
+
 /// Create `object` in `namespace` (a POST under our field manager: the copy must not exist).
 pub async fn create_dynamic(
     client: &Client,

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::ReaperError;
 use super::webhook::WebhookSender;
-use crate::k8s::{self, KubeError};
+use crate::k8s::{self, KubeError, ResolvedKind};
 use crate::propagate::{Destination, Finding, Propagation, Relist, SyncOptions, SyncReport, sync_kind};
 use crate::rules::hierarchy::keys;
 use crate::rules::hierarchy::propagation::HashMemo;
@@ -341,41 +341,6 @@ fn list_error(kind: &'static str, source: KubeError) -> ReaperError {
     }
 }
 
-/// Every object of every active kind, cluster-wide, grouped by namespace, keeping only the
-/// namespaces in `wanted` (sources and destinations).
-pub(super) async fn observe_objects(
-    client: &Client,
-    propagation: &Propagation,
-    wanted: &BTreeSet<String>,
-    page_size: u32,
-) -> Result<Vec<BTreeMap<String, Vec<Value>>>, ReaperError> {
-    let lists = futures::future::try_join_all(propagation.active_kinds().map(|kind| async move {
-        k8s::list_dynamic(client, &kind.resource, None, "", page_size)
-            .await
-            .map_err(|source| list_error("propagated kind", source))
-    }))
-    .await?;
-    Ok(lists
-        .into_iter()
-        .map(|objects| {
-            let mut by_namespace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-            for object in objects {
-                let namespace = object
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                if wanted.contains(namespace) {
-                    by_namespace
-                        .entry(namespace.to_string())
-                        .or_default()
-                        .push(object);
-                }
-            }
-            by_namespace
-        })
-        .collect())
-}
-
 /// The tree part of a sweep at `now`.
 pub async fn sweep(
     client: &Client,
@@ -403,13 +368,6 @@ pub async fn sweep_notifying(
         .collect();
     let plan = plan_namespaces(&namespaces, now);
     drop(namespaces);
-    let wanted: BTreeSet<String> = plan
-        .sync
-        .iter()
-        .flat_map(|(name, (ancestors, _))| std::iter::once(name).chain(ancestors))
-        .cloned()
-        .collect();
-    let objects = observe_objects(client, propagation, &wanted, config.page_size).await?;
     let listed = Instant::now();
     let mut report = TreeReport {
         dry_run: config.dry_run,
@@ -431,9 +389,157 @@ pub async fn sweep_notifying(
         }
     }
     report.cascades = reap(client, &plan, config, webhook).await;
-    report.propagation = sync_all(client, propagation, &plan, &objects, config).await;
+    report.propagation = sync_streaming(client, propagation, &plan, config).await?;
     report.execute_ms = millis(listed.elapsed());
     Ok(report)
+}
+
+/// The propagation part of a sweep, kind by kind, holding little: the objects of the
+/// namespaces that are someone's ancestor (the sources) are listed first and kept; the rest
+/// arrive in one cluster-wide LIST, page by page, and each namespace is planned and synced
+/// once its objects have all arrived, then dropped. The API server returns a list in storage
+/// order (by namespace, then name), so a namespace is complete when a page ends past it. If
+/// a namespace ever came back later in the list, it is planned again from what came then:
+/// its copies that did not come again look missing, and their creates fail as conflicts
+/// (a create never overwrites) and are settled from a fresh list; nothing is deleted for it.
+async fn sync_streaming(
+    client: &Client,
+    propagation: &Propagation,
+    plan: &TreePlan,
+    config: &TreeSweepConfig,
+) -> Result<SyncReport, ReaperError> {
+    let sources: BTreeSet<&str> = plan
+        .sync
+        .values()
+        .flat_map(|(ancestors, _)| ancestors.iter().map(String::as_str))
+        .collect();
+    let hashes = HashMemo::default();
+    let mut total = SyncReport::default();
+    for kind in propagation.active_kinds() {
+        let kept = list_sources(client, kind, &sources, config).await?;
+        let mut pending: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut planned: BTreeSet<String> = BTreeSet::new();
+        let mut next: Option<String> = None;
+        loop {
+            let (page, token) =
+                k8s::list_dynamic_page(client, &kind.resource, config.page_size, next.as_deref())
+                    .await
+                    .map_err(|source| list_error("propagated kind", source))?;
+            let last = page.last().map(|o| namespace_of(o).to_string());
+            for object in page {
+                let namespace = namespace_of(&object);
+                if plan.sync.contains_key(namespace) && !sources.contains(namespace) {
+                    pending.entry(namespace.to_string()).or_default().push(object);
+                }
+            }
+            let complete: BTreeMap<String, Vec<Value>> = match (&token, &last) {
+                (Some(_), Some(last)) => {
+                    let rest = pending.split_off(last);
+                    std::mem::replace(&mut pending, rest)
+                }
+                _ => std::mem::take(&mut pending),
+            };
+            let batch: BTreeSet<String> = complete.keys().cloned().collect();
+            let listed = Listed {
+                kept: &kept,
+                batch: &complete,
+            };
+            total.merge(sync_batch(client, propagation, plan, (kind, listed), &batch, config, &hashes).await);
+            planned.extend(batch);
+            match token {
+                Some(token) => next = Some(token),
+                None => break,
+            }
+        }
+        // Sources, and namespaces that hold no object of this kind yet.
+        let rest: BTreeSet<String> = plan
+            .sync
+            .keys()
+            .filter(|n| !planned.contains(*n))
+            .cloned()
+            .collect();
+        let empty = BTreeMap::new();
+        let listed = Listed {
+            kept: &kept,
+            batch: &empty,
+        };
+        total.merge(sync_batch(client, propagation, plan, (kind, listed), &rest, config, &hashes).await);
+    }
+    sort_findings(&mut total);
+    dedup_skips(&mut total);
+    Ok(total)
+}
+
+fn namespace_of(object: &Value) -> &str {
+    object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The objects of `kind` in each namespace of `sources`, listed namespace by namespace.
+async fn list_sources(
+    client: &Client,
+    kind: &ResolvedKind,
+    sources: &BTreeSet<&str>,
+    config: &TreeSweepConfig,
+) -> Result<BTreeMap<String, Vec<Value>>, ReaperError> {
+    use futures::StreamExt as _;
+    let lists: Vec<Result<(String, Vec<Value>), KubeError>> =
+        futures::stream::iter(sources.iter().map(|namespace| async move {
+            k8s::list_dynamic(client, &kind.resource, Some(namespace), "", config.page_size)
+                .await
+                .map(|objects| (namespace.to_string(), objects))
+        }))
+        .buffer_unordered(config.concurrency.max(1))
+        .collect()
+        .await;
+    lists
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|source| list_error("propagated kind", source))
+}
+
+/// [`sync_all`] restricted to the namespaces in `batch`.
+async fn sync_batch(
+    client: &Client,
+    propagation: &Propagation,
+    plan: &TreePlan,
+    kind: (&ResolvedKind, Listed<'_>),
+    batch: &BTreeSet<String>,
+    config: &TreeSweepConfig,
+    hashes: &HashMemo,
+) -> SyncReport {
+    if batch.is_empty() {
+        return SyncReport::default();
+    }
+    let sub = TreePlan {
+        sync: plan
+            .sync
+            .iter()
+            .filter(|(name, _)| batch.contains(*name))
+            .map(|(name, entry)| (name.clone(), entry.clone()))
+            .collect(),
+        ..TreePlan::default()
+    };
+    sync_all(client, propagation, &sub, &[kind], config, hashes).await
+}
+
+/// Listed objects of one kind, by namespace: those kept for the whole sweep (the sources)
+/// and the batch being planned now.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Listed<'a> {
+    pub kept: &'a BTreeMap<String, Vec<Value>>,
+    pub batch: &'a BTreeMap<String, Vec<Value>>,
+}
+
+impl<'a> Listed<'a> {
+    fn get(&self, namespace: &str) -> &'a [Value] {
+        self.batch
+            .get(namespace)
+            .or_else(|| self.kept.get(namespace))
+            .map_or(&[][..], Vec::as_slice)
+    }
 }
 
 async fn reap(
@@ -481,30 +587,27 @@ async fn reap(
     entries
 }
 
+/// Plans and syncs every namespace of `plan.sync`, for each of `kinds` from its listed
+/// objects, with bounded concurrency.
 pub(super) async fn sync_all(
     client: &Client,
     propagation: &Propagation,
     plan: &TreePlan,
-    objects: &[BTreeMap<String, Vec<Value>>],
+    kinds: &[(&ResolvedKind, Listed<'_>)],
     config: &TreeSweepConfig,
+    hashes: &HashMemo,
 ) -> SyncReport {
     use futures::StreamExt as _;
-    let kinds: Vec<_> = propagation.active_kinds().collect();
-    // Every destination of a source hashes it: once per sweep is enough.
-    let hashes = HashMemo::default();
     // Collected first: a lazy iterator of borrowing closures is not provably Send in a task
     // (the watch runs this in one).
     let mut tasks = Vec::with_capacity(plan.sync.len());
     for (name, (ancestors, labels)) in &plan.sync {
-        let (kinds, hashes) = (&kinds, &hashes);
         tasks.push(async move {
             let mut report = SyncReport::default();
-            for (kind, by_namespace) in kinds.iter().zip(objects) {
-                let sources: Vec<(&str, &[Value])> = ancestors
-                    .iter()
-                    .map(|a| (a.as_str(), by_namespace.get(a).map_or(&[][..], Vec::as_slice)))
-                    .collect();
-                let existing = by_namespace.get(name).map_or(&[][..], Vec::as_slice);
+            for (kind, listed) in kinds {
+                let sources: Vec<(&str, &[Value])> =
+                    ancestors.iter().map(|a| (a.as_str(), listed.get(a))).collect();
+                let existing = listed.get(name);
                 let destination = Destination { name, labels };
                 let first = sync_kind(
                     client,
@@ -550,22 +653,20 @@ pub(super) async fn sync_all(
         .collect()
         .await;
     let mut total = SyncReport::default();
-    for mut report in reports {
-        let skips = std::mem::take(&mut report.skips);
+    for report in reports {
         total.merge(report);
-        // A source is seen from every descendant: one skip per (kind, name, source, reason).
-        for skip in skips {
-            let seen = total
-                .skips
-                .iter()
-                .any(|s| s.kind == skip.kind && s.name == skip.name && s.detail == skip.detail);
-            if !seen {
-                total.skips.push(skip);
-            }
-        }
     }
+    dedup_skips(&mut total);
     sort_findings(&mut total);
     total
+}
+
+/// A source is seen from every descendant: one skip per (kind, name, source, reason).
+fn dedup_skips(report: &mut SyncReport) {
+    let mut seen = BTreeSet::new();
+    report
+        .skips
+        .retain(|s| seen.insert((s.kind.clone(), s.name.clone(), s.detail.clone())));
 }
 
 fn sort_findings(report: &mut SyncReport) {

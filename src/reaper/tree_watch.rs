@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::execute::REPORTING_CONTROLLER;
-use super::hierarchy::{TreeNamespace, TreePlan, TreeSweepConfig, plan_namespaces, sync_all};
+use super::hierarchy::{Listed, TreeNamespace, TreePlan, TreeSweepConfig, plan_namespaces, sync_all};
 use super::metrics::Metrics;
 use super::watch::ClockRefusal;
 use super::webhook::WebhookSender;
@@ -41,6 +41,7 @@ use crate::k8s::EventRecorder;
 use crate::propagate::{Finding, Propagation};
 use crate::rules::hierarchy::config::StripRules;
 use crate::rules::hierarchy::keys;
+use crate::rules::hierarchy::propagation::HashMemo;
 use crate::rules::hierarchy::propagation::content_hash;
 use crate::rules::hierarchy::tree::Forest;
 use crate::rules::params::Selector;
@@ -404,7 +405,15 @@ async fn pass(
         deletions_left: None,
     };
     let objects = stored_objects(stores, &wanted, &names);
-    let report = sync_all(client, &trees.propagation, &plan, &objects, &config).await;
+    let none = BTreeMap::new();
+    let kinds: Vec<_> = trees
+        .propagation
+        .active_kinds()
+        .zip(&objects)
+        .map(|(kind, kept)| (kind, Listed { kept, batch: &none }))
+        .collect();
+    let hashes = HashMemo::default();
+    let report = sync_all(client, &trees.propagation, &plan, &kinds, &config, &hashes).await;
     metrics.record_sync(&report);
     found.conflicts.extend(report.conflicts);
     found
