@@ -662,7 +662,7 @@ pub(super) async fn sync_all(
 }
 
 /// A source is seen from every descendant: one skip per (kind, name, source, reason).
-fn dedup_skips(report: &mut SyncReport) {
+pub(super) fn dedup_skips(report: &mut SyncReport) {
     let mut seen = BTreeSet::new();
     report
         .skips

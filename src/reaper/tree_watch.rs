@@ -31,14 +31,16 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::execute::REPORTING_CONTROLLER;
-use super::hierarchy::{Listed, TreeNamespace, TreePlan, TreeSweepConfig, plan_namespaces, sync_all};
+use super::hierarchy::{
+    Listed, TreeNamespace, TreePlan, TreeSweepConfig, dedup_skips, plan_namespaces, sync_all,
+};
 use super::metrics::Metrics;
 use super::watch::ClockRefusal;
 use super::webhook::WebhookSender;
 use crate::clock::system_clock;
 use crate::k8s;
 use crate::k8s::EventRecorder;
-use crate::propagate::{Finding, Propagation};
+use crate::propagate::{Finding, Propagation, SyncReport};
 use crate::rules::hierarchy::config::StripRules;
 use crate::rules::hierarchy::keys;
 use crate::rules::hierarchy::propagation::HashMemo;
@@ -57,6 +59,10 @@ pub struct TreeWatch {
     /// Names this replica in the Events it emits.
     pub instance: String,
 }
+
+/// Namespaces planned together in one pass: their stored objects are converted to JSON
+/// together (a pass over 1,000 namespaces of 100 copies each would hold 100,000 at once).
+const PASS_SLICE: usize = 200;
 
 /// What an event can change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,20 +389,6 @@ async fn pass(
         return found;
     }
     let names = names_to_plan(&plan, triggers);
-    let plan = TreePlan {
-        sync: plan
-            .sync
-            .into_iter()
-            .filter(|(name, _)| targets.contains(name))
-            .collect(),
-        ..TreePlan::default()
-    };
-    let wanted: BTreeSet<String> = plan
-        .sync
-        .iter()
-        .flat_map(|(name, (ancestors, _))| std::iter::once(name).chain(ancestors))
-        .cloned()
-        .collect();
     let config = TreeSweepConfig {
         selector: trees.selector.clone(),
         page_size: trees.page_size,
@@ -404,16 +396,39 @@ async fn pass(
         dry_run: false,
         deletions_left: None,
     };
-    let objects = stored_objects(stores, &wanted, &names);
-    let none = BTreeMap::new();
-    let kinds: Vec<_> = trees
-        .propagation
-        .active_kinds()
-        .zip(&objects)
-        .map(|(kind, kept)| (kind, Listed { kept, batch: &none }))
-        .collect();
     let hashes = HashMemo::default();
-    let report = sync_all(client, &trees.propagation, &plan, &kinds, &config, &hashes).await;
+    let mut report = SyncReport::default();
+    let sync: Vec<_> = plan
+        .sync
+        .into_iter()
+        .filter(|(name, _)| targets.contains(name))
+        .collect();
+    // A pass over every name (the first, a relist) converts the stored objects to JSON a
+    // slice of namespaces at a time, not all at once; a pass over a few names needs no
+    // slices, whose boundaries would each wait for the slowest write.
+    let slice_len = if names.is_some() { usize::MAX } else { PASS_SLICE };
+    for chunk in sync.chunks(slice_len) {
+        let slice = TreePlan {
+            sync: chunk.iter().cloned().collect(),
+            ..TreePlan::default()
+        };
+        let wanted: BTreeSet<String> = slice
+            .sync
+            .iter()
+            .flat_map(|(name, (ancestors, _))| std::iter::once(name).chain(ancestors))
+            .cloned()
+            .collect();
+        let objects = stored_objects(stores, &wanted, &names);
+        let none = BTreeMap::new();
+        let kinds: Vec<_> = trees
+            .propagation
+            .active_kinds()
+            .zip(&objects)
+            .map(|(kind, kept)| (kind, Listed { kept, batch: &none }))
+            .collect();
+        report.merge(sync_all(client, &trees.propagation, &slice, &kinds, &config, &hashes).await);
+    }
+    dedup_skips(&mut report);
     metrics.record_sync(&report);
     found.conflicts.extend(report.conflicts);
     found
