@@ -182,6 +182,7 @@ async fn watch_one_edit(
 ) -> (Duration, Duration) {
     let client = fx.client.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
     let lease = support::unique("hb-lease");
     let (stop, stopped) = futures::channel::oneshot::channel::<()>();
     let watch_config = WatchConfig {
@@ -245,7 +246,25 @@ async fn watch_one_edit(
         carrying("v1").await == children
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ... and its first passes are over (at 100,000 copies they plan every copy for seconds):
+    // passes counted, and no new one for 2 s.
+    let passes = || {
+        support::metric(
+            &addr,
+            "namespace_provisioner_reaper_propagation_lag_seconds_count",
+        )
+    };
+    let (mut last, mut quiet) = (None, 0);
+    while quiet < 4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = passes().await;
+        quiet = if now.is_some_and(|n| n >= 1.0) && now == last {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
     let started = Instant::now();
     Api::<ConfigMap>::namespaced(client.clone(), parent)
         .patch(
