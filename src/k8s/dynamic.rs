@@ -8,7 +8,7 @@
 //! and recreate rules read them) and lose `managedFields` (the bulk of an object, never needed).
 
 use kube::Client;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::{ApiResource, Discovery, Scope};
 use serde_json::Value;
 
@@ -160,18 +160,10 @@ pub async fn list_dynamic(
     page_size: u32,
 ) -> Result<Vec<Value>, KubeError> {
     let api = api(client, resource, namespace);
-    let mut items = Vec::new();
-    let mut params = ListParams::default().labels(selector).limit(page_size);
-    loop {
-        let page = api.list(&params).await?;
-        for object in page.items {
-            items.push(to_value(resource, object)?);
-        }
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(items),
-        }
-    }
+    super::list_all_map(&api, selector, page_size, |object| to_value(resource, object))
+        .await?
+        .into_iter()
+        .collect()
 }
 
 /// One page of every object of `resource`, cluster-wide: its objects and the token of the
@@ -182,17 +174,13 @@ pub async fn list_dynamic_page(
     page_size: u32,
     continue_token: Option<&str>,
 ) -> Result<(Vec<Value>, Option<String>), KubeError> {
-    let mut params = ListParams::default().limit(page_size);
-    if let Some(token) = continue_token {
-        params = params.continue_token(token);
-    }
-    let page = api(client, resource, None).list(&params).await?;
-    let items = page
-        .items
+    let (items, next) =
+        super::list::list_page(&api(client, resource, None), "", page_size, continue_token).await?;
+    let items = items
         .into_iter()
         .map(|object| to_value(resource, object))
         .collect::<Result<_, _>>()?;
-    Ok((items, page.metadata.continue_.filter(|token| !token.is_empty())))
+    Ok((items, next))
 }
 
 /// Create `object` in `namespace` (a POST under our field manager: the copy must not exist).

@@ -113,11 +113,31 @@ pub async fn list_namespaces_page(
     limit: u32,
     continue_token: Option<&str>,
 ) -> Result<(Vec<Namespace>, Option<String>), KubeError> {
+    list_page(
+        &Api::<Namespace>::all(client.clone()),
+        selector,
+        limit,
+        continue_token,
+    )
+    .await
+}
+
+/// One page of the objects of `api` carrying `selector`: at most `limit`, from
+/// `continue_token`; the items and the token of the next page (`None` after the last).
+pub async fn list_page<K>(
+    api: &Api<K>,
+    selector: &str,
+    limit: u32,
+    continue_token: Option<&str>,
+) -> Result<(Vec<K>, Option<String>), KubeError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
     let mut params = ListParams::default().labels(selector).limit(limit);
     if let Some(token) = continue_token {
         params = params.continue_token(token);
     }
-    let page = Api::<Namespace>::all(client.clone()).list(&params).await?;
+    let page = api.list(&params).await?;
     let next = page.metadata.continue_.filter(|token| !token.is_empty());
     Ok((page.items, next))
 }
