@@ -802,8 +802,21 @@ impl Provisioner {
         server: Option<ServerUrl>,
     ) -> Result<Provisioned, ProvisionError> {
         let name = set.namespace.name_any();
-        let now = (self.clock)();
-        let issued = k8s::request_token(&self.client, &name, k8s::token_seconds(expiry.unix() - now)).await?;
+        let seconds = k8s::token_seconds(expiry.unix() - (self.clock)());
+        let issued = k8s::request_token(&self.client, &name, seconds).await?;
+        Ok(self.credentials(set, uid, expiry, server, issued))
+    }
+
+    /// The answer to a create: a kubeconfig around `issued`, trusting the live CA.
+    fn credentials(
+        &self,
+        set: &DesiredSet,
+        uid: &str,
+        expiry: Expiry,
+        server: Option<ServerUrl>,
+        issued: k8s::IssuedToken,
+    ) -> Provisioned {
+        let name = set.namespace.name_any();
         let server = server.unwrap_or_else(|| self.config.server.clone());
         let live_ca = self.live_ca.as_ref().map(Live::get);
         let config = kubeconfig::build(Credentials {
@@ -815,14 +828,14 @@ impl Provisioner {
                 .or(self.config.ca_pem.as_deref()),
             token: issued.token,
         });
-        Ok(Provisioned {
+        Provisioned {
             name,
             uid: uid.to_owned(),
             expiry,
             token_expires_at: issued.expires_at,
             kubeconfig: config,
             pool: None,
-        })
+        }
     }
 
     /// The caller's managed namespaces; for a Kubernetes user also those RBAC

@@ -297,6 +297,27 @@ async fn concurrent_creates_never_share_a_member_and_the_rest_go_cold() {
 }
 
 #[tokio::test]
+async fn one_replicas_concurrent_creates_each_claim_a_member_of_their_own() {
+    let pool = Pool::new().await;
+    pool.reaper_once(&["--pool-size", "16"]);
+    let members = Pool::names(&pool.members(None, "ready").await);
+    assert_eq!(members.len(), 16);
+    // One replica: its claims share one LIST of the whole pool and never race each other,
+    // so 16 concurrent creates take all 16 members and none goes cold.
+    let creates = (0..16).map(|_| pool.create(json!({})));
+    let names: BTreeSet<String> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        names, members,
+        "every create claims a member, each a different one"
+    );
+    assert!(pool.members(None, "ready").await.is_empty());
+}
+
+#[tokio::test]
 async fn stale_and_surplus_members_are_replaced_through_the_expiry_rule() {
     let pool = Pool::new().await;
     let client = pool.fx.client.clone();

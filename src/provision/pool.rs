@@ -15,19 +15,28 @@ use std::sync::{Arc, Mutex, PoisonError};
 use k8s_openapi::api::core::v1::Namespace;
 
 use kube::ResourceExt;
+use rand::seq::SliceRandom;
 use tracing::{info, warn};
 
 use super::parent::Placement;
 use super::{ProvisionError, Provisioned, Provisioner};
-use crate::k8s;
+use crate::k8s::{self, IssuedToken, TokenRequestError};
 use crate::rules::desired::{Owner, desired_set_for};
 use crate::rules::hierarchy::keys::PARENT_UID_ANNOTATION;
 use crate::rules::params::{Expiry, ServerUrl};
-use crate::rules::pool::{self, Member, PoolKey, READY, claim_order};
+use crate::rules::pool::{self, MAX_POOL_SIZE, Member, PoolKey, READY, claimable};
 
-/// Members one claim LISTs: enough that concurrent claimers starting at random places rarely
-/// collide, few enough that the LIST stays small whatever the pool's size.
-const CANDIDATES: u32 = 8;
+/// Members one LIST reads: every ready member of a pool (at most [`MAX_POOL_SIZE`], with room
+/// for a surplus the reaper has not trimmed yet), so that each claim in this process gets a
+/// member of its own and replicas, each shuffling its own list, rarely pick the same one.
+const LIST_LIMIT: u32 = 2 * MAX_POOL_SIZE;
+
+/// A hit that leaves fewer cached members than this lists the pool again, off its path.
+const LOW_WATER: usize = 8;
+
+/// A member handed to a claim stays out of later LISTs for this long: a LIST sent before the
+/// claim's write landed still shows it ready, and would cost the next claim a 409.
+const HANDED_OUT_SECS: i64 = 60;
 
 /// A member that expires sooner than this is not worth a conditional write: the reaper may
 /// be deleting it (its precondition would make one of the two fail anyway).
@@ -57,6 +66,7 @@ pub(super) fn missed_then(
 }
 
 /// Where a claim looks, and what it must match.
+#[derive(Clone)]
 pub(super) struct ClaimFrom {
     key: PoolKey,
     /// A child's member must still belong to this parent (its uid annotation).
@@ -79,41 +89,73 @@ impl ClaimFrom {
     }
 }
 
-/// Members listed by an earlier claim and not claimed by it, per pool (this process only).
-/// A claim pops one and patches it at once: the LIST is then off the request's path, and
-/// concurrent claims in one process never race for the same member. A member someone else
-/// claimed meanwhile costs one 409; a stale list is never trusted for more than that.
+/// One pool's members as this process last listed them.
+#[derive(Default)]
+struct PoolCache {
+    /// Members not handed to a claim yet, shuffled; claims take from the end.
+    queue: Vec<Member>,
+    /// Members handed to a claim, and when (Unix seconds).
+    handed_out: HashMap<String, i64>,
+    /// LISTs stored so far: a claim that waited for another claim's LIST sees it changed.
+    generation: u64,
+    /// Held while the pool is listed: one LIST at a time per pool and process.
+    listing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Ready members listed and not claimed yet, per pool (this process only). Each claim takes a
+/// member no other claim in this process holds, so concurrent creates in one replica never
+/// race each other; a member another replica claimed meanwhile costs one 409. The cache only
+/// saves LISTs: the claim's resourceVersion precondition is what makes a claim exclusive.
 #[derive(Clone, Default)]
-pub(super) struct Candidates(Arc<Mutex<HashMap<PoolKey, Vec<Member>>>>);
+pub(super) struct Candidates(Arc<Mutex<HashMap<PoolKey, PoolCache>>>);
 
 impl Candidates {
-    /// A candidate of `key` still live for a while at `now`, taken out of the cache.
-    fn pop(&self, key: &PoolKey, now: i64) -> Option<Member> {
-        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let members = cache.get_mut(key)?;
-        while let Some(member) = members.pop() {
-            if !claim_order(std::slice::from_ref(&member), now, MIN_MEMBER_LIFE_SECS, 0).is_empty() {
-                return Some(member);
+    fn with<T>(&self, key: &PoolKey, f: impl FnOnce(&mut PoolCache) -> T) -> T {
+        let mut pools = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f(pools.entry(key.clone()).or_default())
+    }
+
+    /// The next cached member of `key` still worth claiming at `now`, handed out.
+    fn take(&self, key: &PoolKey, now: i64) -> Option<Member> {
+        self.with(key, |pool| {
+            while let Some(member) = pool.queue.pop() {
+                if !claimable(std::slice::from_ref(&member), now, MIN_MEMBER_LIFE_SECS).is_empty() {
+                    pool.handed_out.insert(member.name.clone(), now);
+                    return Some(member);
+                }
             }
-        }
-        None
+            None
+        })
     }
 
-    /// Replace `key`'s candidates.
-    fn put(&self, key: &PoolKey, members: Vec<Member>) {
-        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.insert(key.clone(), members);
+    /// Replace `key`'s members with a fresh LIST, less those handed out lately, shuffled.
+    fn store(&self, key: &PoolKey, listed: &[Member], now: i64) {
+        self.with(key, |pool| {
+            pool.handed_out.retain(|_, at| now - *at < HANDED_OUT_SECS);
+            let mut queue: Vec<Member> = claimable(listed, now, MIN_MEMBER_LIFE_SECS)
+                .into_iter()
+                .filter(|m| !pool.handed_out.contains_key(&m.name))
+                .cloned()
+                .collect();
+            queue.shuffle(&mut rand::rng());
+            pool.queue = queue;
+            pool.generation += 1;
+        });
     }
 
-    fn is_empty(&self, key: &PoolKey) -> bool {
-        let cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.get(key).is_none_or(Vec::is_empty)
+    fn generation(&self, key: &PoolKey) -> (u64, Arc<tokio::sync::Mutex<()>>) {
+        self.with(key, |pool| (pool.generation, pool.listing.clone()))
+    }
+
+    fn len(&self, key: &PoolKey) -> usize {
+        self.with(key, |pool| pool.queue.len())
     }
 }
 
-/// What one conditional write of a claim came to.
+/// What one claim attempt came to.
 enum Attempt {
-    Won(Box<Namespace>),
+    /// The member is ours; its token was requested alongside the claim.
+    Won(Box<Namespace>, Result<IssuedToken, TokenRequestError>),
     /// Another claimer (or the reaper) changed or removed it first.
     Lost,
     /// Any other failure: stop trying, create cold.
@@ -132,93 +174,108 @@ impl Provisioner {
         server: &Option<ServerUrl>,
     ) -> Result<Option<Provisioned>, ProvisionError> {
         let pool_name = from.key.name().to_owned();
-        let set_config = self.set_config();
-        let attempt = |member: Member| {
-            let patch = pool::claim_patch(&member.name, &member.resource_version, owner, expiry, &set_config);
-            async move {
-                match k8s::patch_namespace_if_unchanged(&self.client, &member.name, &patch).await {
-                    Ok(claimed) => Attempt::Won(Box::new(claimed)),
-                    Err(e) if e.is_gone() => Attempt::Lost,
-                    Err(error) => {
-                        warn!(namespace = %member.name, error = %error, "claiming a pool member failed; creating cold");
-                        Attempt::Failed
-                    }
-                }
-            }
-        };
-        let mut won = None;
-        // Candidates an earlier LIST left: no LIST on this request's path.
-        while let Some(member) = self.pool_candidates.pop(&from.key, (self.clock)()) {
-            match attempt(member).await {
-                Attempt::Won(ns) => {
-                    won = Some(ns);
-                    break;
-                }
+        let mut listed = false;
+        let (claimed, issued) = loop {
+            let Some(member) = self.next_candidate(&from, &mut listed).await else {
+                return Ok(self.missed(&pool_name));
+            };
+            match self.attempt(&member, owner, expiry).await {
+                Attempt::Won(claimed, issued) => break (claimed, issued),
                 Attempt::Lost => {}
                 Attempt::Failed => return Ok(self.missed(&pool_name)),
             }
-        }
-        if won.is_none() {
-            let mut listed = self.list_candidates(&from).await.into_iter();
-            for member in listed.by_ref() {
-                match attempt(member).await {
-                    Attempt::Won(ns) => {
-                        won = Some(ns);
-                        break;
-                    }
-                    Attempt::Lost => {}
-                    Attempt::Failed => return Ok(self.missed(&pool_name)),
-                }
-            }
-            self.pool_candidates.put(&from.key, listed.collect());
-        }
-        let Some(claimed) = won else {
-            return Ok(self.missed(&pool_name));
         };
-        if self.pool_candidates.is_empty(&from.key) {
-            // The next claim finds candidates waiting; off this request's path.
-            let this = self.clone();
-            let key = from.key.clone();
-            tokio::spawn(async move {
-                let members = this
-                    .list_candidates(&ClaimFrom {
-                        key: key.clone(),
-                        ..from
-                    })
-                    .await;
-                this.pool_candidates.put(&key, members);
-            });
+        if self.pool_candidates.len(&from.key) < LOW_WATER {
+            self.refresh_in_background(from);
         }
         let name = claimed.name_any();
         let uid = claimed.uid().unwrap_or_default();
-        let set = desired_set_for(&name, owner, expiry, &set_config);
-        match self.issue(&set, &uid, expiry, server.clone()).await {
-            Ok(mut done) => {
-                done.pool = Some("hit");
-                CLAIMS.fetch_add(1, Ordering::Relaxed);
-                info!(namespace = %name, tenant = %owner.tenant, owner = owner.user.as_deref(), expiry = %expiry,
-                    pool = "hit", from = %pool_name, "namespace created");
-                Ok(Some(done))
-            }
+        let issued = match issued {
+            Ok(issued) => issued,
             Err(err) => {
                 warn!(namespace = %name, error = %err, "issuing credentials for a claimed member failed; deleting the namespace");
                 if let Err(rollback) = k8s::delete_namespace(&self.client, &name, &uid).await {
                     warn!(namespace = %name, error = %rollback, "rollback failed; the reaper will remove it at expiry");
                 }
-                Err(err)
+                return Err(err.into());
+            }
+        };
+        let set = desired_set_for(&name, owner, expiry, &self.set_config());
+        let mut done = self.credentials(&set, &uid, expiry, server.clone(), issued);
+        done.pool = Some("hit");
+        CLAIMS.fetch_add(1, Ordering::Relaxed);
+        info!(namespace = %name, tenant = %owner.tenant, owner = owner.user.as_deref(), expiry = %expiry,
+            pool = "hit", from = %pool_name, "namespace created");
+        Ok(Some(done))
+    }
+
+    /// The claim's conditional write and the member's TokenRequest, sent together: a hit costs
+    /// one round trip instead of two. A token for a member another claimer won is dropped
+    /// unread; it never leaves this process, and this process may issue that token anyway.
+    async fn attempt(&self, member: &Member, owner: &Owner, expiry: Expiry) -> Attempt {
+        let patch = pool::claim_patch(
+            &member.name,
+            &member.resource_version,
+            owner,
+            expiry,
+            &self.set_config(),
+        );
+        let seconds = k8s::token_seconds(expiry.unix() - (self.clock)());
+        let (claimed, issued) = tokio::join!(
+            k8s::patch_namespace_if_unchanged(&self.client, &member.name, &patch),
+            k8s::request_token(&self.client, &member.name, seconds),
+        );
+        match claimed {
+            Ok(claimed) => Attempt::Won(Box::new(claimed), issued),
+            Err(e) if e.is_gone() => Attempt::Lost,
+            Err(error) => {
+                warn!(namespace = %member.name, error = %error, "claiming a pool member failed; creating cold");
+                Attempt::Failed
             }
         }
     }
 
-    /// Up to [`CANDIDATES`] ready members of the pool, in the order a claim tries them (from a
-    /// random start); none when the LIST fails (logged: the create goes cold).
-    async fn list_candidates(&self, from: &ClaimFrom) -> Vec<Member> {
+    /// The next member to try: a cached one, else one from a fresh LIST (at most one per
+    /// claim). One LIST at a time per pool: a claim that waited for another's LIST takes from
+    /// its result instead of listing again.
+    async fn next_candidate(&self, from: &ClaimFrom, listed: &mut bool) -> Option<Member> {
+        if let Some(member) = self.pool_candidates.take(&from.key, (self.clock)()) {
+            return Some(member);
+        }
+        if *listed {
+            return None;
+        }
+        *listed = true;
+        let (seen, gate) = self.pool_candidates.generation(&from.key);
+        let _listing = gate.lock().await;
+        if self.pool_candidates.generation(&from.key).0 == seen {
+            self.refresh(from).await;
+        }
+        self.pool_candidates.take(&from.key, (self.clock)())
+    }
+
+    /// List the pool again after a hit left few candidates, unless a LIST is under way.
+    fn refresh_in_background(&self, from: ClaimFrom) {
+        let (_, gate) = self.pool_candidates.generation(&from.key);
+        let Ok(listing) = gate.try_lock_owned() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.refresh(&from).await;
+            drop(listing);
+        });
+    }
+
+    /// Store the pool's ready members (of the same parent, for a child's pool). A failed LIST
+    /// stores nothing and is logged: the claims waiting on it go cold.
+    async fn refresh(&self, from: &ClaimFrom) {
         let selector = pool::member_selector(&self.config.set.selector, &from.key, Some(READY));
-        let listed = match k8s::list_namespaces_page(&self.client, &selector, CANDIDATES, None).await {
+        let listed = match k8s::list_namespaces_page(&self.client, &selector, LIST_LIMIT, None).await {
             Ok((items, _)) => items,
             Err(error) => {
                 warn!(pool = %from.key.name(), error = %error, "listing the pool failed");
-                return Vec::new();
+                return;
             }
         };
         let members: Vec<Member> = listed
@@ -229,14 +286,7 @@ impl Provisioner {
             })
             .map(Member::of)
             .collect();
-        let start = {
-            use rand::Rng;
-            rand::rng().random_range(0..usize::MAX)
-        };
-        claim_order(&members, (self.clock)(), MIN_MEMBER_LIFE_SECS, start)
-            .into_iter()
-            .cloned()
-            .collect()
+        self.pool_candidates.store(&from.key, &members, (self.clock)());
     }
 
     /// Whether the placed child's parent asks for a pool the reaper keeps: a valid, non-zero

@@ -1,15 +1,16 @@
 //! Benchmark (not a test): the warm pool (issue 16). Create latency of the real provisioner
-//! binary over HTTP at concurrency 1 and 8: a pool hit (`--claim-from-pool`, the pool filled by
-//! `reaper --once --pool-size`) against a cold create (another provisioner, no pool) and the
-//! bare three-round-trip minimum done directly with kube-rs (Namespace -> ServiceAccount ->
-//! TokenRequest); then the time `reaper --watch` takes to refill 50 claimed members.
+//! binary over HTTP at concurrency 1, 8 and 32, with 0, 10 and 100 propagated objects: a pool
+//! hit (`--claim-from-pool`, the pool filled by `reaper --once --pool-size`) against a cold
+//! create (another provisioner, no pool) and the bare three-round-trip minimum done directly
+//! with kube-rs (Namespace -> ServiceAccount -> TokenRequest); then the time `reaper --watch`
+//! takes to refill 50 claimed members.
 //!
-//! Children too: creates under a parent holding 0 and 100 Roles (always propagated), from the
-//! parent's pool (`controller.observatorium.io/pool-size`, `reaper --once --parent-pools`)
-//! against the same create under a parent without a pool.
+//! 0 objects: top-level creates. N objects: children of a parent holding N Roles (Roles always
+//! propagate), from the parent's pool (`controller.observatorium.io/pool-size`,
+//! `reaper --once --parent-pools`) against the same create under a parent without a pool.
 //!
-//! `cargo bench --bench pool` (NP_BENCH_POOL_LEVELS=1,8 to pick levels; NP_BENCH_REFILL=50;
-//! NP_BENCH_POOL_OBJECTS=0,100).
+//! `cargo bench --bench pool` (NP_BENCH_POOL_LEVELS=1,8,32 to pick concurrency levels;
+//! NP_BENCH_POOL_OBJECTS=0,10,100; NP_BENCH_REFILL=50).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../support/mod.rs"]
@@ -63,10 +64,10 @@ where
     Sample { latencies }
 }
 
-/// Children of `parent`, one at a time.
-async fn child_creates(addr: &str, parent: &str, count: usize) -> Sample {
+/// Children of `parent`, `concurrency` at a time.
+async fn child_creates(addr: &str, parent: &str, count: usize, concurrency: usize) -> Sample {
     let body = serde_json::json!({"parent": parent, "ttl": "10m"}).to_string();
-    timed(count, 1, || {
+    timed(count, concurrency, || {
         let body = body.clone();
         async move {
             let answer = support::http(addr, "POST", "/api/v1/namespaces", Some(TOKEN), Some(&body)).await;
@@ -246,7 +247,7 @@ fn main() {
 }
 
 async fn run() {
-    let levels = support::bench::env_list("NP_BENCH_POOL_LEVELS", "1,8");
+    let levels = support::bench::env_list("NP_BENCH_POOL_LEVELS", "1,8,32");
     let refill = support::bench::env_list("NP_BENCH_REFILL", "50")[0];
     let cluster = support::cluster();
     let admin = cluster.client().await;
@@ -294,58 +295,63 @@ async fn run() {
     } else {
         "release"
     };
-    println!("\nwarm pool: create latency, pool hit vs cold vs the bare minimum ({build} build)\n");
-    println!(
-        "| concurrency | creates | pool hits | hit p50 ms | hit p99 ms | cold p50 ms | cold p99 ms | bare p50 ms | bare p99 ms | hit/bare p50 | hit/cold p50 | API requests/hit |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for concurrency in levels {
-        let count = 100;
-        fill(&pool_selector, &grant, count);
-        let before = claims(&pooled.internal).await;
-        let requests = kube_requests(&pooled.internal).await;
-        let hit = creates(&pooled.addr, count, concurrency).await;
-        let hits = claims(&pooled.internal).await - before;
-        let per_hit = (kube_requests(&pooled.internal).await - requests) as f64 / count as f64;
-        let cold_sample = creates(&cold.addr, count, concurrency).await;
-        let base = bare(&admin, &bare_value, count, concurrency).await;
-        println!(
-            "| {concurrency} | {count} | {hits:.0} | {} | {} | {} | {} | {} | {} | {:.2}x | {:.2}x | {per_hit:.1} |",
-            ms(hit.pct(0.5)),
-            ms(hit.pct(0.99)),
-            ms(cold_sample.pct(0.5)),
-            ms(cold_sample.pct(0.99)),
-            ms(base.pct(0.5)),
-            ms(base.pct(0.99)),
-            hit.pct(0.5).as_secs_f64() / base.pct(0.5).as_secs_f64(),
-            hit.pct(0.5).as_secs_f64() / cold_sample.pct(0.5).as_secs_f64(),
-        );
+    let count = 100;
+    let mut minimum = std::collections::BTreeMap::new();
+    for &concurrency in &levels {
+        minimum.insert(concurrency, bare(&admin, &bare_value, count, concurrency).await);
     }
-
-    // Children under a parent holding `objects` Roles: from its pool vs without one.
-    let owner = support::unique("owner");
-    println!("\nchild creates at concurrency 1, pool hit vs cold, by Roles in the parent (propagated)\n");
     println!(
-        "| Roles in parent | creates | pool hits | hit p50 ms | hit p99 ms | cold p50 ms | cold p99 ms | hit/cold p50 |"
+        "\nwarm pool: create latency, pool hit vs cold vs the bare 3-round-trip minimum ({build} build; \
+         0 objects: top-level creates; N objects: children of a parent holding N Roles, all propagated)\n"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for objects in support::bench::env_list("NP_BENCH_POOL_OBJECTS", "0,100") {
-        let count = 30;
-        let pooled_parent = parent_with(&admin, &owner, objects, count).await;
-        let cold_parent = parent_with(&admin, &owner, objects, 0).await;
-        fill_with(&pool_selector, &grant, &["--parent-pools"]);
-        let before = claims(&pooled.internal).await;
-        let hit = child_creates(&pooled.addr, &pooled_parent, count).await;
-        let hits = claims(&pooled.internal).await - before;
-        let cold_sample = child_creates(&pooled.addr, &cold_parent, count).await;
-        println!(
-            "| {objects} | {count} | {hits:.0} | {} | {} | {} | {} | {:.2}x |",
-            ms(hit.pct(0.5)),
-            ms(hit.pct(0.99)),
-            ms(cold_sample.pct(0.5)),
-            ms(cold_sample.pct(0.99)),
-            hit.pct(0.5).as_secs_f64() / cold_sample.pct(0.5).as_secs_f64(),
-        );
+    println!(
+        "| propagated objects | concurrency | creates | pool hits | hit p50 ms | hit p99 ms | cold p50 ms | cold p99 ms | bare p50 ms | bare p99 ms | hit/bare p50 | hit/cold p50 | API requests/hit |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let owner = support::unique("owner");
+    for objects in support::bench::env_list("NP_BENCH_POOL_OBJECTS", "0,10,100") {
+        // Children go under one parent with a pool and one without, both holding the Roles.
+        let parents = if objects == 0 {
+            None
+        } else {
+            Some((
+                parent_with(&admin, &owner, objects, count).await,
+                parent_with(&admin, &owner, objects, 0).await,
+            ))
+        };
+        for &concurrency in &levels {
+            let before = claims(&pooled.internal).await;
+            let requests = kube_requests(&pooled.internal).await;
+            let (hit, cold_sample) = match &parents {
+                None => {
+                    fill(&pool_selector, &grant, count);
+                    let hit = creates(&pooled.addr, count, concurrency).await;
+                    (hit, creates(&cold.addr, count, concurrency).await)
+                }
+                Some((pooled_parent, cold_parent)) => {
+                    fill_with(&pool_selector, &grant, &["--parent-pools"]);
+                    let hit = child_creates(&pooled.addr, pooled_parent, count, concurrency).await;
+                    (
+                        hit,
+                        child_creates(&cold.addr, cold_parent, count, concurrency).await,
+                    )
+                }
+            };
+            let hits = claims(&pooled.internal).await - before;
+            let per_hit = (kube_requests(&pooled.internal).await - requests) as f64 / count as f64;
+            let base = &minimum[&concurrency];
+            println!(
+                "| {objects} | {concurrency} | {count} | {hits:.0} | {} | {} | {} | {} | {} | {} | {:.2}x | {:.2}x | {per_hit:.1} |",
+                ms(hit.pct(0.5)),
+                ms(hit.pct(0.99)),
+                ms(cold_sample.pct(0.5)),
+                ms(cold_sample.pct(0.99)),
+                ms(base.pct(0.5)),
+                ms(base.pct(0.99)),
+                hit.pct(0.5).as_secs_f64() / base.pct(0.5).as_secs_f64(),
+                hit.pct(0.5).as_secs_f64() / cold_sample.pct(0.5).as_secs_f64(),
+            );
+        }
     }
 
     // Refill in watch mode: a pool of `refill`, all claimed, then the time until it is full again.
