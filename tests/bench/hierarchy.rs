@@ -6,9 +6,11 @@
 //! 2. steady-state tree sweep (nothing to do) next to the bare LIST of the same objects
 //!    (Namespaces + ConfigMaps, same page size): time and requests;
 //! 3. peak RSS of this process (it holds what the sweep holds);
-//! 4. watch mode: one source edit until every copy carries it, next to the bare minimum (the
-//!    same PUTs, one per copy, sent directly at the same concurrency), and peak RSS after it
-//!    (the watch holds every Namespace and propagated object in its reflector stores).
+//! 4. watch mode: `NP_BENCH_EDITS` (default 20) source edits, one after another, each timed
+//!    until every copy carries it (p50 and p99), next to the bare minimum (the same PUTs, one
+//!    per copy, sent directly at the same concurrency); as many edits of one copy by a user,
+//!    each timed until the copy is restored; and peak RSS after it (the watch holds every
+//!    Namespace and propagated object in its reflector stores).
 //!
 //! Run: `cargo bench --bench hierarchy` (release), or `cargo test --bench hierarchy -- --bench`
 //! (debug build, what a shared machine affords). Prints a Markdown table.
@@ -56,9 +58,9 @@ async fn bench() {
         rows.push(run(sources, children).await);
     }
     println!(
-        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies | bare: the same PUTs directly | peak RSS with the watch's stores |"
+        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies, p50 / p99 | bare: the same PUTs directly | watch: edited copy restored, p50 / p99 | peak RSS with the watch's stores |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }
@@ -146,16 +148,21 @@ async fn run(sources: usize, children: usize) -> String {
     let bare_requests = log.len();
     let rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
 
-    let (watch_time, bare_writes_time) = watch_one_edit(&fx, &propagation, &parent, children).await;
+    let edits = support::bench::env_list("NP_BENCH_EDITS", "20")[0];
+    let watched = watch_edits(&fx, &propagation, &parent, children, edits).await;
     let watch_rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
+    let p = |samples: &[Duration], q| support::bench::pct(samples, q).as_secs_f64();
     format!(
-        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} s | {:.2} s | {watch_rss} |",
+        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} / {:.2} s ({edits} edits) | {:.2} s | {:.3} / {:.3} s ({edits} edits) | {watch_rss} |",
         sources * children,
         first_time.as_secs_f64(),
         steady_time.as_secs_f64(),
         bare_time.as_secs_f64(),
-        watch_time.as_secs_f64(),
-        bare_writes_time.as_secs_f64(),
+        p(&watched.propagated, 0.5),
+        p(&watched.propagated, 0.99),
+        watched.bare_writes.as_secs_f64(),
+        p(&watched.restored, 0.5),
+        p(&watched.restored, 0.99),
     )
 }
 
@@ -173,13 +180,25 @@ where
     }
 }
 
-/// Watch mode in this process: time from one source edit until all `children` copies carry it.
-async fn watch_one_edit(
+/// What watch mode took.
+struct Watched {
+    /// Per source edit: until all copies carry it.
+    propagated: Vec<Duration>,
+    /// Per edit of one copy by a user: until the copy is restored.
+    restored: Vec<Duration>,
+    /// The same PUTs as one source edit causes, sent directly.
+    bare_writes: Duration,
+}
+
+/// Watch mode in this process: `edits` source edits, each timed until all `children` copies
+/// carry it; then `edits` user edits of a copy, each timed until the copy is restored.
+async fn watch_edits(
     fx: &support::Fixture,
     propagation: &Propagation,
     parent: &str,
     children: usize,
-) -> (Duration, Duration) {
+    edits: usize,
+) -> Watched {
     let client = fx.client.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -231,19 +250,14 @@ async fn watch_one_edit(
     );
     let observing = tokio::spawn(observed.for_each(|_| async {}));
     store.wait_until_ready().await.unwrap();
-    let carrying = |value: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .state()
-                .iter()
-                .filter(|cm| cm.data.as_ref().and_then(|d| d.get("k")).map(String::as_str) == Some(value))
-                .count()
-        }
+    let value_of = |cm: &ConfigMap| cm.data.as_ref().and_then(|d| d.get("k")).cloned();
+    let carrying = |value: &str| {
+        let value = Some(value.to_owned());
+        store.state().iter().filter(|cm| value_of(cm) == value).count()
     };
     // Let the watcher lead and finish its first pass (everything already in sync).
     support::eventually(Duration::from_secs(60), "the watcher's first pass", || async {
-        carrying("v1").await == children
+        carrying("v1") == children
     })
     .await;
     // ... and its first passes are over (at 100,000 copies they plan every copy for seconds):
@@ -265,30 +279,72 @@ async fn watch_one_edit(
         };
         last = now;
     }
-    let started = Instant::now();
-    Api::<ConfigMap>::namespaced(client.clone(), parent)
-        .patch(
-            "src-0",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"data": {"k": "v2"}})),
-        )
-        .await
-        .unwrap();
-    loop {
-        if carrying("v2").await == children {
-            break;
+    let sources = Api::<ConfigMap>::namespaced(client.clone(), parent);
+    let mut propagated = Vec::new();
+    for edit in 0..edits {
+        let value = format!("v{}", edit + 2);
+        let started = Instant::now();
+        sources
+            .patch(
+                "src-0",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"data": {"k": value}})),
+            )
+            .await
+            .unwrap();
+        while carrying(&value) < children {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "watch did not propagate edit {value}"
+            );
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "watch did not propagate"
-        );
+        propagated.push(started.elapsed());
     }
-    let took = started.elapsed();
+    // A user edits one copy (a different child each time): until the watch restores it.
+    let current = format!("v{}", edits + 1);
+    let copies_now = store.state();
+    let mut restored = Vec::new();
+    for copy in copies_now.iter().take(edits) {
+        let namespace = copy.namespace().unwrap();
+        let started = Instant::now();
+        let edited = Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+            .patch(
+                "src-0",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"data": {"k": "edited by a user"}})),
+            )
+            .await
+            .unwrap();
+        // Restored: a later version than the user's (and than the one before it) with the
+        // source's value; the store may still show the version before the edit.
+        let seen = [copy.resource_version(), edited.resource_version()];
+        loop {
+            let now = store
+                .state()
+                .into_iter()
+                .find(|cm| cm.namespace().as_deref() == Some(namespace.as_str()));
+            if now.is_some_and(|cm| {
+                !seen.contains(&cm.resource_version()) && value_of(&cm).as_deref() == Some(current.as_str())
+            }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "watch did not restore the copy in {namespace}"
+            );
+        }
+        restored.push(started.elapsed());
+    }
     observing.abort();
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-    (took, bare_writes(&client, &selector, children).await)
+    Watched {
+        propagated,
+        restored,
+        bare_writes: bare_writes(&client, &selector, children).await,
+    }
 }
 
 /// The physical limit of one edit reaching every copy: the same PUTs (one per copy, the
@@ -307,7 +363,7 @@ async fn bare_writes(client: &kube::Client, selector: &str, children: usize) -> 
     let started = Instant::now();
     futures::stream::iter(copies.into_iter().map(|mut copy| {
         let api = Api::<ConfigMap>::namespaced(client.clone(), &copy.namespace().unwrap());
-        copy.data = Some(BTreeMap::from([("k".to_string(), "v3".to_string())]));
+        copy.data = Some(BTreeMap::from([("k".to_string(), "bare".to_string())]));
         async move {
             api.replace("src-0", &PostParams::default(), &copy).await.unwrap();
         }
