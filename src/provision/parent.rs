@@ -105,10 +105,13 @@ impl Provisioner {
         let asked = ttl.is_some_and(|t| !t.duration().is_zero());
         let expiry = expiry_under(&parent, parent_name, now, ttl_secs, asked)?;
 
-        let live = self.live_children(parent_name).await?;
-        policy
-            .check_children(parent_name, live)
-            .map_err(ProvisionError::TooManyChildren)?;
+        // Counting children is a LIST that grows with them: only for a parent that has a limit.
+        if policy.max_children.is_some() {
+            let live = self.live_children(parent_name).await?;
+            policy
+                .check_children(parent_name, live)
+                .map_err(ProvisionError::TooManyChildren)?;
+        }
         Ok(Placement {
             parent,
             parent_name: parent_name.to_owned(),
