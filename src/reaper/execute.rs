@@ -200,11 +200,20 @@ impl Executor {
     }
 
     /// Every set of `plan`, at most `concurrency` at a time; outcomes in plan order.
+    /// Unordered while they run: a slow write (a deletion and its Event) must not hold the
+    /// window while the sets behind it wait for their turn.
     pub async fn execute(&self, plan: &Plan, concurrency: usize) -> Vec<Outcome> {
-        futures::stream::iter(plan.sets.iter().map(|set| self.execute_set(set)))
-            .buffered(concurrency.max(1))
-            .collect()
-            .await
+        let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(
+            plan.sets
+                .iter()
+                .enumerate()
+                .map(|(index, set)| async move { (index, self.execute_set(set).await) }),
+        )
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+        outcomes.sort_unstable_by_key(|(index, _)| *index);
+        outcomes.into_iter().map(|(_, outcome)| outcome).collect()
     }
 
     /// One set (its parent, for the notices, from [`Self::with_parents`]).
