@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -423,6 +423,8 @@ async fn bench_sweep(
         baseline: None,
     };
 
+    let direct = bare_writes(client, n, expired, incomplete).await;
+
     let baseline = median(&bare);
     let against = |mut row: Row| {
         row.baseline = Some(baseline);
@@ -447,6 +449,16 @@ async fn bench_sweep(
     rows.push(against(with_writes));
     rows.push(against(Row {
         n,
+        what: format!(
+            "the same writes sent directly, 16 at a time: {expired} DELETE + {expired} Event + {incomplete} RoleBinding (no LIST, no plan)"
+        ),
+        samples: vec![direct],
+        requests: format!("{}", 2 * expired + incomplete),
+        rss_kib: None,
+        baseline: None,
+    }));
+    rows.push(against(Row {
+        n,
         what: "sweep, steady state (nothing to write)".to_owned(),
         samples: steady,
         requests: format!("{steady_requests} LIST pages + 0 writes"),
@@ -455,6 +467,91 @@ async fn bench_sweep(
     }));
     rows.push(against(dry_binary));
     rows.push(against(steady_binary));
+}
+
+/// The physical limit of a sweep's writes: `deletions` namespaces deleted, each with an Event,
+/// and `repairs` missing RoleBindings created, sent directly at the sweep's concurrency (16)
+/// to sets made for it (apart from the sweep's, after the controller-manager has settled).
+async fn bare_writes(client: &Client, n: usize, deletions: usize, repairs: usize) -> Duration {
+    let config = set_config(&format!("np-bench/reaper=direct{n}").parse().unwrap());
+    let tenant: TenantName = "bench".parse().unwrap();
+    let expiry = Expiry::from_unix(support::now() + 86_400);
+    let sets: Vec<_> = (0..deletions + repairs)
+        .map(|i| desired_set(&format!("direct{n}-{i:05}"), &tenant, expiry, &config))
+        .collect();
+    let pp = k8s::post_params();
+    futures::stream::iter(sets.iter().enumerate())
+        .map(|(i, set)| {
+            let client = client.clone();
+            let pp = pp.clone();
+            async move {
+                let ns = set.namespace.name_any();
+                Api::<Namespace>::all(client.clone())
+                    .create(&pp, &set.namespace)
+                    .await
+                    .unwrap();
+                Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+                    .create(&pp, &set.service_account)
+                    .await
+                    .unwrap();
+                if i < deletions {
+                    Api::<RoleBinding>::namespaced(client, &ns)
+                        .create(&pp, &set.role_binding)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    await_quiet(client).await;
+    let started = Instant::now();
+    futures::stream::iter(sets.iter().enumerate())
+        .map(|(i, set)| {
+            let client = client.clone();
+            let pp = pp.clone();
+            async move {
+                let ns = set.namespace.name_any();
+                if i < deletions {
+                    Api::<Namespace>::all(client.clone())
+                        .delete(&ns, &Default::default())
+                        .await
+                        .unwrap();
+                    let event = Event {
+                        metadata: kube::api::ObjectMeta {
+                            generate_name: Some(format!("{ns}.")),
+                            ..Default::default()
+                        },
+                        involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                            kind: Some("Namespace".into()),
+                            name: Some(ns.clone()),
+                            api_version: Some("v1".into()),
+                            ..Default::default()
+                        },
+                        reason: Some("Expired".into()),
+                        message: Some("bench".into()),
+                        type_: Some("Normal".into()),
+                        ..Default::default()
+                    };
+                    Api::<Event>::namespaced(client, "default")
+                        .create(&pp, &event)
+                        .await
+                        .unwrap();
+                } else {
+                    Api::<RoleBinding>::namespaced(client, &ns)
+                        .create(&pp, &set.role_binding)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let took = started.elapsed();
+    support::bench::delete_all(client, &config.selector.to_label_selector()).await;
+    took
 }
 
 /// How the expiries of a watch benchmark are laid out.
