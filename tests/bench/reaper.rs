@@ -495,10 +495,7 @@ async fn bare_writes(client: &Client, n: usize, deletions: usize, repairs: usize
                     .await
                     .unwrap();
                 if i < deletions {
-                    Api::<RoleBinding>::namespaced(client, &ns)
-                        .create(&pp, &set.role_binding)
-                        .await
-                        .unwrap();
+                    bind(&client, set).await;
                 }
             }
         })
@@ -539,10 +536,7 @@ async fn bare_writes(client: &Client, n: usize, deletions: usize, repairs: usize
                         .await
                         .unwrap();
                 } else {
-                    Api::<RoleBinding>::namespaced(client, &ns)
-                        .create(&pp, &set.role_binding)
-                        .await
-                        .unwrap();
+                    bind(&client, set).await;
                 }
             }
         })
@@ -552,6 +546,14 @@ async fn bare_writes(client: &Client, n: usize, deletions: usize, repairs: usize
     let took = started.elapsed();
     support::bench::delete_all(client, &config.selector.to_label_selector()).await;
     took
+}
+
+/// The set's grant RoleBinding, created.
+async fn bind(client: &Client, set: &namespace_provisioner::desired::DesiredSet) {
+    Api::<RoleBinding>::namespaced(client.clone(), &set.namespace.name_any())
+        .create(&k8s::post_params(), &set.role_binding)
+        .await
+        .unwrap();
 }
 
 /// How the expiries of a watch benchmark are laid out.
