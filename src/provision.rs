@@ -22,7 +22,9 @@ use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
-pub use pool::{claims as pool_claims, misses as pool_misses};
+#[cfg(test)]
+pub(crate) use pool::count as count_pool;
+pub use pool::{PoolCounts, counts as pool_counts};
 pub use quota::conflicts_retried as quota_conflicts_retried;
 pub use view::{NamespaceView, ObjectRef, QuotaView};
 

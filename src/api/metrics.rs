@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -271,27 +272,33 @@ impl Collector for ConflictsRetried {
     }
 }
 
-/// Warm-pool claims and misses (issue 16), read from the provisioner's process-wide counts.
+/// Warm-pool claims and misses (issue 16) by pool (its parent, or `(top-level)`), read from
+/// the provisioner's process-wide counts.
 #[derive(Debug)]
 struct PoolClaims;
 
 impl Collector for PoolClaims {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        for (name, help, value) in [
+        let counts = crate::provision::pool_counts();
+        type Count = fn(&crate::provision::PoolCounts) -> u64;
+        let families: [(&str, &str, Count); 2] = [
             (
                 "pool_claims",
-                "Creates answered with a claimed warm-pool member",
-                crate::provision::pool_claims(),
+                "Creates answered with a claimed warm-pool member, by pool",
+                |c| c.claims,
             ),
             (
                 "pool_misses",
-                "Creates that tried a warm pool, found no member to claim and created cold",
-                crate::provision::pool_misses(),
+                "Creates that tried a warm pool, found no member to claim and created cold, by pool",
+                |c| c.misses,
             ),
-        ] {
-            let counter = ConstCounter::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
+        ];
+        for (name, help, value) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (pool, count) in &counts {
+                let counter = ConstCounter::new(value(count));
+                counter.encode(family.encode_family(&[("pool", pool.as_str())])?)?;
+            }
         }
         Ok(())
     }
@@ -320,5 +327,21 @@ mod quota_tests {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
         assert!(!text.contains("not_found"), "{text}");
+    }
+
+    #[test]
+    fn pool_claims_and_misses_are_encoded_by_pool() {
+        let metrics = Metrics::default();
+        crate::provision::count_pool("np-metrics-test-team", |c| c.claims += 2);
+        crate::provision::count_pool("np-metrics-test-team", |c| c.misses += 1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, metrics.registry()).unwrap();
+        for want in [
+            "# TYPE namespace_provisioner_pool_claims counter",
+            r#"namespace_provisioner_pool_claims_total{pool="np-metrics-test-team"} 2"#,
+            r#"namespace_provisioner_pool_misses_total{pool="np-metrics-test-team"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} missing from:\n{text}");
+        }
     }
 }

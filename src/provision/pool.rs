@@ -8,8 +8,7 @@
 //! limit and a child's placement are checked before, exactly as for a cold create.
 //! Decisions come from [`crate::rules::pool`]; calls go through [`crate::k8s`].
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -42,17 +41,27 @@ const HANDED_OUT_SECS: i64 = 60;
 /// be deleting it (its precondition would make one of the two fail anyway).
 const MIN_MEMBER_LIFE_SECS: i64 = 30;
 
-static CLAIMS: AtomicU64 = AtomicU64::new(0);
-static MISSES: AtomicU64 = AtomicU64::new(0);
+/// Claims and misses per pool (its parent, or `(top-level)`), in this process.
+static COUNTS: Mutex<BTreeMap<String, PoolCounts>> = Mutex::new(BTreeMap::new());
 
-/// Creates answered with a claimed pool member, in this process.
-pub fn claims() -> u64 {
-    CLAIMS.load(Ordering::Relaxed)
+/// What the creates that tried one pool came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Creates answered with a claimed member.
+    pub claims: u64,
+    /// Creates that found no member to claim and created cold.
+    pub misses: u64,
 }
 
-/// Creates that tried a pool and found no member to claim, in this process.
-pub fn misses() -> u64 {
-    MISSES.load(Ordering::Relaxed)
+/// Claims and misses by pool, in this process.
+pub fn counts() -> Vec<(String, PoolCounts)> {
+    let counts = COUNTS.lock().unwrap_or_else(PoisonError::into_inner);
+    counts.iter().map(|(pool, c)| (pool.clone(), *c)).collect()
+}
+
+pub(crate) fn count(pool: &str, count: impl FnOnce(&mut PoolCounts)) {
+    let mut counts = COUNTS.lock().unwrap_or_else(PoisonError::into_inner);
+    count(counts.entry(pool.to_owned()).or_default());
 }
 
 /// A cold create after a pool miss, marked so for the audit line.
@@ -203,7 +212,7 @@ impl Provisioner {
         let set = desired_set_for(&name, owner, expiry, &self.set_config());
         let mut done = self.credentials(&set, &uid, expiry, server.clone(), issued);
         done.pool = Some("hit");
-        CLAIMS.fetch_add(1, Ordering::Relaxed);
+        count(&pool_name, |c| c.claims += 1);
         info!(namespace = %name, tenant = %owner.tenant, owner = owner.user.as_deref(), expiry = %expiry,
             pool = "hit", from = %pool_name, "namespace created");
         Ok(Some(done))
@@ -305,7 +314,7 @@ impl Provisioner {
     }
 
     fn missed(&self, pool_name: &str) -> Option<Provisioned> {
-        MISSES.fetch_add(1, Ordering::Relaxed);
+        count(pool_name, |c| c.misses += 1);
         info!(pool = "miss", from = %pool_name, "no pool member to claim; creating cold");
         None
     }
