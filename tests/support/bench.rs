@@ -85,3 +85,63 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
+
+/// CPU seconds (user + system) process `pid` has used so far. `/proc/PID/stat` counts in
+/// USER_HZ, which Linux fixes at 100 for user space.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis
+    // start at field 3, so utime (14) and stime (15) are the 12th and 13th of them.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// Measures how busy the machine's cores are over a stretch: the control plane's CPU time and
+/// this process's, each divided by the wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMeter {
+    control_plane_pid: u32,
+    control_plane: f64,
+    own: f64,
+    at: std::time::Instant,
+}
+
+/// Cores kept busy on average by the control plane and by this process (the client).
+#[derive(Debug, Clone, Copy)]
+pub struct CoresBusy {
+    pub control_plane: f64,
+    pub client: f64,
+}
+
+impl CpuMeter {
+    pub fn start(control_plane_pid: u32) -> Self {
+        Self {
+            control_plane_pid,
+            control_plane: cpu_secs(control_plane_pid),
+            own: cpu_secs(std::process::id()),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    pub fn stop(&self) -> CoresBusy {
+        let wall = self.at.elapsed().as_secs_f64();
+        CoresBusy {
+            control_plane: (cpu_secs(self.control_plane_pid) - self.control_plane) / wall,
+            client: (cpu_secs(std::process::id()) - self.own) / wall,
+        }
+    }
+}
+
+impl std::fmt::Display for CoresBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cores busy: control plane {:.2} + bench {:.2} of {}",
+            self.control_plane,
+            self.client,
+            std::thread::available_parallelism().map_or(0, usize::from)
+        )
+    }
+}
