@@ -577,7 +577,26 @@ async fn the_provisioner_authenticated_only_by_iam_creates_a_namespace_on_a_real
     let as_iam = iam_client(&plane, &token).await;
     let plain: k8s_openapi::api::core::v1::Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": unique("not-managed")}})).unwrap();
-    let refused = kube::Api::all(as_iam)
+    let namespaces = kube::Api::all(as_iam);
+    // The API server compiles a new policy on its own schedule (about a second after it
+    // is written; more on a loaded machine): wait for it with dry runs, which create nothing.
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..kube::api::PostParams::default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the admission policy to refuse the IAM identity a namespace without the managed key",
+        || async {
+            match namespaces.create(&dry_run, &plain).await {
+                Ok(_) => Err("a dry-run create was let through".to_owned()),
+                Err(refused) if refused.to_string().contains("namespace-provisioner-managed-only") => Ok(()),
+                Err(other) => Err(other.to_string()),
+            }
+        },
+    )
+    .await;
+    let refused = namespaces
         .create(&kube::api::PostParams::default(), &plain)
         .await
         .unwrap_err();
