@@ -200,13 +200,20 @@ impl Executor {
     }
 
     /// Every set of `plan`, at most `concurrency` at a time; outcomes in plan order.
-    /// Unordered while they run: a slow write (a deletion and its Event) must not hold the
-    /// window while the sets behind it wait for their turn.
     pub async fn execute(&self, plan: &Plan, concurrency: usize) -> Vec<Outcome> {
+        self.execute_sets(plan.sets.iter(), concurrency).await
+    }
+
+    /// `sets`, at most `concurrency` at a time; outcomes in their order. Unordered while they
+    /// run: a slow write (a deletion and its Event) must not hold the window while the sets
+    /// behind it wait for their turn.
+    pub async fn execute_sets<'a>(
+        &self,
+        sets: impl Iterator<Item = &'a SetPlan>,
+        concurrency: usize,
+    ) -> Vec<Outcome> {
         let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(
-            plan.sets
-                .iter()
-                .enumerate()
+            sets.enumerate()
                 .map(|(index, set)| async move { (index, self.execute_set(set).await) }),
         )
         .buffer_unordered(concurrency.max(1))

@@ -44,7 +44,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use thiserror::Error;
 
-use self::execute::Executor;
+use self::execute::{Executor, Outcome};
 use self::observation::Observed;
 use self::plan::{MassDeletionGuard, PlanConfig, Refusal};
 use self::report::{Durations, Report};
@@ -188,6 +188,13 @@ async fn sweep_guarded(
 }
 
 /// Observe, plan, execute and report the sets (everything of a sweep but the quota rebuild).
+///
+/// The deletions start as soon as the Namespaces are listed, while the other kinds still are:
+/// [`plan::plan_deletions`] decides them from the Namespaces alone, as the whole plan does (a
+/// property test holds the two equal). The whole plan is made while they run; its repairs
+/// follow them, so at most `concurrency` writes are in flight. A LIST that fails stops the
+/// sweep, deletions in flight included; those already done are in the audit log and Events,
+/// and the next run sees them Terminating.
 async fn sweep_sets(
     client: &Client,
     config: &SweepConfig,
@@ -197,18 +204,113 @@ async fn sweep_sets(
     webhook: Option<&webhook::WebhookSender>,
 ) -> Result<Report, ReaperError> {
     let started = Instant::now();
-    let observed = observe(client, &config.plan.set.selector, config.page_size).await?;
-    let listed = Instant::now();
-    let mut plan = plan::plan_guarded(&observed.sets(), now, &config.plan, guard);
-    // Parents named in the webhook notices of deleted namespaces.
-    let parents = match webhook {
-        Some(_) => parents_of(&observed),
-        None => std::collections::BTreeMap::new(),
+    let selector = &config.plan.set.selector;
+    let (namespaces_in, namespaces_out) = tokio::sync::oneshot::channel();
+    let deletions = async {
+        let namespaces = observe_kind(client, Kind::Namespace, None, selector, config.page_size)
+            .await?
+            .managed(selector);
+        let mut deletions = plan::plan_deletions(&namespaces.namespaces, now, &config.plan, guard);
+        if let Some(refusal) = refusal.clone() {
+            plan::refuse_deletions(&mut deletions, refusal);
+        }
+        // Parents named in the webhook notices of deleted namespaces.
+        let parents = match webhook {
+            Some(_) => parents_of(&namespaces),
+            None => std::collections::BTreeMap::new(),
+        };
+        let executor = Executor::new(client.clone(), &config.instance)
+            .with_webhook(webhook.cloned())
+            .with_parents(parents);
+        let writing = Instant::now();
+        // Dropped only when the whole plan's LISTs failed, which ends the sweep anyway.
+        let _ = namespaces_in.send((namespaces, writing));
+        let outcomes = match config.dry_run {
+            true => None,
+            false => Some(executor.execute(&deletions, config.concurrency).await),
+        };
+        Ok::<_, ReaperError>((deletions, outcomes, executor, writing))
     };
-    drop(observed);
-    if let Some(refusal) = refusal {
-        plan::refuse_deletions(&mut plan, refusal);
-    }
+    let whole = async {
+        let kinds = MANAGED_KINDS.into_iter().filter(|kind| kind.is_namespaced());
+        let parts = futures::future::try_join_all(
+            kinds.map(|kind| observe_kind(client, kind, None, selector, config.page_size)),
+        )
+        .await?;
+        let contents_listed = Instant::now();
+        let Ok((namespaces, namespaces_listed)) = namespaces_out.await else {
+            // The Namespace LIST failed: its error, from the other branch, is the sweep's.
+            return std::future::pending().await;
+        };
+        let listed = std::cmp::max(contents_listed, namespaces_listed);
+        let observed = Observed::merge(parts.into_iter().chain([namespaces])).managed(selector);
+        let planning = Instant::now();
+        let mut plan = plan::plan_guarded(&observed.sets(), now, &config.plan, guard);
+        drop(observed);
+        if let Some(refusal) = refusal.clone() {
+            plan::refuse_deletions(&mut plan, refusal);
+        }
+        log_refusal(&plan);
+        Ok::<_, ReaperError>((plan, listed, planning.elapsed()))
+    };
+    let ((deletions, deleted, executor, writing), (plan, listed, planning)) =
+        futures::try_join!(deletions, whole)?;
+    let outcomes = match deleted {
+        None => None,
+        Some(deleted) => Some(execute_rest(&executor, &plan, &deletions, deleted, config.concurrency).await),
+    };
+    let durations = Durations {
+        list: listed - started,
+        plan: planning,
+        execute: match config.dry_run {
+            true => Duration::ZERO,
+            false => writing.elapsed(),
+        },
+    };
+    let mut report = Report::new(
+        &plan,
+        outcomes.as_deref(),
+        durations,
+        config.plan.max_deletions,
+        peak_rss_kib(),
+    );
+    report.expiry = Some(report::ExpirySummary::of(&plan, now));
+    Ok(report)
+}
+
+/// The outcomes of `plan`, in its order: those of the sets `deletions` settled and `deleted`
+/// already, and of the others, executed now.
+async fn execute_rest(
+    executor: &Executor,
+    plan: &plan::Plan,
+    deletions: &plan::Plan,
+    deleted: Vec<Outcome>,
+    concurrency: usize,
+) -> Vec<Outcome> {
+    let mut settled: std::collections::BTreeMap<&str, Outcome> = deletions
+        .sets
+        .iter()
+        .map(|set| set.namespace.as_str())
+        .zip(deleted)
+        .collect();
+    let rest = plan
+        .sets
+        .iter()
+        .filter(|set| !settled.contains_key(set.namespace.as_str()));
+    let mut executed = executor.execute_sets(rest, concurrency).await.into_iter();
+    plan.sets
+        .iter()
+        .map(|set| {
+            settled
+                .remove(set.namespace.as_str())
+                .or_else(|| executed.next())
+                .unwrap_or(Outcome::Nothing)
+        })
+        .collect()
+}
+
+/// Say once, loudly, that a guard refused this run's deletions.
+fn log_refusal(plan: &plan::Plan) {
     if let Some(refusal) = &plan.refused {
         let refused = plan
             .sets
@@ -221,32 +323,6 @@ async fn sweep_sets(
             "deletions refused: {refusal}"
         );
     }
-    let planned = Instant::now();
-    let outcomes = if config.dry_run {
-        None
-    } else {
-        Some(
-            Executor::new(client.clone(), &config.instance)
-                .with_webhook(webhook.cloned())
-                .with_parents(parents)
-                .execute(&plan, config.concurrency)
-                .await,
-        )
-    };
-    let durations = Durations {
-        list: listed - started,
-        plan: planned - listed,
-        execute: planned.elapsed(),
-    };
-    let mut report = Report::new(
-        &plan,
-        outcomes.as_deref(),
-        durations,
-        config.plan.max_deletions,
-        peak_rss_kib(),
-    );
-    report.expiry = Some(report::ExpirySummary::of(&plan, now));
-    Ok(report)
 }
 
 /// Managed namespace -> its parent label, for those that have one.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::diff::{Drift, Write, diff, strays};
-use super::observation::{ObjectId, ObservedSet, contents};
+use super::observation::{ObjectId, ObservedNamespace, ObservedSet, contents};
 use crate::rules::desired::{Owner, SetConfig, desired_set_for, expiry_only_namespace};
 use crate::rules::kinds::Object;
 use crate::rules::labels::{self, EXPIRY_LABEL};
@@ -206,56 +206,137 @@ pub fn plan_guarded(
     guard: Option<&MassDeletionGuard>,
 ) -> Plan {
     let mut planned = plan(sets, now, config);
-    if let Some(guard) = guard {
-        let due = planned
-            .sets
-            .iter()
-            .filter(|s| !s.pool_member)
-            .filter(|s| matches!(s.action, Action::Delete { .. } | Action::DeleteCapped { .. }))
-            .count();
-        // Pool members (issue 16) hold nothing of a tenant's and a pool filled at once goes
-        // stale at once: they are not what this guard protects, so they count on neither side.
-        let managed = planned
-            .sets
-            .iter()
-            .filter(|s| !s.pool_member)
-            .filter(|s| !matches!(s.action, Action::ReportOrphan { .. }))
-            .count();
-        if is_mass_deletion(due, managed, guard) {
-            refuse_deletions(
-                &mut planned,
-                Refusal::MassDeletion {
-                    due,
-                    managed,
-                    guard: *guard,
-                },
-            );
-        }
-    }
+    // An orphan has no Namespace: the guard weighs deletions against managed namespaces.
+    let managed = planned
+        .sets
+        .iter()
+        .filter(|s| !s.pool_member)
+        .filter(|s| !matches!(s.action, Action::ReportOrphan { .. }))
+        .count();
+    guard_deletions(&mut planned, managed, guard);
     planned
+}
+
+/// The deletions [`plan_guarded`] decides, from the managed Namespaces alone: a deletion, the
+/// cap and the guard read nothing else (expiry, deletion state, uid, resourceVersion, owner,
+/// pool membership). So a sweep starts them while it is still listing the other kinds. The
+/// plan holds only the sets whose Namespace settles their action (being deleted, or expired), in name order.
+pub fn plan_deletions(
+    namespaces: &[ObservedNamespace],
+    now: i64,
+    config: &PlanConfig,
+    guard: Option<&MassDeletionGuard>,
+) -> Plan {
+    let mut sets: Vec<SetPlan> = namespaces
+        .iter()
+        .filter_map(|ns| {
+            let action = decided_by_namespace(ns, now)?;
+            Some(Owned::of(ns).plan(&ns.name, action, Vec::new()))
+        })
+        .collect();
+    sets.sort_unstable_by(|a, b| a.namespace.cmp(&b.namespace));
+    cap_deletions(&mut sets, config.max_deletions);
+    let mut planned = Plan { sets, refused: None };
+    let managed = namespaces.iter().filter(|ns| !Owned::of(ns).pool_member).count();
+    guard_deletions(&mut planned, managed, guard);
+    planned
+}
+
+/// Refuse every deletion of `planned` if its count out of `managed` trips `guard`. Pool members
+/// (issue 16) hold nothing of a tenant's and a pool filled at once goes stale at once: they are
+/// not what this guard protects, so they count on neither side.
+fn guard_deletions(planned: &mut Plan, managed: usize, guard: Option<&MassDeletionGuard>) {
+    let Some(guard) = guard else {
+        return;
+    };
+    let due = planned
+        .sets
+        .iter()
+        .filter(|s| !s.pool_member)
+        .filter(|s| matches!(s.action, Action::Delete { .. } | Action::DeleteCapped { .. }))
+        .count();
+    if is_mass_deletion(due, managed, guard) {
+        refuse_deletions(
+            planned,
+            Refusal::MassDeletion {
+                due,
+                managed,
+                guard: *guard,
+            },
+        );
+    }
 }
 
 /// Decide for every set; apply the deletion cap (oldest expiry first, then name).
 pub fn plan(sets: &[ObservedSet<'_>], now: i64, config: &PlanConfig) -> Plan {
     let mut sets: Vec<SetPlan> = sets.iter().map(|s| plan_set(s, now, config)).collect();
-    if let Some(cap) = config.max_deletions {
-        let mut due: Vec<(Expiry, String, usize)> = sets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s.action {
-                Action::Delete { expiry, .. } => Some((expiry, s.namespace.clone(), i)),
-                _ => None,
-            })
-            .collect();
-        due.sort();
-        let keep = usize::try_from(cap).unwrap_or(usize::MAX);
-        for (expiry, _, i) in due.into_iter().skip(keep) {
-            if let Some(set) = sets.get_mut(i) {
-                set.action = Action::DeleteCapped { expiry };
-            }
+    cap_deletions(&mut sets, config.max_deletions);
+    Plan { sets, refused: None }
+}
+
+/// At most `cap` deletions stay [`Action::Delete`], the oldest expiries first (then by name);
+/// the others become [`Action::DeleteCapped`].
+fn cap_deletions(sets: &mut [SetPlan], cap: Option<u32>) {
+    let Some(cap) = cap else {
+        return;
+    };
+    let mut due: Vec<(Expiry, String, usize)> = sets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s.action {
+            Action::Delete { expiry, .. } => Some((expiry, s.namespace.clone(), i)),
+            _ => None,
+        })
+        .collect();
+    due.sort();
+    let keep = usize::try_from(cap).unwrap_or(usize::MAX);
+    for (expiry, _, i) in due.into_iter().skip(keep) {
+        if let Some(set) = sets.get_mut(i) {
+            set.action = Action::DeleteCapped { expiry };
         }
     }
-    Plan { sets, refused: None }
+}
+
+/// Who a managed namespace belongs to, as its own metadata says.
+struct Owned {
+    tenant: Option<Owner>,
+    /// A pool member has no tenant by design: only its expiry (its max age) is kept;
+    /// its contents are the member set, not strays.
+    pool_member: bool,
+}
+
+impl Owned {
+    fn of(ns: &ObservedNamespace) -> Self {
+        // The owner (tenant, and a Kubernetes creator's bound user) is read from
+        // the Namespace, so the desired set is rebuilt from its metadata alone.
+        let tenant = Owner::of(&ns.labels, &ns.annotations);
+        let pool_member = tenant.is_none() && pool::is_member(&ns.labels);
+        Self { tenant, pool_member }
+    }
+
+    fn plan(&self, name: &str, action: Action, strays: Vec<ObjectId>) -> SetPlan {
+        SetPlan {
+            namespace: name.to_owned(),
+            action,
+            strays: if self.pool_member { Vec::new() } else { strays },
+            untenanted: self.tenant.is_none() && !self.pool_member,
+            tenant: self.tenant.as_ref().map(|t| t.tenant.as_str().to_owned()),
+            pool_member: self.pool_member,
+        }
+    }
+}
+
+/// The decisions the Namespace alone settles: already being deleted, or expired.
+fn decided_by_namespace(ns: &ObservedNamespace, now: i64) -> Option<Action> {
+    if ns.deleting {
+        return Some(Action::SkipTerminating);
+    }
+    let expiry = labels::expiry_of(&ns.labels).filter(|expiry| expiry.is_due(now))?;
+    Some(Action::Delete {
+        expiry,
+        uid: ns.uid.clone().unwrap_or_default(),
+        resource_version: ns.resource_version.clone().unwrap_or_default(),
+    })
 }
 
 /// Decide for one set (no deletion cap: that is a property of a whole run).
@@ -273,36 +354,15 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
             pool_member: false,
         };
     };
-    // The owner (tenant, and a Kubernetes creator's bound user) is read from
-    // the Namespace, so the desired set is rebuilt from its metadata alone.
-    let tenant = Owner::of(&ns.labels, &ns.annotations);
-    // A pool member has no tenant by design: only its expiry (its max age) is kept here;
-    // its contents are the member set, not strays.
-    let pool_member = tenant.is_none() && pool::is_member(&ns.labels);
-    let untenanted = tenant.is_none() && !pool_member;
-    let tenant_name = tenant.as_ref().map(|t| t.tenant.as_str().to_owned());
-    let done = |action, strays: Vec<ObjectId>| SetPlan {
-        namespace: name.clone(),
-        action,
-        strays: if pool_member { Vec::new() } else { strays },
-        untenanted,
-        tenant: tenant_name.clone(),
-        pool_member,
-    };
-    if ns.deleting {
-        return done(Action::SkipTerminating, Vec::new());
+    let owned = Owned::of(ns);
+    let done = |action, strays| owned.plan(&name, action, strays);
+    if let Some(action) = decided_by_namespace(ns, now) {
+        return done(action, Vec::new());
     }
+    let tenant = &owned.tenant;
     let label = ns.labels.get(EXPIRY_LABEL);
     match labels::expiry_of(&ns.labels) {
-        Some(expiry) if expiry.is_due(now) => done(
-            Action::Delete {
-                expiry,
-                uid: ns.uid.clone().unwrap_or_default(),
-                resource_version: ns.resource_version.clone().unwrap_or_default(),
-            },
-            Vec::new(),
-        ),
-        Some(expiry) => match &tenant {
+        Some(expiry) => match tenant {
             Some(tenant) => {
                 let desired = desired_set_for(&name, tenant, expiry, &config.set);
                 let writes = diff(&desired, ns, observed);
@@ -321,7 +381,7 @@ pub fn plan_set(observed: &ObservedSet<'_>, now: i64, config: &PlanConfig) -> Se
             let created = ns.created.unwrap_or(now);
             let expiry = Expiry::after(created, config.max_ttl.as_secs());
             let previous = label.map(str::to_owned);
-            match &tenant {
+            match tenant {
                 Some(tenant) => {
                     let desired = desired_set_for(&name, tenant, expiry, &config.set);
                     let writes = diff(&desired, ns, observed);

@@ -8,6 +8,8 @@
 //! - loses no expired namespace (deleted, or capped for the next run);
 //! - never deletes more than the cap, and keeps the oldest expiries under it;
 //! - refuses all or nothing under the mass-deletion guard;
+//! - decides its deletions (cap and guard included) from the Namespaces alone, as the sweep
+//!   that starts them before the other kinds are listed relies on;
 //! - is done after one execution: a second plan over the state the first
 //!   plan's execution leaves (modelled purely below, as server-side apply
 //!   and a namespace deletion would leave it) has nothing to write, and
@@ -349,5 +351,27 @@ proptest! {
                 (was, got) => prop_assert!(false, "{}: {was:?} then {got:?}", one.namespace),
             }
         }
+    }
+
+    #[test]
+    fn the_deletions_from_the_namespaces_alone_are_the_whole_plans(
+        (cases, role, cap) in cases(),
+        guard in prop::option::of((0.05f64..=1.0, 0u32..8)),
+    ) {
+        let observed = observe(&cases, role);
+        let config = PlanConfig { max_deletions: cap, ..config(role) };
+        let guard = guard.map(|(fraction, min)| MassDeletionGuard { fraction, min });
+        let whole = plan_guarded(&observed.sets(), NOW, &config, guard.as_ref());
+        let early = plan_deletions(&observed.namespaces, NOW, &config, guard.as_ref());
+        let settled: Vec<&SetPlan> = whole
+            .sets
+            .iter()
+            .filter(|s| matches!(
+                s.action,
+                Action::Delete { .. } | Action::DeleteCapped { .. } | Action::DeleteRefused { .. } | Action::SkipTerminating
+            ))
+            .collect();
+        prop_assert_eq!(early.sets.iter().collect::<Vec<_>>(), settled);
+        prop_assert_eq!(early.refused, whole.refused);
     }
 }

@@ -11,11 +11,15 @@ use super::observation::ObjectId;
 use super::plan::{Action, Plan, SetPlan};
 use crate::telemetry::chain;
 
-/// How long each phase took.
+/// How long each phase took. A sweep's phases overlap (its deletions start once the
+/// Namespaces are listed), so they may add up to more than the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Durations {
+    /// Until every kind is listed.
     pub list: Duration,
+    /// The whole plan.
     pub plan: Duration,
+    /// From the first write to the last.
     pub execute: Duration,
 }
 
