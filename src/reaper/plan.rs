@@ -227,17 +227,21 @@ pub fn plan_deletions(
     config: &PlanConfig,
     guard: Option<&MassDeletionGuard>,
 ) -> Plan {
-    let mut sets: Vec<SetPlan> = namespaces
-        .iter()
-        .filter_map(|ns| {
-            let action = decided_by_namespace(ns, now)?;
-            Some(Owned::of(ns).plan(&ns.name, action, Vec::new()))
-        })
-        .collect();
+    let mut sets = Vec::new();
+    // One pass: each Namespace's owner is read once, for its set and for the guard's count.
+    let mut managed = 0;
+    for ns in namespaces {
+        let owned = Owned::of(ns);
+        if !owned.pool_member {
+            managed += 1;
+        }
+        if let Some(action) = decided_by_namespace(ns, now) {
+            sets.push(owned.plan(&ns.name, action, Vec::new()));
+        }
+    }
     sets.sort_unstable_by(|a, b| a.namespace.cmp(&b.namespace));
     cap_deletions(&mut sets, config.max_deletions);
     let mut planned = Plan { sets, refused: None };
-    let managed = namespaces.iter().filter(|ns| !Owned::of(ns).pool_member).count();
     guard_deletions(&mut planned, managed, guard);
     planned
 }
