@@ -27,6 +27,7 @@ pub mod execute;
 #[cfg(test)]
 mod fixtures;
 pub mod hierarchy;
+mod kind_store;
 pub mod metrics;
 pub mod notice;
 pub mod observation;

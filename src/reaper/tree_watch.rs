@@ -8,8 +8,9 @@
 //!
 //! Events are batched: the first wakes the worker, everything queued by then joins the batch,
 //! so a burst (a new tree, a relist, one source edit reaching many copies) costs one plan.
-//! Every watch feeds a reflector store, and a pass plans from those stores: no LIST per pass,
-//! only the writes the plan needs. The reaper's own writes come back as events of intact
+//! Every watch feeds a store (a reflector's for Namespaces, a [`KindStore`] per propagated
+//! kind, which keeps intact copies compact), and a pass plans from those stores: no LIST per
+//! pass, only the writes the plan needs. The reaper's own writes come back as events of intact
 //! copies (their content still hashes to their mark), which are dropped before they wake
 //! the worker; an edited copy does wake it.
 
@@ -21,8 +22,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::ResourceExt;
-use kube::api::DynamicObject;
-use kube::discovery::ApiResource;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
@@ -34,6 +33,7 @@ use super::execute::REPORTING_CONTROLLER;
 use super::hierarchy::{
     Listed, TreeNamespace, TreePlan, TreeSweepConfig, dedup_skips, plan_namespaces, sync_all,
 };
+use super::kind_store::{Change, KindStore};
 use super::metrics::Metrics;
 use super::watch::ClockRefusal;
 use super::webhook::WebhookSender;
@@ -41,10 +41,7 @@ use crate::clock::system_clock;
 use crate::k8s;
 use crate::k8s::EventRecorder;
 use crate::propagate::{Finding, Propagation, SyncReport};
-use crate::rules::hierarchy::config::StripRules;
-use crate::rules::hierarchy::keys;
 use crate::rules::hierarchy::propagation::HashMemo;
-use crate::rules::hierarchy::propagation::content_hash;
 use crate::rules::hierarchy::tree::Forest;
 use crate::rules::params::Selector;
 use crate::telemetry::chain;
@@ -61,8 +58,9 @@ pub struct TreeWatch {
 }
 
 /// Namespaces planned together in one pass: their stored objects are converted to JSON
-/// together (a pass over 1,000 namespaces of 100 copies each would hold 100,000 at once).
-const PASS_SLICE: usize = 200;
+/// together (a pass over 1,000 namespaces of 100 copies each would hold 100,000 at once; a
+/// slice of 25 holds 2,500, some 7 MiB).
+const PASS_SLICE: usize = 25;
 
 /// What an event can change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +89,7 @@ type Names = Option<BTreeSet<(usize, String)>>;
 struct Stores {
     namespaces: Store<Namespace>,
     /// One per active kind, in [`Propagation::active_kinds`] order.
-    kinds: Vec<(ApiResource, Store<DynamicObject>)>,
+    kinds: Vec<Arc<KindStore>>,
 }
 
 /// Why deletions are refused now (the clock check of watch mode), shared with the expiry
@@ -135,25 +133,23 @@ pub(super) async fn run(
     let mut kinds = Vec::new();
     for (index, kind) in trees.propagation.active_kinds().enumerate() {
         let tx = tx.clone();
-        let writer = reflector::store::Writer::<DynamicObject>::new(kind.resource.clone());
-        kinds.push((kind.resource.clone(), writer.as_reader()));
-        let events = reflector::reflector(writer, k8s::watch_dynamic(&client, &kind.resource).modify(slim));
-        let (resource, strip) = (kind.resource.clone(), trees.propagation.config.strip().clone());
+        let store = Arc::new(KindStore::new(
+            kind.resource.clone(),
+            trees.propagation.config.strip().clone(),
+        ));
+        kinds.push(store.clone());
+        let events = k8s::watch_dynamic(&client, &kind.resource);
         streams.spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
-                let trigger = match event {
-                    Ok(Event::Apply(o)) if is_intact_copy(&resource, &o, &strip) => continue,
-                    Ok(Event::Apply(o) | Event::Delete(o)) => match o.namespace() {
-                        Some(namespace) => Trigger::Object(ObjectKey {
-                            namespace,
-                            kind: index,
-                            name: o.name_any(),
-                        }),
-                        None => continue,
-                    },
-                    Ok(Event::InitDone) => Trigger::All,
-                    Ok(Event::Init | Event::InitApply(_)) => continue,
+                let trigger = match event.map(|event| store.apply(event)) {
+                    Ok(Change::Nothing) => continue,
+                    Ok(Change::Object { namespace, name }) => Trigger::Object(ObjectKey {
+                        namespace,
+                        kind: index,
+                        name,
+                    }),
+                    Ok(Change::Relisted) => Trigger::All,
                     Err(error) => {
                         debug!(error = %chain(&error), "object watch; it re-lists");
                         continue;
@@ -170,8 +166,8 @@ pub(super) async fn run(
     // A pass plans from the stores: before every one holds its first list, a missing source
     // would read as deleted.
     let mut ready = stores.namespaces.wait_until_ready().await.is_ok();
-    for (_, store) in &stores.kinds {
-        ready &= store.wait_until_ready().await.is_ok();
+    for store in &stores.kinds {
+        ready &= store.wait_until_ready().await;
     }
     if !ready {
         warn!("a tree watch stream ended before its first list");
@@ -219,36 +215,10 @@ pub(super) async fn run(
     streams.abort_all();
 }
 
-/// What the stores keep of a watched object: everything but managedFields, which the planner
-/// never reads and which are often most of an object's size.
-fn slim<K: kube::Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-}
-
-/// A watched object as the planner reads it (as `k8s::list_dynamic` returns it): typed,
-/// without managedFields.
-fn as_value(resource: &ApiResource, object: &DynamicObject) -> Option<Value> {
-    let mut value = serde_json::to_value(object).ok()?;
-    let map = value.as_object_mut()?;
-    map.insert("apiVersion".into(), Value::String(resource.api_version.clone()));
-    map.insert("kind".into(), Value::String(resource.kind.clone()));
-    if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("managedFields");
-    }
-    Some(value)
-}
-
-/// A copy whose content still hashes to the mark it was written with: nothing to restore
-/// here (a change of its source arrives as the source's own event).
-fn is_intact_copy(resource: &ApiResource, object: &DynamicObject, strip: &StripRules) -> bool {
-    let marked = object
-        .annotations()
-        .get(keys::SOURCE_HASH_ANNOTATION)
-        .filter(|_| object.labels().contains_key(keys::INHERITED_FROM_LABEL));
-    match (marked, as_value(resource, object)) {
-        (Some(mark), Some(value)) => *mark == content_hash(&value, strip),
-        _ => false,
-    }
+/// What the Namespace store keeps: everything but managedFields, which the planner never reads
+/// and which are often most of an object's size.
+fn slim(object: &mut Namespace) {
+    object.metadata.managed_fields = None;
 }
 
 /// Which planned namespaces the triggers reach.
@@ -288,36 +258,26 @@ fn names_to_plan(plan: &TreePlan, triggers: &[Trigger]) -> Names {
 }
 
 /// The stored objects of each active kind in the `wanted` namespaces (of the `names`, if
-/// given), by namespace.
+/// given), by namespace; `memo` learns the hashes of the compact copies.
 fn stored_objects(
     stores: &Stores,
     wanted: &BTreeSet<String>,
     names: &Names,
+    memo: &HashMemo,
 ) -> Vec<BTreeMap<String, Vec<Value>>> {
     stores
         .kinds
         .iter()
         .enumerate()
-        .map(|(index, (resource, store))| {
-            let mut by_namespace: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-            for object in store.state() {
-                let Some(namespace) = object.metadata.namespace.as_deref() else {
-                    continue;
-                };
-                if !wanted.contains(namespace) {
-                    continue;
-                }
-                if let Some(names) = names {
-                    let name = object.metadata.name.clone().unwrap_or_default();
-                    if !names.contains(&(index, name)) {
-                        continue;
-                    }
-                }
-                if let Some(value) = as_value(resource, &object) {
-                    by_namespace.entry(namespace.to_string()).or_default().push(value);
-                }
-            }
-            by_namespace
+        .map(|(index, store)| {
+            let of_kind: Option<BTreeSet<&str>> = names.as_ref().map(|names| {
+                names
+                    .iter()
+                    .filter(|(kind, _)| *kind == index)
+                    .map(|(_, name)| name.as_str())
+                    .collect()
+            });
+            store.objects(wanted, of_kind.as_ref(), memo)
         })
         .collect()
 }
@@ -396,7 +356,6 @@ async fn pass(
         dry_run: false,
         deletions_left: None,
     };
-    let hashes = HashMemo::default();
     let mut report = SyncReport::default();
     let sync: Vec<_> = plan
         .sync
@@ -418,7 +377,9 @@ async fn pass(
             .flat_map(|(name, (ancestors, _))| std::iter::once(name).chain(ancestors))
             .cloned()
             .collect();
-        let objects = stored_objects(stores, &wanted, &names);
+        // A memo per slice: it holds the hashes of the slice's compact copies.
+        let hashes = HashMemo::default();
+        let objects = stored_objects(stores, &wanted, &names, &hashes);
         let none = BTreeMap::new();
         let kinds: Vec<_> = trees
             .propagation

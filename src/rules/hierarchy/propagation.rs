@@ -21,6 +21,9 @@ use super::config::{Mode, StripRules};
 use super::exceptions::{ExceptionError, Exceptions};
 use super::keys;
 
+mod compact;
+pub use compact::CompactCopy;
+
 /// Why an object is never propagated, whatever the mode and exceptions say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NeverReason {
@@ -182,29 +185,47 @@ pub fn content_hash(object: &Value, strip: &StripRules) -> String {
 pub struct HashMemo(Mutex<HashMap<(String, String), String>>);
 
 impl HashMemo {
+    /// `object`'s content hash, remembered for the next object of its identity.
     pub fn content_hash(&self, object: &Value, strip: &StripRules) -> String {
-        let key = metadata(object).and_then(|meta| {
-            let field = |name: &str| meta.get(name)?.as_str().map(str::to_owned);
-            Some((field("uid")?, field("resourceVersion")?))
-        });
-        let Some(key) = key else {
+        let Some(key) = identity(object) else {
             return content_hash(object, strip);
         };
-        let remembered = self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        remembered.unwrap_or_else(|| {
+        self.remembered(&key).unwrap_or_else(|| {
             let hash = content_hash(object, strip);
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key, hash.clone());
+            self.remember(key, hash.clone());
             hash
         })
     }
+
+    /// `object`'s remembered hash, else its hash computed and not remembered: a destination's
+    /// object is seen once per sweep, so remembering it would only hold memory.
+    pub fn known_or_hash(&self, object: &Value, strip: &StripRules) -> String {
+        identity(object)
+            .and_then(|key| self.remembered(&key))
+            .unwrap_or_else(|| content_hash(object, strip))
+    }
+
+    fn remembered(&self, key: &(String, String)) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn remember(&self, key: (String, String), hash: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, hash);
+    }
+}
+
+/// An object's uid and resourceVersion, which fix its content.
+fn identity(object: &Value) -> Option<(String, String)> {
+    let meta = metadata(object)?;
+    let field = |name: &str| meta.get(name)?.as_str().map(str::to_owned);
+    Some((field("uid")?, field("resourceVersion")?))
 }
 
 fn write_sorted(value: &Value, out: &mut String) {
@@ -281,6 +302,15 @@ pub enum Ownership {
 /// Decides ownership of `existing` against every same-named object in the ancestors (`sources`,
 /// eligible or not).
 pub fn ownership(existing: &Value, sources: &[Source<'_>], strip: &StripRules) -> Ownership {
+    ownership_hashed(existing, sources, || content_hash(existing, strip))
+}
+
+/// [`ownership`], with the existing object's content hash from `existing_hash`.
+fn ownership_hashed(
+    existing: &Value,
+    sources: &[Source<'_>],
+    existing_hash: impl FnOnce() -> String,
+) -> Ownership {
     let labels = labels(existing);
     let Some(claimed) = labels.get(keys::INHERITED_FROM_LABEL) else {
         return Ownership::Foreign;
@@ -301,7 +331,7 @@ pub fn ownership(existing: &Value, sources: &[Source<'_>], strip: &StripRules) -
     let intact = || {
         annotations
             .get(keys::SOURCE_HASH_ANNOTATION)
-            .is_some_and(|hash| *hash == content_hash(existing, strip))
+            .is_some_and(|hash| *hash == existing_hash())
     };
     if uid_matches || intact() {
         Ownership::Ours
@@ -438,6 +468,15 @@ impl Destination<'_> {
             None => content_hash(source, self.strip),
         }
     }
+
+    /// The content hash of an object in this destination: the memo knows it for a
+    /// [`CompactCopy`], whose content is not at hand.
+    fn existing_hash(&self, existing: &Value) -> String {
+        match self.hashes {
+            Some(memo) => memo.known_or_hash(existing, self.strip),
+            None => content_hash(existing, self.strip),
+        }
+    }
 }
 
 /// Everything that decides one (destination, kind, name).
@@ -527,7 +566,10 @@ pub fn plan_object(slot: &Slot<'_>) -> ObjectPlan {
 }
 
 fn plan_existing(slot: &Slot<'_>, chosen: Option<Source<'_>>, existing: &Value) -> CopyPlan {
-    match (ownership(existing, slot.sources, slot.destination.strip), chosen) {
+    let owner = ownership_hashed(existing, slot.sources, || {
+        slot.destination.existing_hash(existing)
+    });
+    match (owner, chosen) {
         (Ownership::Foreign, None) => CopyPlan::Nothing,
         (Ownership::Foreign, Some(source)) => CopyPlan::Conflict {
             source_namespace: source.namespace.into(),
@@ -565,9 +607,7 @@ fn refresh(slot: &Slot<'_>, source: Source<'_>, existing: &Value) -> CopyPlan {
         Some(source_hash.clone()),
     ];
     // The steady state: decided without building a copy.
-    if our_metadata(existing) == expected_marks
-        && content_hash(existing, slot.destination.strip) == source_hash
-    {
+    if our_metadata(existing) == expected_marks && slot.destination.existing_hash(existing) == source_hash {
         return CopyPlan::InSync;
     }
     let want = copy_with_hash(source, slot.destination.name, slot.destination.strip, source_hash);
@@ -596,26 +636,34 @@ fn our_metadata(object: &Value) -> [Option<String>; 4] {
     ]
 }
 
+/// Top-level fields [`recreate_reason`] compares between a copy and its source (besides the
+/// body of an immutable object): a [`CompactCopy`] keeps them.
+const ROLE_REF: &str = "roleRef";
+const SECRET_TYPE: &str = "type";
+
 /// Fields the API server will not change in place. Labels and annotations of an immutable
 /// ConfigMap/Secret can still be updated, so only its body counts.
 fn recreate_reason(existing: &Value, source: &Value) -> Option<RecreateReason> {
     let field = |object: &Value, key: &str| object.get(key).cloned();
     match group_kind(existing) {
         ("rbac.authorization.k8s.io", "RoleBinding")
-            if field(existing, "roleRef") != field(source, "roleRef") =>
+            if field(existing, ROLE_REF) != field(source, ROLE_REF) =>
         {
             Some(RecreateReason::RoleRefChanged)
         }
-        ("", "Secret") if field(existing, "type") != field(source, "type") => {
+        ("", "Secret") if field(existing, SECRET_TYPE) != field(source, SECRET_TYPE) => {
             Some(RecreateReason::SecretTypeChanged)
         }
-        ("", "ConfigMap" | "Secret")
-            if existing.get("immutable") == Some(&Value::Bool(true)) && body(existing) != body(source) =>
-        {
+        ("", "ConfigMap" | "Secret") if is_immutable(existing) && body(existing) != body(source) => {
             Some(RecreateReason::Immutable)
         }
         _ => None,
     }
+}
+
+/// `immutable: true` (a ConfigMap or Secret): its body is replaced only by a recreate.
+fn is_immutable(object: &Value) -> bool {
+    object.get("immutable") == Some(&Value::Bool(true))
 }
 
 /// Everything but metadata and status.

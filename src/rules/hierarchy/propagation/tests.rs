@@ -982,3 +982,176 @@ fn the_hash_memo_hashes_an_object_once_per_uid_and_resource_version() {
         content_hash(&anonymous, &strip)
     );
 }
+
+/// Plans `existing` against `sources` from the whole object and from its [`CompactCopy`]
+/// (`None` if it is not one).
+fn plans_whole_and_compact(
+    mode: Mode,
+    sources: &[Source<'_>],
+    existing: &Value,
+) -> (ObjectPlan, Option<ObjectPlan>) {
+    let labels = child_labels();
+    let strip = StripRules::default();
+    let plan_from = |existing: &Value, hashes: Option<&HashMemo>| {
+        plan_object(&Slot {
+            destination: Destination {
+                mode,
+                strip: &strip,
+                name: "child",
+                labels: &labels,
+                hashes,
+            },
+            sources,
+            existing: Some(existing),
+        })
+    };
+    let whole = plan_from(existing, None);
+    let compact = CompactCopy::of(existing, &strip).map(|compact| {
+        let (api_version, kind) = (
+            existing["apiVersion"].as_str().unwrap(),
+            existing["kind"].as_str().unwrap(),
+        );
+        let memo = HashMemo::default();
+        let expanded = compact.expand(api_version, kind, "child", name(existing).unwrap(), &memo);
+        plan_from(&expanded, Some(&memo))
+    });
+    (whole, compact)
+}
+
+#[test]
+fn an_intact_copy_kept_compact_is_planned_as_the_whole_copy() {
+    let labels = child_labels();
+    let cm = config_map("parent", "cm", "u1", "one");
+    let cm_copy = stored_copy(&from_parent(&cm), &labels, "copy-cm");
+    let cm_edited_source = config_map("parent", "cm", "u1", "two");
+    let cm_recreated_source = config_map("parent", "cm", "u2", "one");
+    let cm_labelled_source = label(cm.clone(), "team", "a");
+    let rb = role_binding("parent", "rb-1", "view");
+    let rb_copy = stored_copy(&from_parent(&rb), &labels, "copy-rb");
+    let rb_role_changed = role_binding("parent", "rb-1", "edit");
+    let mut rb_subjects_changed = rb.clone();
+    rb_subjects_changed["subjects"][0]["name"] = json!("ops");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "s", "namespace": "parent", "uid": "s1"}, "data": {"k": "dg=="}});
+    let secret_copy = stored_copy(&from_parent(&secret), &labels, "copy-s");
+    let mut secret_changed = secret.clone();
+    secret_changed["data"]["k"] = json!("dzI=");
+    let mut secret_retyped = secret.clone();
+    secret_retyped["type"] = json!("example.com/other");
+    let cases: [(Mode, &Value, Vec<Source<'_>>, &str); 11] = [
+        (Mode::Propagate, &cm_copy, from_parent(&cm).to_vec(), "in sync"),
+        (
+            Mode::Propagate,
+            &cm_copy,
+            from_parent(&cm_edited_source).to_vec(),
+            "update",
+        ),
+        (
+            Mode::Propagate,
+            &cm_copy,
+            from_parent(&cm_recreated_source).to_vec(),
+            "new source uid",
+        ),
+        (
+            Mode::Propagate,
+            &cm_copy,
+            from_parent(&cm_labelled_source).to_vec(),
+            "source label",
+        ),
+        (Mode::Propagate, &cm_copy, Vec::new(), "source gone"),
+        (Mode::Remove, &cm_copy, from_parent(&cm).to_vec(), "mode Remove"),
+        (
+            Mode::Propagate,
+            &rb_copy,
+            from_parent(&rb_role_changed).to_vec(),
+            "roleRef",
+        ),
+        (
+            Mode::Propagate,
+            &rb_copy,
+            from_parent(&rb_subjects_changed).to_vec(),
+            "subjects",
+        ),
+        (
+            Mode::Propagate,
+            &secret_copy,
+            from_parent(&secret).to_vec(),
+            "secret in sync",
+        ),
+        (
+            Mode::Propagate,
+            &secret_copy,
+            from_parent(&secret_changed).to_vec(),
+            "secret data",
+        ),
+        (
+            Mode::Propagate,
+            &secret_copy,
+            from_parent(&secret_retyped).to_vec(),
+            "secret type",
+        ),
+    ];
+    for (mode, existing, sources, case) in &cases {
+        let (whole, compact) = plans_whole_and_compact(*mode, sources, existing);
+        assert_eq!(compact.as_ref(), Some(&whole), "{case}");
+    }
+    // The planner's decisions differ across the cases: the equality above is not vacuous.
+    let kinds: BTreeSet<&str> = cases
+        .iter()
+        .map(|(mode, existing, sources, _)| plans_whole_and_compact(*mode, sources, existing).0.plan.kind())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["delete", "in-sync", "recreate", "update"]));
+}
+
+#[test]
+fn only_intact_copies_are_kept_compact() {
+    let strip = StripRules::default();
+    let labels = child_labels();
+    let cm = config_map("parent", "cm", "u1", "one");
+    let copy = stored_copy(&from_parent(&cm), &labels, "copy-cm");
+    assert!(CompactCopy::of(&copy, &strip).is_some());
+    let mut edited = copy.clone();
+    edited["data"]["key"] = json!("edited by a user");
+    let mut deleting = copy.clone();
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-12-02T00:00:00Z");
+    let mut immutable_source = cm.clone();
+    immutable_source["immutable"] = json!(true);
+    let immutable = stored_copy(&from_parent(&immutable_source), &labels, "copy-imm");
+    let mut unversioned = copy.clone();
+    unversioned["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    let own = stored(&cm, "own");
+    let forged = label(stored(&cm, "forged"), keys::INHERITED_FROM_LABEL, "parent");
+    for (object, case) in [
+        (&edited, "edited"),
+        (&deleting, "being deleted"),
+        (&immutable, "immutable"),
+        (&unversioned, "no resourceVersion"),
+        (&own, "the namespace's own object"),
+        (&forged, "inherited-from label without a mark"),
+    ] {
+        assert_eq!(CompactCopy::of(object, &strip), None, "{case}");
+    }
+    // What a compact copy keeps: identity and our marks, not the content or the source's labels.
+    let labelled = stored_copy(&from_parent(&label(cm.clone(), "team", "a")), &labels, "copy-l");
+    let memo = HashMemo::default();
+    let expanded =
+        CompactCopy::of(&labelled, &strip)
+            .unwrap()
+            .expand("v1", "ConfigMap", "child", "cm", &memo);
+    assert_eq!(expanded.get("data"), None);
+    assert_eq!(self::labels(&expanded).get("team"), None);
+    assert_eq!(
+        self::labels(&expanded)
+            .get(keys::INHERITED_FROM_LABEL)
+            .map(String::as_str),
+        Some("parent")
+    );
+    assert_eq!(uid(&expanded), Some("copy-l"));
+    assert_eq!(
+        memo.known_or_hash(&expanded, &strip),
+        content_hash(&labelled, &strip)
+    );
+}
