@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::rules::hierarchy::config::StripRules;
-use crate::rules::hierarchy::propagation::{CompactCopy, HashMemo};
+use crate::rules::hierarchy::propagation::{CompactCopy, HashMemo, Interner};
 
 /// One stored object.
 #[derive(Debug)]
@@ -33,6 +33,7 @@ struct State {
     live: Objects,
     /// A (re)list in progress: it replaces `live` when done.
     listing: Option<Objects>,
+    shared: Interner,
 }
 
 /// What a watch event changed.
@@ -74,7 +75,7 @@ impl KindStore {
                 Change::Nothing
             }
             Event::InitApply(object) => {
-                let (namespace, name, stored) = self.keep(object);
+                let (namespace, name, stored) = self.keep(object, &mut state.shared);
                 let listing = state.listing.get_or_insert_with(Objects::new);
                 listing.entry(namespace).or_default().insert(name.into(), stored);
                 Change::Nothing
@@ -87,7 +88,7 @@ impl KindStore {
                 Change::Relisted
             }
             Event::Apply(object) => {
-                let (namespace, name, stored) = self.keep(object);
+                let (namespace, name, stored) = self.keep(object, &mut state.shared);
                 let change = match stored {
                     Stored::Copy(_) => Change::Nothing,
                     Stored::Whole(_) => Change::Object {
@@ -157,11 +158,11 @@ impl KindStore {
     }
 
     /// An event's object as stored: managedFields dropped, an intact copy compacted.
-    fn keep(&self, mut object: DynamicObject) -> (String, String, Stored) {
+    fn keep(&self, mut object: DynamicObject, shared: &mut Interner) -> (String, String, Stored) {
         object.metadata.managed_fields = None;
         let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
         let compact =
-            as_value(&self.resource, &object).and_then(|value| CompactCopy::of(&value, &self.strip));
+            as_value(&self.resource, &object).and_then(|value| CompactCopy::of(&value, &self.strip, shared));
         let stored = match compact {
             Some(copy) => Stored::Copy(copy),
             None => Stored::Whole(Box::new(object)),

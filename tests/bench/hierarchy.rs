@@ -10,7 +10,9 @@
 //!    until every copy carries it (p50 and p99), next to the bare minimum (the same PUTs, one
 //!    per copy, sent directly at the same concurrency); as many edits of one copy by a user,
 //!    each timed until the copy is restored; and peak RSS after it (the watch holds every
-//!    Namespace and propagated object in its reflector stores).
+//!    Namespace and propagated object in its stores, intact copies as compact records);
+//! 5. the reaper binary in `--watch` over the same tree (`NP_BENCH_REAPER_BIN`, default this
+//!    checkout's release build): its peak RSS once its first passes are over.
 //!
 //! Run: `cargo bench --bench hierarchy` (release), or `cargo test --bench hierarchy -- --bench`
 //! (debug build, what a shared machine affords). Prints a Markdown table.
@@ -58,9 +60,9 @@ async fn bench() {
         rows.push(run(sources, children).await);
     }
     println!(
-        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies, p50 / p99 | bare: the same PUTs directly | watch: edited copy restored, p50 / p99 | peak RSS with the watch's stores |"
+        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies, p50 / p99 | bare: the same PUTs directly | watch: edited copy restored, p50 / p99 | peak RSS with the watch's stores | reaper binary `--watch`: peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
     }
@@ -151,9 +153,10 @@ async fn run(sources: usize, children: usize) -> String {
     let edits = support::bench::env_list("NP_BENCH_EDITS", "20")[0];
     let watched = watch_edits(&fx, &propagation, &parent, children, edits).await;
     let watch_rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
+    let binary_rss = binary_watch_peak_rss_kib(&fx).await / 1024;
     let p = |samples: &[Duration], q| support::bench::pct(samples, q).as_secs_f64();
     format!(
-        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} / {:.2} s ({edits} edits) | {:.2} s | {:.3} / {:.3} s ({edits} edits) | {watch_rss} |",
+        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} / {:.2} s ({edits} edits) | {:.2} s | {:.3} / {:.3} s ({edits} edits) | {watch_rss} | {binary_rss} MiB |",
         sources * children,
         first_time.as_secs_f64(),
         steady_time.as_secs_f64(),
@@ -178,6 +181,61 @@ where
             _ => return,
         }
     }
+}
+
+/// Until the watch serving metrics at `addr` has counted passes and made no new one for 2 s.
+async fn first_passes_over(addr: &str) {
+    let (mut last, mut quiet) = (None, 0);
+    while quiet < 4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = support::metric(addr, "namespace_provisioner_reaper_propagation_lag_seconds_count").await;
+        quiet = if now.is_some_and(|n| n >= 1.0) && now == last {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+}
+
+/// The reaper binary in `--watch` over the same tree, its first passes over (they plan every
+/// copy): its peak RSS in KiB, what a deployment holds. `NP_BENCH_REAPER_BIN` measures another
+/// build of it, such as the static musl binary the images ship (`images/build.sh`); the
+/// default is this checkout's, built with the bench.
+async fn binary_watch_peak_rss_kib(fx: &support::Fixture) -> u64 {
+    let config = support::temp_file(CONFIG);
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let binary =
+        std::env::var("NP_BENCH_REAPER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_reaper").to_owned());
+    let args = [
+        "--kubeconfig",
+        &support::cluster().kubeconfig.display().to_string(),
+        "--selector",
+        &fx.selector.to_string(),
+        "--max-ttl",
+        "1h",
+        "--cluster-role",
+        &fx.set.cluster_role,
+        "--watch",
+        "--lease-namespace",
+        "default",
+        "--lease-name",
+        &support::unique("hb-bin"),
+        "--propagation-config",
+        &config.path().display().to_string(),
+        "--metrics-addr",
+        &metrics,
+    ]
+    .map(str::to_owned);
+    let mut reaper = support::process::Process::spawn(
+        "hierarchy-bench-reaper",
+        &binary,
+        &args,
+        &[("NP_LOG", "warn".to_owned())],
+    );
+    first_passes_over(&metrics).await;
+    reaper.assert_running();
+    support::bench::status_kib(reaper.pid(), "VmHWM")
 }
 
 /// What watch mode took.
@@ -260,25 +318,8 @@ async fn watch_edits(
         carrying("v1") == children
     })
     .await;
-    // ... and its first passes are over (at 100,000 copies they plan every copy for seconds):
-    // passes counted, and no new one for 2 s.
-    let passes = || {
-        support::metric(
-            &addr,
-            "namespace_provisioner_reaper_propagation_lag_seconds_count",
-        )
-    };
-    let (mut last, mut quiet) = (None, 0);
-    while quiet < 4 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = passes().await;
-        quiet = if now.is_some_and(|n| n >= 1.0) && now == last {
-            quiet + 1
-        } else {
-            0
-        };
-        last = now;
-    }
+    // ... and its first passes are over (at 100,000 copies they plan every copy for seconds).
+    first_passes_over(&addr).await;
     let sources = Api::<ConfigMap>::namespaced(client.clone(), parent);
     let mut propagated = Vec::new();
     for edit in 0..edits {

@@ -22,7 +22,7 @@ use super::exceptions::{ExceptionError, Exceptions};
 use super::keys;
 
 mod compact;
-pub use compact::CompactCopy;
+pub use compact::{CompactCopy, Interner};
 
 /// Why an object is never propagated, whatever the mode and exceptions say.
 #[derive(Debug, Clone, PartialEq, Eq)]

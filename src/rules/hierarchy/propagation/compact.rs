@@ -6,7 +6,8 @@
 //! hash, so the planner decides exactly as it would from the whole object.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -32,7 +33,7 @@ impl CompactCopy {
     /// `None` unless `object` is an intact copy (the inherited-from label, and a content hash
     /// equal to its mark) with a uid and resourceVersion. A copy being deleted or immutable is
     /// kept whole: the planner reads its deletion timestamp, or its whole body.
-    pub fn of(object: &Value, strip: &StripRules) -> Option<Self> {
+    pub fn of(object: &Value, strip: &StripRules, shared: &mut Interner) -> Option<Self> {
         let all_labels = labels(object);
         let all_annotations = annotations(object);
         let mark = all_annotations.get(keys::SOURCE_HASH_ANNOTATION)?;
@@ -49,8 +50,12 @@ impl CompactCopy {
         Some(Self {
             uid: uid.into_boxed_str(),
             resource_version: resource_version.into_boxed_str(),
-            labels: ours(all_labels, |k| keys::is_ours(k) || k == keys::MANAGED_BY_LABEL),
-            annotations: ours(all_annotations, keys::is_ours),
+            labels: ours(
+                all_labels,
+                |k| keys::is_ours(k) || k == keys::MANAGED_BY_LABEL,
+                shared,
+            ),
+            annotations: ours(all_annotations, keys::is_ours, shared),
             compared: [ROLE_REF, SECRET_TYPE]
                 .into_iter()
                 .filter_map(|field| Some((field, object.get(field)?.clone())))
@@ -104,9 +109,10 @@ impl CompactCopy {
     }
 }
 
-/// A label or annotation. Most keys are the few we set on every copy: those are not
-/// allocated per copy (a watch holds 100,000).
-type Entry = (Cow<'static, str>, Box<str>);
+/// A label or annotation. Most keys are the few we set on every copy, and the values are
+/// shared by every copy of a source (its namespace, uid and hash): neither is allocated per
+/// copy (a watch holds 100,000).
+type Entry = (Cow<'static, str>, Arc<str>);
 
 const MARKS: [&str; 4] = [
     keys::INHERITED_FROM_LABEL,
@@ -116,7 +122,7 @@ const MARKS: [&str; 4] = [
 ];
 
 /// The entries of `map` whose keys `keep` says are ours.
-fn ours(map: BTreeMap<String, String>, keep: impl Fn(&str) -> bool) -> Box<[Entry]> {
+fn ours(map: BTreeMap<String, String>, keep: impl Fn(&str) -> bool, shared: &mut Interner) -> Box<[Entry]> {
     map.into_iter()
         .filter(|(k, _)| keep(k))
         .map(|(k, v)| {
@@ -124,7 +130,61 @@ fn ours(map: BTreeMap<String, String>, keep: impl Fn(&str) -> bool) -> Box<[Entr
                 Some(mark) => Cow::Borrowed(*mark),
                 None => Cow::Owned(k),
             };
-            (key, v.into_boxed_str())
+            (key, shared.intern(v))
         })
         .collect()
+}
+
+/// Values shared between compact copies.
+#[derive(Debug, Default)]
+pub struct Interner {
+    values: HashSet<Arc<str>>,
+    /// How many values were held after the last pruning.
+    pruned_to: usize,
+}
+
+/// Below this many values, none are pruned.
+const PRUNE_FROM: usize = 1024;
+
+impl Interner {
+    fn intern(&mut self, value: String) -> Arc<str> {
+        if let Some(shared) = self.values.get(value.as_str()) {
+            return shared.clone();
+        }
+        self.prune_when_doubled();
+        let shared: Arc<str> = value.into();
+        self.values.insert(shared.clone());
+        shared
+    }
+
+    /// Drops the values no copy holds any more (a source's hash before its edit), once the set
+    /// has doubled since the last pruning: amortized, memory stays within twice what is held.
+    fn prune_when_doubled(&mut self) {
+        if self.values.len() >= 2 * self.pruned_to.max(PRUNE_FROM) {
+            self.values.retain(|value| Arc::strong_count(value) > 1);
+            self.pruned_to = self.values.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_values_are_shared_and_values_no_copy_holds_are_pruned() {
+        let mut shared = Interner::default();
+        let first = shared.intern("hash-1".into());
+        assert!(Arc::ptr_eq(&first, &shared.intern("hash-1".into())));
+        drop(first);
+        // "hash-1" is held by nothing now; it stays until the set has doubled.
+        let held: Vec<Arc<str>> = (1..2 * PRUNE_FROM)
+            .map(|i| shared.intern(format!("v{i}")))
+            .collect();
+        assert!(shared.values.contains("hash-1"));
+        let last = shared.intern("one more".into());
+        assert!(!shared.values.contains("hash-1"));
+        assert_eq!(shared.values.len(), held.len() + 1);
+        assert!(held.iter().chain([&last]).all(|v| shared.values.contains(&**v)));
+    }
 }

@@ -1006,7 +1006,7 @@ fn plans_whole_and_compact(
         })
     };
     let whole = plan_from(existing, None);
-    let compact = CompactCopy::of(existing, &strip).map(|compact| {
+    let compact = CompactCopy::of(existing, &strip, &mut Interner::default()).map(|compact| {
         let (api_version, kind) = (
             existing["apiVersion"].as_str().unwrap(),
             existing["kind"].as_str().unwrap(),
@@ -1109,7 +1109,7 @@ fn only_intact_copies_are_kept_compact() {
     let labels = child_labels();
     let cm = config_map("parent", "cm", "u1", "one");
     let copy = stored_copy(&from_parent(&cm), &labels, "copy-cm");
-    assert!(CompactCopy::of(&copy, &strip).is_some());
+    assert!(CompactCopy::of(&copy, &strip, &mut Interner::default()).is_some());
     let mut edited = copy.clone();
     edited["data"]["key"] = json!("edited by a user");
     let mut deleting = copy.clone();
@@ -1132,15 +1132,18 @@ fn only_intact_copies_are_kept_compact() {
         (&own, "the namespace's own object"),
         (&forged, "inherited-from label without a mark"),
     ] {
-        assert_eq!(CompactCopy::of(object, &strip), None, "{case}");
+        assert_eq!(
+            CompactCopy::of(object, &strip, &mut Interner::default()),
+            None,
+            "{case}"
+        );
     }
     // What a compact copy keeps: identity and our marks, not the content or the source's labels.
     let labelled = stored_copy(&from_parent(&label(cm.clone(), "team", "a")), &labels, "copy-l");
     let memo = HashMemo::default();
-    let expanded =
-        CompactCopy::of(&labelled, &strip)
-            .unwrap()
-            .expand("v1", "ConfigMap", "child", "cm", &memo);
+    let expanded = CompactCopy::of(&labelled, &strip, &mut Interner::default())
+        .unwrap()
+        .expand("v1", "ConfigMap", "child", "cm", &memo);
     assert_eq!(expanded.get("data"), None);
     assert_eq!(self::labels(&expanded).get("team"), None);
     assert_eq!(
