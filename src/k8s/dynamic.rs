@@ -135,13 +135,21 @@ fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<
     }
 }
 
-/// A listed object as the planner reads it: typed, without managedFields.
-fn to_value(resource: &ApiResource, mut object: DynamicObject) -> Result<Value, KubeError> {
-    object.metadata.managed_fields = None;
-    let mut value = serde_json::to_value(&object).map_err(kube::Error::SerdeError)?;
+/// A listed object as the planner reads it.
+fn to_value(resource: &ApiResource, object: DynamicObject) -> Result<Value, KubeError> {
+    Ok(planner_value(resource, &object).map_err(kube::Error::SerdeError)?)
+}
+
+/// An object of `resource` as the planner reads it (listed, or watched): typed (LIST items
+/// and watch events may lack `apiVersion`/`kind`), without managedFields.
+pub fn planner_value(resource: &ApiResource, object: &DynamicObject) -> Result<Value, serde_json::Error> {
+    let mut value = serde_json::to_value(object)?;
     if let Some(map) = value.as_object_mut() {
         map.insert("apiVersion".into(), Value::String(resource.api_version.clone()));
         map.insert("kind".into(), Value::String(resource.kind.clone()));
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
     }
     Ok(value)
 }

@@ -31,7 +31,7 @@ pub use crate::rules::kinds::{Kind, MANAGED_KINDS, Object};
 pub use client::{ClientError, LiveBearer, client_config, counted_client, counted_client_with, ping};
 pub use dynamic::{
     ResolveKindsError, ResolvedKind, apply_dynamic, create_dynamic, delete_dynamic, list_dynamic,
-    list_dynamic_page, patch_namespace_labels, replace_dynamic, resolve_kinds, watch_dynamic,
+    list_dynamic_page, patch_namespace_labels, planner_value, replace_dynamic, resolve_kinds, watch_dynamic,
     watch_namespaces,
 };
 pub use events::{EventRecorder, annotate_namespace};

@@ -13,6 +13,7 @@ use kube::runtime::watcher::Event;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::k8s::planner_value;
 use crate::rules::hierarchy::config::StripRules;
 use crate::rules::hierarchy::propagation::{CompactCopy, HashMemo, Interner};
 
@@ -140,7 +141,7 @@ impl KindStore {
                 .iter()
                 .filter(|(name, _)| names.is_none_or(|names| names.contains(&**name as &str)))
                 .filter_map(|(name, stored)| match stored {
-                    Stored::Whole(object) => as_value(&self.resource, object),
+                    Stored::Whole(object) => planner_value(&self.resource, object).ok(),
                     Stored::Copy(copy) => Some(copy.expand(
                         &self.resource.api_version,
                         &self.resource.kind,
@@ -161,27 +162,15 @@ impl KindStore {
     fn keep(&self, mut object: DynamicObject, shared: &mut Interner) -> (String, String, Stored) {
         object.metadata.managed_fields = None;
         let (namespace, name) = (object.namespace().unwrap_or_default(), object.name_any());
-        let compact =
-            as_value(&self.resource, &object).and_then(|value| CompactCopy::of(&value, &self.strip, shared));
+        let compact = planner_value(&self.resource, &object)
+            .ok()
+            .and_then(|value| CompactCopy::of(&value, &self.strip, shared));
         let stored = match compact {
             Some(copy) => Stored::Copy(copy),
             None => Stored::Whole(Box::new(object)),
         };
         (namespace, name, stored)
     }
-}
-
-/// A watched object as the planner reads it (as `k8s::list_dynamic` returns it): typed,
-/// without managedFields.
-fn as_value(resource: &ApiResource, object: &DynamicObject) -> Option<Value> {
-    let mut value = serde_json::to_value(object).ok()?;
-    let map = value.as_object_mut()?;
-    map.insert("apiVersion".into(), Value::String(resource.api_version.clone()));
-    map.insert("kind".into(), Value::String(resource.kind.clone()));
-    if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("managedFields");
-    }
-    Some(value)
 }
 
 #[cfg(test)]

@@ -125,11 +125,16 @@ pub fn never_propagated(object: &Value) -> Option<NeverReason> {
     }
 }
 
+/// Labels we set on a copy ourselves, never taken from its source.
+fn is_our_label(key: &str) -> bool {
+    keys::is_ours(key) || key == keys::MANAGED_BY_LABEL
+}
+
 /// Labels a copy keeps from its source: not ours, not managed-by (we set it), not GitOps.
 fn kept_labels(object: &Value, strip: &StripRules) -> Map<String, Value> {
     labels(object)
         .into_iter()
-        .filter(|(k, _)| !keys::is_ours(k) && k != keys::MANAGED_BY_LABEL && !strip.strips_label(k))
+        .filter(|(k, _)| !is_our_label(k) && !strip.strips_label(k))
         .map(|(k, v)| (k, Value::String(v)))
         .collect()
 }

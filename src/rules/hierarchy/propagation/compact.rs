@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::{
-    HashMemo, ROLE_REF, SECRET_TYPE, StripRules, annotations, content_hash, identity, is_immutable, keys,
-    labels, metadata,
+    HashMemo, ROLE_REF, SECRET_TYPE, StripRules, annotations, content_hash, identity, is_immutable,
+    is_our_label, keys, labels, metadata,
 };
 
 /// What the planner reads of an intact copy.
@@ -50,11 +50,7 @@ impl CompactCopy {
         Some(Self {
             uid: uid.into_boxed_str(),
             resource_version: resource_version.into_boxed_str(),
-            labels: ours(
-                all_labels,
-                |k| keys::is_ours(k) || k == keys::MANAGED_BY_LABEL,
-                shared,
-            ),
+            labels: ours(all_labels, is_our_label, shared),
             annotations: ours(all_annotations, keys::is_ours, shared),
             compared: [ROLE_REF, SECRET_TYPE]
                 .into_iter()
