@@ -8,8 +8,9 @@
 //! 3. peak RSS of this process (it holds what the sweep holds);
 //! 4. watch mode: `NP_BENCH_EDITS` (default 20) source edits, one after another, each timed
 //!    until every copy carries it (p50 and p99), next to the bare minimum (the same PUTs, one
-//!    per copy, sent directly at the same concurrency); as many edits of one copy by a user,
-//!    each timed until the copy is restored; and peak RSS after it (the watch holds every
+//!    per copy, sent directly as many times, `NP_BENCH_WRITERS` at once as the watch, default
+//!    16: the API server's own tail bounds the watch's p99); as many edits of one copy by a
+//!    user, each timed until the copy is restored; and peak RSS after it (the watch holds every
 //!    Namespace and propagated object in its stores, intact copies as compact records);
 //! 5. the reaper binary in `--watch` over the same tree (`NP_BENCH_REAPER_BIN`, default this
 //!    checkout's release build): its peak RSS once its first passes are over.
@@ -60,7 +61,7 @@ async fn bench() {
         rows.push(run(sources, children).await);
     }
     println!(
-        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies, p50 / p99 | bare: the same PUTs directly | watch: edited copy restored, p50 / p99 | peak RSS with the watch's stores | reaper binary `--watch`: peak RSS |"
+        "\n| sources × children | copies | first sweep | requests (writes) | steady sweep | requests | bare LIST | requests | peak RSS | watch: 1 edit → all copies, p50 / p99 | bare: the same PUTs directly, p50 / p99 | watch: edited copy restored, p50 / p99 | peak RSS with the watch's stores | reaper binary `--watch`: peak RSS |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
@@ -151,19 +152,21 @@ async fn run(sources: usize, children: usize) -> String {
     let rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
 
     let edits = support::bench::env_list("NP_BENCH_EDITS", "20")[0];
-    let watched = watch_edits(&fx, &propagation, &parent, children, edits).await;
+    let writers = support::bench::env_list("NP_BENCH_WRITERS", "16")[0];
+    let watched = watch_edits(&fx, &propagation, &parent, children, edits, writers).await;
     let watch_rss = reaper::peak_rss_kib().map_or("?".to_string(), |k| format!("{} MiB", k / 1024));
     let binary_rss = binary_watch_peak_rss_kib(&fx).await / 1024;
     let p = |samples: &[Duration], q| support::bench::pct(samples, q).as_secs_f64();
     format!(
-        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} / {:.2} s ({edits} edits) | {:.2} s | {:.3} / {:.3} s ({edits} edits) | {watch_rss} | {binary_rss} MiB |",
+        "| {sources} × {children} | {} | {:.2} s | {first_requests} ({first_writes}) | {:.2} s | {steady_requests} | {:.2} s | {bare_requests} | {rss} | {:.2} / {:.2} s ({edits} edits) | {:.2} / {:.2} s ({writers} at once) | {:.3} / {:.3} s ({edits} edits) | {watch_rss} | {binary_rss} MiB |",
         sources * children,
         first_time.as_secs_f64(),
         steady_time.as_secs_f64(),
         bare_time.as_secs_f64(),
         p(&watched.propagated, 0.5),
         p(&watched.propagated, 0.99),
-        watched.bare_writes.as_secs_f64(),
+        p(&watched.bare_writes, 0.5),
+        p(&watched.bare_writes, 0.99),
         p(&watched.restored, 0.5),
         p(&watched.restored, 0.99),
     )
@@ -244,18 +247,21 @@ struct Watched {
     propagated: Vec<Duration>,
     /// Per edit of one copy by a user: until the copy is restored.
     restored: Vec<Duration>,
-    /// The same PUTs as one source edit causes, sent directly.
-    bare_writes: Duration,
+    /// The same PUTs as one source edit causes, sent directly, as many times as the edits.
+    bare_writes: Vec<Duration>,
 }
 
 /// Watch mode in this process: `edits` source edits, each timed until all `children` copies
-/// carry it; then `edits` user edits of a copy, each timed until the copy is restored.
+/// carry it; then `edits` user edits of a copy, each timed until the copy is restored; then,
+/// the watch stopped, `edits` times the bare PUTs. The watch and the bare PUTs send `writers`
+/// writes at once.
 async fn watch_edits(
     fx: &support::Fixture,
     propagation: &Propagation,
     parent: &str,
     children: usize,
     edits: usize,
+    writers: usize,
 ) -> Watched {
     let client = fx.client.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -269,7 +275,7 @@ async fn watch_edits(
             max_deletions: None,
         },
         page_size: PAGE_SIZE,
-        concurrency: 16,
+        concurrency: u16::try_from(writers).unwrap(),
         lease: LeaseConfig::new(lease, "default".into(), "bench".into(), Duration::from_secs(5)).unwrap(),
         // The bench measures propagation, never the deletion brake.
         brake: BrakeConfig {
@@ -282,7 +288,7 @@ async fn watch_edits(
         propagation: Arc::new(propagation.clone()),
         selector: fx.selector.clone(),
         page_size: PAGE_SIZE,
-        concurrency: 16,
+        concurrency: writers,
         instance: "bench".into(),
     };
     let task = tokio::spawn(watch_with_trees(
@@ -381,16 +387,28 @@ async fn watch_edits(
     observing.abort();
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    let mut bare = Vec::new();
+    for edit in 0..edits {
+        let value = format!("bare-{edit}");
+        bare.push(bare_writes(&client, &selector, children, writers, &value).await);
+    }
     Watched {
         propagated,
         restored,
-        bare_writes: bare_writes(&client, &selector, children).await,
+        bare_writes: bare,
     }
 }
 
 /// The physical limit of one edit reaching every copy: the same PUTs (one per copy, the
-/// same concurrency as the watch's), sent directly with nothing planned or watched.
-async fn bare_writes(client: &kube::Client, selector: &str, children: usize) -> Duration {
+/// same concurrency as the watch's), sent directly with nothing planned or watched. Each
+/// sample writes another `value`: the API server does not write an unchanged object.
+async fn bare_writes(
+    client: &kube::Client,
+    selector: &str,
+    children: usize,
+    writers: usize,
+    value: &str,
+) -> Duration {
     let copies = Api::<ConfigMap>::all(client.clone())
         .list(
             &ListParams::default()
@@ -404,12 +422,12 @@ async fn bare_writes(client: &kube::Client, selector: &str, children: usize) -> 
     let started = Instant::now();
     futures::stream::iter(copies.into_iter().map(|mut copy| {
         let api = Api::<ConfigMap>::namespaced(client.clone(), &copy.namespace().unwrap());
-        copy.data = Some(BTreeMap::from([("k".to_string(), "bare".to_string())]));
+        copy.data = Some(BTreeMap::from([("k".to_string(), value.to_string())]));
         async move {
             api.replace("src-0", &PostParams::default(), &copy).await.unwrap();
         }
     }))
-    .buffer_unordered(16)
+    .buffer_unordered(writers)
     .collect::<Vec<()>>()
     .await;
     started.elapsed()
