@@ -135,8 +135,10 @@ fn api(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<
     }
 }
 
-/// A listed object as the planner reads it.
-fn to_value(resource: &ApiResource, object: DynamicObject) -> Result<Value, KubeError> {
+/// A listed object as the planner reads it. Its managedFields (often most of its size) are
+/// dropped before it is serialized, not after.
+fn to_value(resource: &ApiResource, mut object: DynamicObject) -> Result<Value, KubeError> {
+    object.metadata.managed_fields = None;
     Ok(planner_value(resource, &object).map_err(kube::Error::SerdeError)?)
 }
 
