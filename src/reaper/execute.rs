@@ -10,7 +10,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::diff::Write;
-use super::plan::{Action, Plan, SetPlan};
+use super::plan::{Action, SetPlan};
 use super::webhook::WebhookSender;
 use crate::k8s::{self, EventRecorder, KubeError};
 use crate::rules::params::Expiry;
@@ -148,8 +148,6 @@ pub struct Executor {
     recorder: EventRecorder,
     /// `--notify-webhook-config`: `expired` and `deleted` notices.
     webhook: Option<WebhookSender>,
-    /// Namespace -> its parent (the parent label), for those notices.
-    parents: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl Executor {
@@ -160,14 +158,7 @@ impl Executor {
             client,
             recorder,
             webhook: None,
-            parents: std::sync::Arc::default(),
         }
-    }
-
-    /// The parents of the namespaces a plan may delete (named in the notices).
-    pub fn with_parents(mut self, parents: std::collections::BTreeMap<String, String>) -> Self {
-        self.parents = std::sync::Arc::new(parents);
-        self
     }
 
     /// Also tell the tenant's webhook about each deletion.
@@ -199,14 +190,10 @@ impl Executor {
         }
     }
 
-    /// Every set of `plan`, at most `concurrency` at a time; outcomes in plan order.
-    pub async fn execute(&self, plan: &Plan, concurrency: usize) -> Vec<Outcome> {
-        self.execute_sets(plan.sets.iter(), concurrency).await
-    }
-
     /// `sets`, at most `concurrency` at a time; outcomes in their order. Unordered while they
-    /// run: a slow write (a deletion and its Event) must not hold the window while the sets
-    /// behind it wait for their turn.
+    /// run: a slow write must not hold the window while the sets behind it wait for their
+    /// turn. The notices of a deletion among them name no parent (a sweep sends its
+    /// deletions, with their parents, to [`Self::execute_set_under`]).
     pub async fn execute_sets<'a>(
         &self,
         sets: impl Iterator<Item = &'a SetPlan>,
@@ -214,19 +201,13 @@ impl Executor {
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<(usize, Outcome)> = futures::stream::iter(
             sets.enumerate()
-                .map(|(index, set)| async move { (index, self.execute_set(set).await) }),
+                .map(|(index, set)| async move { (index, self.execute_set_under(set, None).await) }),
         )
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
         outcomes.sort_unstable_by_key(|(index, _)| *index);
         outcomes.into_iter().map(|(_, outcome)| outcome).collect()
-    }
-
-    /// One set (its parent, for the notices, from [`Self::with_parents`]).
-    pub async fn execute_set(&self, set: &SetPlan) -> Outcome {
-        let parent = self.parents.get(&set.namespace).map(String::as_str);
-        self.execute_set_under(set, parent).await
     }
 
     /// One set whose namespace's parent is `parent` (for the notices).

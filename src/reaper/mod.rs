@@ -21,6 +21,7 @@
 //! This module does Kubernetes I/O (listing) through [`crate::k8s`]; the
 //! decisions below it are pure; [`execute`] is the only place it writes.
 
+mod arrival;
 pub mod brake;
 pub mod diff;
 pub mod execute;
@@ -39,12 +40,18 @@ pub mod tree_watch;
 pub mod watch;
 pub mod webhook;
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use thiserror::Error;
+use tokio::sync::Notify;
 
+use self::arrival::Arriving;
 use self::execute::{Executor, Outcome};
 use self::observation::Observed;
 use self::plan::{MassDeletionGuard, PlanConfig, Refusal};
@@ -108,18 +115,30 @@ async fn observe_kind(
     selector: &Selector,
     page_size: u32,
 ) -> Result<Observed, ReaperError> {
-    let label_selector = selector.to_label_selector();
     let mut into = Observed::default();
-    k8s::list_kind(client, kind, namespace, &label_selector, page_size, |o| {
-        into.push(o)
-    })
-    .await
-    .map_err(|source| ReaperError::List {
-        kind: kind.as_str(),
-        selector: label_selector,
-        source,
-    })?;
+    list_each(client, kind, namespace, selector, page_size, |o| into.push(o)).await?;
     Ok(into)
+}
+
+/// Hand every object of `kind` carrying `selector` (cluster-wide, or inside `namespace`) to
+/// `each` as its page arrives.
+async fn list_each(
+    client: &Client,
+    kind: Kind,
+    namespace: Option<&str>,
+    selector: &Selector,
+    page_size: u32,
+    each: impl FnMut(Object),
+) -> Result<(), ReaperError> {
+    let label_selector = selector.to_label_selector();
+    k8s::list_kind(client, kind, namespace, &label_selector, page_size, each)
+        .await
+        .map_err(|source| ReaperError::List {
+            kind: kind.as_str(),
+            selector: label_selector,
+            source,
+        })?;
+    Ok(())
 }
 
 /// LIST every managed kind cluster-wide (concurrently, paginated) and group
@@ -190,12 +209,20 @@ async fn sweep_guarded(
 
 /// Observe, plan, execute and report the sets (everything of a sweep but the quota rebuild).
 ///
-/// The deletions start as soon as the Namespaces are listed, while the other kinds still are:
-/// [`plan::plan_deletions`] decides them from the Namespaces alone, as the whole plan does (a
-/// property test holds the two equal). The whole plan is made while they run; its repairs
-/// follow them, so at most `concurrency` writes are in flight. A LIST that fails stops the
-/// sweep, deletions in flight included; those already done are in the audit log and Events,
-/// and the next run sees them Terminating.
+/// Every kind is listed at once into one [`Arriving`] observation. Each namespace is decided
+/// as soon as every kind's list has passed it ([`arrival`]), so no plan is left to make after
+/// the last page. One writer keeps at most `concurrency` sets in flight:
+/// - the deletions start as soon as the Namespaces are listed: [`plan::plan_deletions`]
+///   decides them from the Namespaces alone, as the whole plan does (a property test holds
+///   the two equal);
+/// - the repairs follow the last page ([`decide_early`] says why not sooner).
+///
+/// When everything is listed, the run-wide rules (cap, guard, refusal) settle those decisions
+/// into the report's plan ([`plan::settle`]); should a LIST have come out of key order, the
+/// plan is made again from everything listed instead. Its sets that were neither settled by
+/// the deletions nor written early under the very same decision are executed then. A LIST
+/// that fails stops the sweep, writes in flight included; those already done are in the audit
+/// log and Events, and the next run sees them.
 async fn sweep_sets(
     client: &Client,
     config: &SweepConfig,
@@ -206,67 +233,87 @@ async fn sweep_sets(
 ) -> Result<Report, ReaperError> {
     let started = Instant::now();
     let selector = &config.plan.set.selector;
-    let (namespaces_in, namespaces_out) = tokio::sync::oneshot::channel();
-    let deletions = async {
-        let namespaces = observe_kind(client, Kind::Namespace, None, selector, config.page_size)
-            .await?
-            .managed(selector);
-        let mut deletions = plan::plan_deletions(&namespaces.namespaces, now, &config.plan, guard);
-        if let Some(refusal) = refusal.clone() {
-            plan::refuse_deletions(&mut deletions, refusal);
+    let arriving = Mutex::new(Arriving::default());
+    let progress = Notify::new();
+    let executor = Executor::new(client.clone(), &config.instance).with_webhook(webhook.cloned());
+    let writer = Writer::new(&executor, config.concurrency);
+    let listing = {
+        let (arriving, progress, writes, refusal) = (&arriving, &progress, writer.sender(), refusal.clone());
+        async move {
+            let namespaces = async move {
+                list_arriving(
+                    client,
+                    Kind::Namespace,
+                    selector,
+                    config.page_size,
+                    arriving,
+                    progress,
+                )
+                .await?;
+                let (deletions, parents) = {
+                    let arrived = lock(arriving);
+                    let mut deletions = plan::plan_deletions(arrived.namespaces(), now, &config.plan, guard);
+                    if let Some(refusal) = refusal {
+                        plan::refuse_deletions(&mut deletions, refusal);
+                    }
+                    // Parents named in the webhook notices of deleted namespaces.
+                    let parents = webhook
+                        .map(|_| parents_of(arrived.namespaces()))
+                        .unwrap_or_default();
+                    (deletions, parents)
+                };
+                if !config.dry_run {
+                    for set in &deletions.sets {
+                        writes.send(set.clone(), parents.get(&set.namespace).cloned());
+                    }
+                }
+                // The writer runs until its last sender is gone.
+                drop(writes);
+                Ok::<_, ReaperError>(deletions)
+            };
+            let kinds = MANAGED_KINDS.into_iter().filter(|kind| kind.is_namespaced());
+            let contents = futures::future::try_join_all(
+                kinds.map(|kind| list_arriving(client, kind, selector, config.page_size, arriving, progress)),
+            );
+            let (deletions, _) = futures::try_join!(namespaces, contents)?;
+            Ok::<_, ReaperError>((deletions, Instant::now()))
         }
-        // Parents named in the webhook notices of deleted namespaces.
-        let parents = match webhook {
-            Some(_) => parents_of(&namespaces),
-            None => std::collections::BTreeMap::new(),
-        };
-        let executor = Executor::new(client.clone(), &config.instance)
-            .with_webhook(webhook.cloned())
-            .with_parents(parents);
-        let writing = Instant::now();
-        // Dropped only when the whole plan's LISTs failed, which ends the sweep anyway.
-        let _ = namespaces_in.send((namespaces, writing));
-        let outcomes = match config.dry_run {
-            true => None,
-            false => Some(executor.execute(&deletions, config.concurrency).await),
-        };
-        Ok::<_, ReaperError>((deletions, outcomes, executor, writing))
     };
-    let whole = async {
-        let kinds = MANAGED_KINDS.into_iter().filter(|kind| kind.is_namespaced());
-        let parts = futures::future::try_join_all(
-            kinds.map(|kind| observe_kind(client, kind, None, selector, config.page_size)),
-        )
-        .await?;
-        let contents_listed = Instant::now();
-        let Ok((namespaces, namespaces_listed)) = namespaces_out.await else {
-            // The Namespace LIST failed: its error, from the other branch, is the sweep's.
-            return std::future::pending().await;
-        };
-        let listed = std::cmp::max(contents_listed, namespaces_listed);
-        let observed = Observed::merge(parts.into_iter().chain([namespaces])).managed(selector);
-        let planning = Instant::now();
-        let mut plan = plan::plan_guarded(&observed.sets(), now, &config.plan, guard);
-        drop(observed);
-        if let Some(refusal) = refusal.clone() {
-            plan::refuse_deletions(&mut plan, refusal);
+    let early = decide_early(&arriving, &progress, now, config, writer.sender());
+    let ((deletions, listed), early, written) =
+        futures::try_join!(listing, early, async { Ok(writer.run().await) })?;
+    let arrived = lock_owned(arriving);
+    let planning = Instant::now();
+    let mut plan = match arrived.in_order() {
+        true => plan::settle(early.sets, &config.plan, guard),
+        false => {
+            tracing::warn!("a LIST came back out of key order; planning again from everything listed");
+            plan::plan_guarded(&arrived.into_observed(selector).sets(), now, &config.plan, guard)
         }
-        log_refusal(&plan);
-        Ok::<_, ReaperError>((plan, listed, planning.elapsed()))
     };
-    let ((deletions, deleted, executor, writing), (plan, listed, planning)) =
-        futures::try_join!(deletions, whole)?;
-    let outcomes = match deleted {
-        None => None,
-        Some(deleted) => Some(execute_rest(&executor, &plan, &deletions, deleted, config.concurrency).await),
+    if let Some(refusal) = refusal {
+        plan::refuse_deletions(&mut plan, refusal);
+    }
+    log_refusal(&plan);
+    let planning = planning.elapsed();
+    let outcomes = match config.dry_run {
+        true => None,
+        false => Some(
+            execute_rest(
+                &executor,
+                &plan,
+                &deletions,
+                &early.written,
+                written.outcomes,
+                config.concurrency,
+            )
+            .await,
+        ),
     };
     let durations = Durations {
         list: listed - started,
         plan: planning,
-        execute: match config.dry_run {
-            true => Duration::ZERO,
-            false => writing.elapsed(),
-        },
+        execute: written.first.map(|first| first.elapsed()).unwrap_or_default(),
     };
     let mut report = Report::new(
         &plan,
@@ -279,33 +326,181 @@ async fn sweep_sets(
     Ok(report)
 }
 
-/// The outcomes of `plan`, in its order: those of the sets `deletions` settled and `deleted`
-/// already, and of the others, executed now.
+/// Lock `arriving`; a panic elsewhere while it was held leaves nothing half-done in it worth
+/// refusing to read (each push is one step).
+fn lock(arriving: &Mutex<Arriving>) -> std::sync::MutexGuard<'_, Arriving> {
+    arriving.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock_owned(arriving: Mutex<Arriving>) -> Arriving {
+    arriving
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// LIST every object of `kind` carrying `selector`, cluster-wide, into `arriving`, telling
+/// `progress` each time the list reaches another namespace, and when it is done.
+async fn list_arriving(
+    client: &Client,
+    kind: Kind,
+    selector: &Selector,
+    page_size: u32,
+    arriving: &Mutex<Arriving>,
+    progress: &Notify,
+) -> Result<(), ReaperError> {
+    list_each(client, kind, None, selector, page_size, |object| {
+        if lock(arriving).push(selector, object) {
+            progress.notify_one();
+        }
+    })
+    .await?;
+    lock(arriving).finish(kind);
+    progress.notify_one();
+    Ok(())
+}
+
+/// Every set's decision, made as soon as its namespace is complete, in name order.
+struct Decided {
+    sets: Vec<plan::SetPlan>,
+    /// Those sent to the writer (repairs, expiries to set), by namespace.
+    written: BTreeMap<String, plan::SetPlan>,
+}
+
+/// Decide each namespace as soon as it is complete, and once everything is listed, send the
+/// repairs (and expiries to set) to the writer, unless this is a dry run.
+///
+/// The repairs wait for the last page because writes sent while the LISTs are still paging
+/// slowed the LISTs down more than they saved: on the 2-core bench machine, sending each
+/// repair as soon as its namespace was complete made the LIST phase 1.4-1.5x the bare LIST
+/// (NOTES-issue-16-stream.md). Deciding while listing costs nothing the LISTs wait for.
+async fn decide_early(
+    arriving: &Mutex<Arriving>,
+    progress: &Notify,
+    now: i64,
+    config: &SweepConfig,
+    writes: WriteSender,
+) -> Result<Decided, ReaperError> {
+    let mut decided = Decided {
+        sets: Vec::new(),
+        written: BTreeMap::new(),
+    };
+    let mut repairs = Vec::new();
+    loop {
+        progress.notified().await;
+        let (sets, done) = {
+            let mut arrived = lock(arriving);
+            let sets: Vec<plan::SetPlan> = arrived
+                .complete()
+                .iter()
+                .map(|set| plan::plan_set(set, now, &config.plan))
+                .collect();
+            (sets, arrived.is_done())
+        };
+        for set in sets {
+            if !config.dry_run && !set.action.writes().is_empty() {
+                repairs.push(set.clone());
+            }
+            decided.sets.push(set);
+        }
+        if done {
+            for set in repairs {
+                writes.send(set.clone(), None);
+                decided.written.insert(set.namespace.clone(), set);
+            }
+            return Ok(decided);
+        }
+    }
+}
+
+/// What the writer did: each set's outcome by namespace, and when its first write began.
+struct Written {
+    outcomes: BTreeMap<String, Outcome>,
+    first: Option<Instant>,
+}
+
+/// One sender of sets to a [`Writer`], with the parent named in a deletion's notices.
+#[derive(Clone)]
+struct WriteSender(futures::channel::mpsc::UnboundedSender<(plan::SetPlan, Option<String>)>);
+
+impl WriteSender {
+    fn send(&self, set: plan::SetPlan, parent: Option<String>) {
+        // Fails only when the writer is gone, which happens only when the sweep is ending on
+        // an error anyway.
+        let _ = self.0.unbounded_send((set, parent));
+    }
+}
+
+/// Executes the sets sent to it, at most `concurrency` at a time, until every sender is gone.
+struct Writer<'a> {
+    executor: &'a Executor,
+    concurrency: usize,
+    sender: WriteSender,
+    receiver: futures::channel::mpsc::UnboundedReceiver<(plan::SetPlan, Option<String>)>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(executor: &'a Executor, concurrency: usize) -> Self {
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        Self {
+            executor,
+            concurrency,
+            sender: WriteSender(sender),
+            receiver,
+        }
+    }
+
+    fn sender(&self) -> WriteSender {
+        self.sender.clone()
+    }
+
+    /// Run until every sender but its own is dropped.
+    async fn run(self) -> Written {
+        let Self {
+            executor,
+            concurrency,
+            sender,
+            receiver,
+        } = self;
+        drop(sender);
+        let mut first = None;
+        let outcomes = receiver
+            .map(|(set, parent)| {
+                first.get_or_insert_with(Instant::now);
+                async move {
+                    let outcome = executor.execute_set_under(&set, parent.as_deref()).await;
+                    (set.namespace, outcome)
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        Written { outcomes, first }
+    }
+}
+
+/// The outcomes of `plan`, in its order: those of the sets `deletions` settled, and of those
+/// written `early` under the very decision the plan makes, from `written`; the others are
+/// executed now.
 async fn execute_rest(
     executor: &Executor,
     plan: &plan::Plan,
     deletions: &plan::Plan,
-    deleted: Vec<Outcome>,
+    early: &BTreeMap<String, plan::SetPlan>,
+    mut written: BTreeMap<String, Outcome>,
     concurrency: usize,
 ) -> Vec<Outcome> {
-    let mut settled: std::collections::BTreeMap<&str, Outcome> = deletions
-        .sets
-        .iter()
-        .map(|set| set.namespace.as_str())
-        .zip(deleted)
-        .collect();
-    let rest = plan
-        .sets
-        .iter()
-        .filter(|set| !settled.contains_key(set.namespace.as_str()));
+    let settled_by_deletions: std::collections::BTreeSet<&str> =
+        deletions.sets.iter().map(|set| set.namespace.as_str()).collect();
+    let settled = |set: &plan::SetPlan| {
+        settled_by_deletions.contains(set.namespace.as_str()) || early.get(&set.namespace) == Some(set)
+    };
+    let rest = plan.sets.iter().filter(|set| !settled(set));
     let mut executed = executor.execute_sets(rest, concurrency).await.into_iter();
     plan.sets
         .iter()
-        .map(|set| {
-            settled
-                .remove(set.namespace.as_str())
-                .or_else(|| executed.next())
-                .unwrap_or(Outcome::Nothing)
+        .map(|set| match settled(set) {
+            true => written.remove(&set.namespace).unwrap_or(Outcome::Nothing),
+            false => executed.next().unwrap_or(Outcome::Nothing),
         })
         .collect()
 }
@@ -327,12 +522,10 @@ fn log_refusal(plan: &plan::Plan) {
 }
 
 /// Managed namespace -> its parent label, for those that have one.
-fn parents_of(observed: &Observed) -> std::collections::BTreeMap<String, String> {
-    observed
-        .sets()
+fn parents_of(namespaces: &[observation::ObservedNamespace]) -> BTreeMap<String, String> {
+    namespaces
         .iter()
-        .filter_map(|set| {
-            let ns = set.namespace?;
+        .filter_map(|ns| {
             let parent = ns.labels.get(crate::rules::hierarchy::keys::PARENT_LABEL)?;
             Some((ns.name.clone(), parent.to_owned()))
         })

@@ -230,6 +230,12 @@ pub fn carries(selector: &Selector, labels: &Pairs) -> bool {
     labels::is_managed(selector, labels)
 }
 
+/// Whether a listed namespaced object is one a plan may consider: it carries the selector and
+/// names its namespace.
+pub(super) fn is_managed_content(selector: &Selector, meta: &ObservedMeta) -> bool {
+    carries(selector, &meta.labels) && meta.namespace.is_some()
+}
+
 impl Observed {
     /// Add one listed object, slimmed, to its kind's list.
     pub fn push(&mut self, object: Object) {
@@ -293,11 +299,11 @@ impl Observed {
             roles,
             role_bindings,
         };
-        let keep = |meta: &ObservedMeta| carries(selector, &meta.labels) && meta.namespace.is_some();
         o.namespaces.retain(|ns| carries(selector, &ns.labels));
-        o.service_accounts.retain(|x| keep(&x.meta));
-        o.roles.retain(|x| keep(&x.meta));
-        o.role_bindings.retain(|x| keep(&x.meta));
+        o.service_accounts
+            .retain(|x| is_managed_content(selector, &x.meta));
+        o.roles.retain(|x| is_managed_content(selector, &x.meta));
+        o.role_bindings.retain(|x| is_managed_content(selector, &x.meta));
         o.namespaces.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         o.service_accounts
             .sort_unstable_by(|a, b| a.meta.namespace.cmp(&b.meta.namespace));
@@ -310,51 +316,55 @@ impl Observed {
 
     /// The sets, sorted by namespace name.
     pub fn sets(&self) -> Vec<ObservedSet<'_>> {
-        /// The run of `items` from `*at` that belong to namespace `name`.
-        fn run<'a, T>(
-            items: &'a [T],
-            at: &mut usize,
-            name: &str,
-            ns: impl Fn(&T) -> Option<&str>,
-        ) -> &'a [T] {
-            let start = *at;
-            let len = items
-                .get(start..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(|x| ns(x) == Some(name))
-                .count();
-            *at = start + len;
-            items.get(start..start + len).unwrap_or_default()
-        }
-        let mut sets = Vec::new();
-        let (mut n, mut s, mut r, mut b) = (0, 0, 0, 0);
-        loop {
-            let heads = [
-                self.namespaces.get(n).map(|x| x.name.as_str()),
-                self.service_accounts
-                    .get(s)
-                    .and_then(|x| x.meta.namespace.as_deref()),
-                self.roles.get(r).and_then(|x| x.meta.namespace.as_deref()),
-                self.role_bindings
-                    .get(b)
-                    .and_then(|x| x.meta.namespace.as_deref()),
-            ];
-            let Some(name) = heads.into_iter().flatten().min() else {
-                return sets;
-            };
-            let namespace = self.namespaces.get(n).filter(|x| x.name == name);
-            n += usize::from(namespace.is_some());
-            sets.push(ObservedSet {
-                name,
-                namespace,
-                service_accounts: run(&self.service_accounts, &mut s, name, |x| {
-                    x.meta.namespace.as_deref()
-                }),
-                roles: run(&self.roles, &mut r, name, |x| x.meta.namespace.as_deref()),
-                role_bindings: run(&self.role_bindings, &mut b, name, |x| x.meta.namespace.as_deref()),
-            });
-        }
+        sets_of(
+            &self.namespaces,
+            &self.service_accounts,
+            &self.roles,
+            &self.role_bindings,
+        )
+    }
+}
+
+/// The sets of lists each sorted by namespace, sorted by namespace name.
+pub(super) fn sets_of<'a>(
+    namespaces: &'a [ObservedNamespace],
+    service_accounts: &'a [ObservedServiceAccount],
+    roles: &'a [ObservedRole],
+    role_bindings: &'a [ObservedRoleBinding],
+) -> Vec<ObservedSet<'a>> {
+    /// The run of `items` from `*at` that belong to namespace `name`.
+    fn run<'a, T>(items: &'a [T], at: &mut usize, name: &str, ns: impl Fn(&T) -> Option<&str>) -> &'a [T] {
+        let start = *at;
+        let len = items
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|x| ns(x) == Some(name))
+            .count();
+        *at = start + len;
+        items.get(start..start + len).unwrap_or_default()
+    }
+    let mut sets = Vec::new();
+    let (mut n, mut s, mut r, mut b) = (0, 0, 0, 0);
+    loop {
+        let heads = [
+            namespaces.get(n).map(|x| x.name.as_str()),
+            service_accounts.get(s).and_then(|x| x.meta.namespace.as_deref()),
+            roles.get(r).and_then(|x| x.meta.namespace.as_deref()),
+            role_bindings.get(b).and_then(|x| x.meta.namespace.as_deref()),
+        ];
+        let Some(name) = heads.into_iter().flatten().min() else {
+            return sets;
+        };
+        let namespace = namespaces.get(n).filter(|x| x.name == name);
+        n += usize::from(namespace.is_some());
+        sets.push(ObservedSet {
+            name,
+            namespace,
+            service_accounts: run(service_accounts, &mut s, name, |x| x.meta.namespace.as_deref()),
+            roles: run(roles, &mut r, name, |x| x.meta.namespace.as_deref()),
+            role_bindings: run(role_bindings, &mut b, name, |x| x.meta.namespace.as_deref()),
+        });
     }
 }
 

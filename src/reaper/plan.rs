@@ -205,7 +205,19 @@ pub fn plan_guarded(
     config: &PlanConfig,
     guard: Option<&MassDeletionGuard>,
 ) -> Plan {
-    let mut planned = plan(sets, now, config);
+    settle(
+        sets.iter().map(|s| plan_set(s, now, config)).collect(),
+        config,
+        guard,
+    )
+}
+
+/// The rules of a whole run over the decisions of each set (in name order, as [`plan_set`]
+/// made them): the deletion cap, then the mass-deletion guard (`None`: allowed). A sweep that
+/// decided each set while listing settles them here.
+pub fn settle(sets: Vec<SetPlan>, config: &PlanConfig, guard: Option<&MassDeletionGuard>) -> Plan {
+    let mut planned = Plan { sets, refused: None };
+    cap_deletions(&mut planned.sets, config.max_deletions);
     // An orphan has no Namespace: the guard weighs deletions against managed namespaces.
     let managed = planned
         .sets

@@ -12,12 +12,13 @@ use super::plan::{Action, Plan, SetPlan};
 use crate::telemetry::chain;
 
 /// How long each phase took. A sweep's phases overlap (its deletions start once the
-/// Namespaces are listed), so they may add up to more than the run.
+/// Namespaces are listed, each namespace is decided once every kind's list has passed it), so
+/// they may add up to more than the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Durations {
-    /// Until every kind is listed.
+    /// Until every kind is listed (each set decided as it completed).
     pub list: Duration,
-    /// The whole plan.
+    /// After the listing: the run-wide rules (cap, guard) over those decisions.
     pub plan: Duration,
     /// From the first write to the last.
     pub execute: Duration,

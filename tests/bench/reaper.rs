@@ -78,6 +78,14 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// Per-round ratios, sorted, with their median first: "median 1.31x (1.12x 1.31x 1.60x)".
+fn ratios_text(ratios: &[f64]) -> String {
+    let mut sorted = ratios.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let all: Vec<String> = sorted.iter().map(|r| format!("{r:.2}x")).collect();
+    format!("median {:.2}x ({})", sorted[sorted.len() / 2], all.join(" "))
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
 }
@@ -419,6 +427,12 @@ async fn bench_sweep(
         } else {
             damage(client, &config, &format!("bench{n}"), n, round).await
         };
+        // A bare LIST of the very objects this round's sweep finds, just before it: this
+        // machine's times drift by tens of percent within minutes, so each round is also
+        // compared with its own bare LIST.
+        let started = Instant::now();
+        bare_list(client, &label).await;
+        let paired = started.elapsed();
         log.clear();
         let started = Instant::now();
         let meter = CpuMeter::start(control_plane);
@@ -439,15 +453,27 @@ async fn bench_sweep(
             s.writes + events,
             "requests other than LISTs = the sweep's writes + one Event per deletion"
         );
-        writing_runs.push((wall, s.clone(), lists, busy));
+        writing_runs.push((wall, s.clone(), lists, busy, paired));
     }
+    let ratios: Vec<f64> = writing_runs
+        .iter()
+        .map(|(wall, .., paired)| wall.as_secs_f64() / paired.as_secs_f64())
+        .collect();
+    let paired = median(&writing_runs.iter().map(|run| run.4).collect::<Vec<_>>());
     writing_runs.sort_by_key(|(wall, ..)| *wall);
-    let (_, s, lists, busy) = &writing_runs[writing_runs.len() / 2];
+    let (_, s, lists, busy, _) = &writing_runs[writing_runs.len() / 2];
     let with_writes = Row {
         n,
         what: format!(
-            "sweep with writes: {} deleted, {} repaired (median run: list {} ms, plan {} ms, execute {} ms; {busy})",
-            s.expired_deleted, s.repaired, s.list_ms, s.plan_ms, s.execute_ms
+            "sweep with writes: {} deleted, {} repaired (median run: list {} ms, plan {} ms, execute {} ms; {busy}; \
+             each round against a bare LIST just before it: median {}, ratios {})",
+            s.expired_deleted,
+            s.repaired,
+            s.list_ms,
+            s.plan_ms,
+            s.execute_ms,
+            secs(paired),
+            ratios_text(&ratios),
         ),
         samples: writing_runs.iter().map(|(wall, ..)| *wall).collect(),
         requests: format!(
