@@ -63,45 +63,40 @@ impl Arriving {
     pub fn push(&mut self, selector: &Selector, object: Object) -> bool {
         let slot = slot(object.kind());
         self.observed.push(object);
-        let o = &mut self.observed;
-        let key = match slot {
+        let (o, Some(reach)) = (&mut self.observed, self.reach.get_mut(slot)) else {
+            return false;
+        };
+        let moved = match slot {
             0 => last_kept(
                 &mut o.namespaces,
-                |ns| ns.name.clone(),
+                reach,
+                |ns| ns.name.as_str(),
                 |ns| carries(selector, &ns.labels),
             ),
             1 => last_kept(
                 &mut o.service_accounts,
-                |x| namespace_of(&x.meta).to_owned(),
+                reach,
+                |x| namespace_of(&x.meta),
                 |x| is_managed_content(selector, &x.meta),
             ),
             2 => last_kept(
                 &mut o.roles,
-                |x| namespace_of(&x.meta).to_owned(),
+                reach,
+                |x| namespace_of(&x.meta),
                 |x| is_managed_content(selector, &x.meta),
             ),
             _ => last_kept(
                 &mut o.role_bindings,
-                |x| namespace_of(&x.meta).to_owned(),
+                reach,
+                |x| namespace_of(&x.meta),
                 |x| is_managed_content(selector, &x.meta),
             ),
         };
-        let Some(reach) = self.reach.get_mut(slot) else {
-            return false;
-        };
-        match reach {
-            Reach::At(at) if key.as_str() == at.as_str() => false,
-            Reach::At(at) if key.as_str() < at.as_str() => {
+        match moved {
+            Some(moved) => moved,
+            None => {
                 self.out_of_order = true;
                 false
-            }
-            Reach::Done => {
-                self.out_of_order = true;
-                false
-            }
-            _ => {
-                *reach = Reach::At(key);
-                true
             }
         }
     }
@@ -169,16 +164,29 @@ impl Arriving {
     }
 }
 
-/// The key of the item just pushed onto `items`, which is dropped again unless `kept`.
-fn last_kept<T>(items: &mut Vec<T>, key: impl Fn(&T) -> String, kept: impl Fn(&T) -> bool) -> String {
-    let Some(last) = items.last() else {
-        return String::new();
+/// Move `reach` to the key of the item just pushed onto `items`, which is dropped again unless
+/// `kept`: whether the list reached a new namespace, `None` if it went back (out of key order).
+fn last_kept<T>(
+    items: &mut Vec<T>,
+    reach: &mut Reach,
+    key: impl Fn(&T) -> &str,
+    kept: impl Fn(&T) -> bool,
+) -> Option<bool> {
+    let last = items.last()?;
+    let moved = match reach {
+        Reach::At(at) if key(last) == at.as_str() => Some(false),
+        Reach::At(at) if key(last) < at.as_str() => None,
+        Reach::Done => None,
+        _ => {
+            // The key is copied only when the list reaches a new namespace, not per object.
+            *reach = Reach::At(key(last).to_owned());
+            Some(true)
+        }
     };
-    let name = key(last);
     if !kept(last) {
         items.pop();
     }
-    name
+    moved
 }
 
 /// How many of the leading `items` satisfy `pred`.
